@@ -1,0 +1,260 @@
+"""The ``chaos`` command. It parses arguments, calls the library and maps errors to exit
+codes: a :class:`ChaosError` prints its message and fix with no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from chaos.errors import ChaosError, ScenarioError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def print_error(exc: ChaosError) -> None:
+    # Messages are plain text (they quote user input), never rich markup.
+    err.print(Text.assemble(("error: ", "bold red"), exc.message), soft_wrap=True)
+    if exc.hint:
+        err.print(Text.assemble(("fix: ", "bold"), exc.hint), soft_wrap=True)
+
+
+# --- scenario commands -------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from chaos.scenario import loader
+
+    failed: list[ScenarioError] = []
+    for name in args.files:
+        try:
+            scenario = loader.load(name)
+        except ScenarioError as exc:
+            failed.append(exc)
+            continue
+        out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
+    for exc in failed:
+        print_error(exc)
+    return ScenarioError.exit_code if failed else 0
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from chaos.scenario import loader
+
+    table = Table("scenario", "description", box=None, pad_edge=False)
+    for name, description in loader.describe_builtins():
+        table.add_row(f"[bold]{name}[/]", description)
+    out.print(table)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from chaos.scenario import loader
+
+    sys.stdout.write(loader.json_schema() + "\n")
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from chaos.run import RunOptions, run_scenario
+
+    options = RunOptions(
+        scenario=args.scenario,
+        runs_root=Path(args.runs_dir),
+        duration=args.duration,
+        lab_name=args.name,
+        workers=args.workers,
+    )
+    return run_scenario(options, out)
+
+
+# --- lab ---------------------------------------------------------------------------------
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from chaos.lab import lab, topology
+    from chaos.rundir import RunDir
+    from chaos.scenario import loader
+
+    scenario = loader.load(args.scenario)
+    name = topology.lab_name_for(scenario, args.name)
+    lab.preflight(scenario, name)
+    run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
+    run.write_scenario(scenario)
+    try:
+        state = lab.up(scenario, name, run)
+    finally:
+        run.close()
+    out.print(f"lab [bold]{name}[/] is up; logs in {run.path}")
+    _print_status(state)
+    out.print(
+        f"\nsend traffic from the client namespace, e.g.\n"
+        f"  ip netns exec {state.namespaces['client']} curl -s "
+        f"http://{state.proxy['host']}:{state.proxy['port']}/\n"
+        f"remove it with: chaos lab down {name}"
+    )
+    return 0
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from chaos.lab import lab, topology
+
+    names = topology.list_labs() if args.all else [args.name]
+    for name in names:
+        removed = lab.down(name)
+        if removed:
+            out.print(f"lab [bold]{name}[/]: removed {len(removed)} items")
+            for item in removed:
+                out.print(f"  - {item}")
+        else:
+            out.print(f"lab [bold]{name}[/]: nothing to remove")
+    return 0
+
+
+def _print_status(state) -> None:  # type: ignore[no-untyped-def]
+    from chaos.lab import lab, topology
+
+    table = Table("role", "namespace", "addresses", box=None, pad_edge=False)
+    for role, namespace in state.namespaces.items():
+        status = topology.namespace_status(role, namespace)
+        addresses = ", ".join(status.addresses) if status.exists else "[red]missing[/]"
+        table.add_row(role, namespace, addresses)
+    out.print(table)
+    procs = Table("process", "pid", "alive", "answers", box=None, pad_edge=False)
+    for item in lab.health(state):
+        answer = "[green]ok[/]" if item.probe == "ok" else f"[red]{item.probe}[/]"
+        procs.add_row(
+            f"{item.role} ({item.name})",
+            str(item.pid),
+            "[green]yes[/]" if item.alive else "[red]no[/]",
+            answer,
+        )
+    out.print(procs)
+    out.print(
+        f"proxy endpoint: {state.proxy['host']}:{state.proxy['port']} "
+        f"({state.proxy['kind']}, {state.proxy['mode']}); origin: "
+        f"{state.origin['host']}:{state.origin['port']}; run dir: {state.run_dir}"
+    )
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from chaos.lab import topology
+    from chaos.lab.topology import LabState
+
+    names = [args.name] if args.name else topology.list_labs()
+    if not names:
+        out.print("no labs")
+        return 0
+    code = 0
+    for name in names:
+        state = LabState.load(name)
+        out.print(f"[bold]lab {name}[/]")
+        if state is None:
+            out.print(
+                "  [yellow]namespaces without a state file (a crashed run?)[/]; "
+                f"remove them with `chaos lab down {name}`"
+            )
+            code = 1
+            continue
+        _print_status(state)
+    return code
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from chaos.capabilities import probe_all
+
+    table = Table("check", "", "detail", "fix", box=None, pad_edge=False)
+    checks = probe_all()
+    for check in checks:
+        mark = "[green]yes[/]" if check.ok else "[red]no[/]"
+        table.add_row(check.name, mark, check.detail, check.fix)
+    if args.json:
+        sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
+    else:
+        out.print(table)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chaos",
+        description="Load and chaos tester for TCP connection teardown.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_text: str,
+        parent: argparse._SubParsersAction = sub,
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("validate", cmd_validate, "check scenario files and report every problem")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    add("scenarios", cmd_scenarios, "list the built-in scenarios")
+    add("schema", cmd_schema, "print the scenario JSON Schema (for editors)")
+
+    p = add("run", cmd_run, "build the lab, run a scenario, tear everything down")
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        default="smoke",
+        metavar="SCENARIO",
+        help="built-in name or YAML file (default: smoke)",
+    )
+    p.add_argument("--duration", type=str, default=None, help="override, e.g. 30s or 1h")
+    p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
+    p.add_argument("--name", default=None, help="lab name (namespace prefix)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go")
+
+    lab = sub.add_parser("lab", help="build, inspect and remove a lab")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    p = add("up", cmd_lab_up, "build a lab and start its proxy and origin", lab_sub)
+    p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
+    p.add_argument("--name", default=None, help="lab name (default: from the scenario, or 'lab')")
+    p.add_argument("--runs-dir", default="runs")
+    p = add("down", cmd_lab_down, "remove a lab and everything it made", lab_sub)
+    p.add_argument("name", nargs="?", default="lab")
+    p.add_argument("--all", action="store_true", help="remove every lab")
+    p = add("status", cmd_lab_status, "show namespaces, addresses and processes", lab_sub)
+    p.add_argument("name", nargs="?", default=None)
+
+    p = add("doctor", cmd_doctor, "show what this host supports")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ChaosError as exc:
+        print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

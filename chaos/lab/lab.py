@@ -1,0 +1,144 @@
+"""A lab's life: ``up`` builds the topology and starts the origin and the proxy, ``down``
+removes everything, ``status`` reports what exists and whether it answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from chaos.errors import LabError
+from chaos.lab import processes, topology
+from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
+from chaos.lab.topology import LabState, Plan
+from chaos.rundir import RunDir
+from chaos.scenario.model import Scenario
+
+
+def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
+    spec = scenario.lab.origin
+    argv = [
+        sys.executable,
+        "-m",
+        "chaos.lab.origin",
+        "--config-json",
+        json.dumps(spec.server_config()),
+        "--stats-file",
+        str(run.path / "origin-stats.json"),
+    ]
+    if spec.access_log:
+        argv += ["--access-log", str(run.path / "origin-access.log")]
+    return argv
+
+
+def preflight(scenario: Scenario, name: str) -> Plan:
+    """Everything that can be checked before anything is built."""
+    topology.require_root()
+    plan = Plan(name, scenario.lab)
+    if LabState.load(name) is not None or topology._orphan_namespaces(name):
+        raise LabError(
+            f"a lab named {name!r} already exists",
+            f"remove it with `chaos lab down {name}`, or choose another name with --name",
+        )
+    if scenario.lab.proxy.kind in PROXIES:
+        PROXIES[scenario.lab.proxy.kind].executable()
+    topology.check_sysctls(plan)
+    return plan
+
+
+def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
+    """Build the lab and start its processes; on any failure, remove what was made."""
+    plan = preflight(scenario, name)
+    state = LabState(
+        name=name,
+        namespaces=plan.namespaces,
+        run_dir=str(run.path),
+        client_addresses=plan.client_addresses,
+        proxy={
+            "kind": scenario.lab.proxy.kind,
+            "mode": scenario.lab.proxy.mode,
+            "host": plan.proxy_address,
+            "port": plan.proxy_port,
+        },
+        origin={
+            "host": plan.origin_address,
+            "port": scenario.lab.origin.port,
+            "protocol": scenario.lab.origin.protocol,
+        },
+    )
+    run.journal.event("lab.up.begin", lab=name, namespaces=plan.namespaces)
+    try:
+        topology.build(plan, state)
+        run.journal.event("lab.topology.built", lab=name)
+        origin_ns = plan.namespace("origin")
+        proc, record = processes.spawn(
+            "origin", "origin", origin_ns, origin_argv(scenario, run), run.log("origin")
+        )
+        state.processes.append(record)
+        state.save()
+        processes.wait_listening(proc, record, plan.origin_address, scenario.lab.origin.port)
+        run.journal.event("process.started", role="origin", pid=record.pid)
+        if plan.external:
+            _check_external(plan, scenario)
+        else:
+            endpoints = Endpoints(
+                plan.proxy_address, plan.proxy_port, plan.origin_address, scenario.lab.origin.port
+            )
+            proxy = proxy_for(scenario.lab.proxy, endpoints, run.path / "proxy")
+            proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"))
+            state.processes.append(record)
+            state.save()
+            run.journal.event("process.started", role="proxy", kind=proxy.kind, pid=record.pid)
+    except BaseException as exc:
+        run.journal.event("lab.up.failed", lab=name, error=str(exc))
+        topology.destroy(name)
+        raise
+    run.journal.event("lab.up.done", lab=name)
+    return state
+
+
+def _check_external(plan: Plan, scenario: Scenario) -> None:
+    result = topology.tcp_probe(plan.namespace("client"), plan.proxy_address, plan.proxy_port)
+    if result != "ok":
+        raise LabError(
+            f"the external proxy at {plan.proxy_address}:{plan.proxy_port} does not answer "
+            f"from the client namespace ({result})",
+            f"start your proxy listening on {plan.proxy_address}:{plan.proxy_port} (the host "
+            f"side of the client link is 198.18.1.1) and forwarding to the origin at "
+            f"{plan.origin_address}:{scenario.lab.origin.port}",
+        )
+
+
+def down(name: str) -> list[str]:
+    topology.require_root()
+    return topology.destroy(name)
+
+
+@dataclass(frozen=True)
+class Health:
+    role: str
+    name: str
+    pid: int | None
+    alive: bool
+    probe: str
+
+
+def health(state: LabState) -> list[Health]:
+    """Is each process alive, and does its service answer from where its clients are?"""
+    out = []
+    for record in state.processes:
+        if record.role == "proxy":
+            probe_from, host, port = (
+                state.namespaces["client"],
+                state.proxy["host"],
+                state.proxy["port"],
+            )
+        elif record.role == "origin":
+            probe_from, host, port = record.namespace, state.origin["host"], state.origin["port"]
+        else:
+            out.append(Health(record.role, record.name, record.pid, record.alive(), "-"))
+            continue
+        alive = record.alive()
+        probe = topology.tcp_probe(probe_from, str(host), int(port)) if alive else "down"
+        out.append(Health(record.role, record.name, record.pid, alive, probe))
+    return out

@@ -1,0 +1,222 @@
+"""The only module that touches network-namespace handling.
+
+Namespaces are always opened with ``flags=0``: pyroute2's default (``O_CREAT``) silently
+creates a namespace when a name is mistyped. Every ``NetlinkError``/``OSError`` from this
+layer is turned into a :class:`~chaos.errors.LabError` that names the namespace.
+
+Entering a namespace is done per *thread* (``setns(CLONE_NEWNET)`` only moves the calling
+thread), so the controller itself never leaves the host namespace: :func:`run_in` runs a
+function in a short-lived thread that has entered the namespace. Reading ``/proc/sys/net`` or
+``/proc/thread-self/net`` from such a thread sees that namespace's values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from chaos.errors import LabError, SysctlError
+
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def path_of(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def list_namespaces() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path_of(name))
+
+
+def create(name: str) -> None:
+    if exists(name):
+        raise LabError(f"network namespace {name!r} already exists")
+    try:
+        _pr_netns.create(name)
+    except OSError as exc:
+        raise LabError(f"cannot create network namespace {name!r}: {exc}") from exc
+
+
+def remove(name: str) -> None:
+    """Remove a namespace; harmless when it is already gone."""
+    if not exists(name):
+        return
+    try:
+        _pr_netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise LabError(f"cannot remove network namespace {name!r}: {exc}") from exc
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def pids_in(name: str) -> list[int]:
+    """Pids of all processes whose network namespace is ``name``."""
+    inode = _ns_inode(path_of(name))
+    if inode is None:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _ns_inode(f"/proc/{entry}/ns/net") == inode:
+            pids.append(int(entry))
+    return pids
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _open_ns(name: str) -> int:
+    try:
+        return os.open(path_of(name), os.O_RDONLY)
+    except FileNotFoundError:
+        raise LabError(
+            f"network namespace {name!r} does not exist",
+            "bring the lab up first (`chaos lab up`), or check the name with `chaos lab status`",
+        ) from None
+
+
+def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in a thread that has entered namespace ``name`` (``None``: the host's)."""
+    if name is None:
+        return fn(*args, **kwargs)
+    fd = _open_ns(name)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            _setns(fd)
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    try:
+        thread = threading.Thread(target=target, name=f"netns:{name}", daemon=True)
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def popen(name: str | None, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    """Start a process inside namespace ``name``."""
+    if name is None:
+        return subprocess.Popen(argv, **kwargs)
+    fd = _open_ns(name)
+    try:
+        return subprocess.Popen(argv, preexec_fn=lambda: _setns(fd), **kwargs)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def ipr(name: str | None) -> Iterator[IPRoute]:
+    """An rtnetlink handle inside ``name``; netlink errors become LabError."""
+    try:
+        handle = IPRoute(netns=name, flags=0) if name else IPRoute()
+    except FileNotFoundError:
+        _open_ns(name or "")  # raises the LabError with its hint
+        raise
+    try:
+        yield handle
+    except NetlinkError as exc:
+        raise LabError(f"netlink error in namespace {name or 'host'}: {exc}") from exc
+    finally:
+        handle.close()
+
+
+# --- sysctls ---------------------------------------------------------------------------
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/") if "/" not in key else "/proc/sys/" + key
+
+
+def check_sysctl_key(key: str) -> None:
+    """Only ``net.*`` sysctls are per namespace; anything else would change the whole host."""
+    if not key.startswith("net."):
+        raise SysctlError(
+            f"sysctl {key!r} is not per network namespace; setting it would change the host",
+            "only net.* sysctls can be set per namespace in a scenario",
+        )
+
+
+def _read(key: str) -> str:
+    path = sysctl_path(key)
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        raise SysctlError(
+            f"unknown sysctl {key!r}: the kernel does not expose {path} in this namespace",
+            "check the spelling (`sysctl -a | grep NAME`); some need a module (e.g. nf_conntrack)",
+        ) from None
+
+
+def _write(key: str, value: str) -> None:
+    path = sysctl_path(key)
+    _read(key)  # unknown keys get the clear error
+    if not os.stat(path).st_mode & 0o200:
+        raise SysctlError(f"sysctl {key!r} is read-only", "remove it from the scenario")
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+    except OSError as exc:
+        raise SysctlError(
+            f"the kernel rejected {key}={value!r}: {exc.strerror}",
+            "check the value's format and range (see the kernel's ip-sysctl documentation)",
+        ) from None
+
+
+def sysctl_get(name: str | None, key: str) -> str:
+    return run_in(name, _read, key)
+
+
+def sysctl_set(name: str | None, key: str, value: str | int) -> str:
+    """Set a sysctl in namespace ``name`` and return its previous value."""
+    text = normalize_sysctl_value(value)
+
+    def swap() -> str:
+        old = _read(key)
+        _write(key, text)
+        return old
+
+    return run_in(name, swap)
+
+
+def normalize_sysctl_value(value: str | int | Sequence[int]) -> str:
+    if isinstance(value, list | tuple):
+        return "\t".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,166 @@
+"""Processes the lab starts inside its namespaces: start, wait until ready, stop.
+
+A process is identified by pid *and* its start time (``/proc/PID/stat`` field 22), so a
+recorded pid that the kernel has since reused for another program is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from chaos.errors import ProcessStartError
+from chaos.lab import netns
+
+
+def start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # The command name may contain spaces; fields after the closing paren are fixed.
+            return int(fh.read().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def state_of(pid: int) -> str | None:
+    """One-letter process state (R, S, T, Z, ...), or None when the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What the lab state file keeps about a process it started."""
+
+    role: str
+    name: str
+    pid: int
+    started: int | None
+    namespace: str | None
+    log: str
+    argv: list[str]
+
+    def alive(self) -> bool:
+        return start_time(self.pid) == self.started and state_of(self.pid) not in (None, "Z")
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def log_tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def spawn(
+    role: str,
+    name: str,
+    namespace: str | None,
+    argv: Sequence[str],
+    log_path: Path,
+    detach: bool = True,
+) -> tuple[subprocess.Popen, ProcessRecord]:
+    """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
+
+    ``detach`` puts it in its own session, so it outlives the `chaos lab up` command.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            proc = netns.popen(
+                namespace,
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=detach,
+                close_fds=True,
+            )
+        except FileNotFoundError:
+            raise ProcessStartError(
+                f"cannot start {name}: {argv[0]} is not installed",
+                f"install it (Debian: apt-get install {Path(argv[0]).name})",
+            ) from None
+    record = ProcessRecord(
+        role, name, proc.pid, start_time(proc.pid), namespace, str(log_path), list(argv)
+    )
+    return proc, record
+
+
+def _can_connect(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(
+    proc: subprocess.Popen,
+    record: ProcessRecord,
+    host: str,
+    port: int,
+    timeout: float = 10.0,
+    from_namespace: str | None = None,
+) -> None:
+    """Wait until ``host:port`` accepts connections from ``from_namespace``.
+
+    A process that exits first, or never listens, raises ProcessStartError with the tail of
+    its own log, which is where haproxy and nginx explain what is wrong.
+    """
+    deadline = time.monotonic() + timeout
+    namespace = from_namespace if from_namespace is not None else record.namespace
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise ProcessStartError(
+                f"{record.name} exited with status {code} while starting; its output:\n"
+                + (log_tail(record.log) or "(no output)"),
+                f"full log: {record.log}",
+            )
+        if netns.run_in(namespace, _can_connect, host, port):
+            return
+        time.sleep(0.05)
+    terminate(record)
+    raise ProcessStartError(
+        f"{record.name} did not accept connections on {host}:{port} within {timeout:.0f}s; "
+        "its output:\n" + (log_tail(record.log) or "(no output)"),
+        f"full log: {record.log}",
+    )
+
+
+def terminate(record: ProcessRecord, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; harmless when already gone."""
+    if not record.alive():
+        _reap(record.pid)
+        return
+    for sig, wait in ((signal.SIGCONT, 0.0), (signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(record.pid, sig)  # SIGCONT first: a stopped process cannot act on SIGTERM
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(record.pid)
+            if not record.alive():
+                return
+            time.sleep(0.02)
+    _reap(record.pid)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

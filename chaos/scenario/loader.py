@@ -1,0 +1,245 @@
+"""Load scenario files: YAML → :class:`Scenario`, with every problem reported at once.
+
+Each problem carries its field path (``lab.proxy.kind``) and the line in the file, found by
+walking PyYAML's node tree (which keeps source positions) along pydantic's error location.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from chaos.errors import ChaosError, Problem, ScenarioError
+from chaos.scenario.model import Scenario
+
+BUILTIN_PACKAGE = "chaos.scenario.builtin"
+
+
+@dataclass(frozen=True)
+class ScenarioSource:
+    """Where a scenario came from: a builtin name or a file path, and its text."""
+
+    label: str
+    text: str
+    builtin: bool
+
+
+# --- YAML with positions -----------------------------------------------------------------
+
+
+def _compose(text: str, label: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        raise ScenarioError(label, [Problem("", line, f"YAML syntax: {exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(label, [Problem("", None, f"YAML: {exc}")]) from None
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:
+    """PyYAML keeps the last of two equal keys silently; a scenario should not."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in seen:
+                problems.append(Problem(child, key_node.start_mark.line + 1, "duplicate key"))
+            seen.add(key)
+            problems += _duplicate_keys(value_node, child)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{index}]")
+    return problems
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
+    """Follow ``loc`` into the node tree; returns the deepest node reached and whether the
+    last step landed on a mapping *key* (for unknown keys, the key's own line is best)."""
+    node, on_key = root, False
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(part)]
+            if not match:
+                continue  # pydantic-internal location parts (union tags and the like)
+            key_node, value_node = match[0]
+            node, on_key = value_node, part == loc[-1]
+            if on_key:
+                return key_node, True
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part < len(node.value):
+                node = node.value[part]
+    return node, on_key
+
+
+# --- pydantic errors → problems ----------------------------------------------------------
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last element of ``loc`` (for "did you mean")."""
+    model: type[BaseModel] | None = Scenario
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            field = next(
+                (f for f in model.model_fields.values() if f.alias == part),
+                None,
+            )
+        model = _find_model(field.annotation) if field else None
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, typing.Annotated) or origin is not None:
+        for arg in typing.get_args(annotation):
+            found = _find_model(arg)
+            if found:
+                return found
+    return None
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or ("-" in str(part) and not part.isidentifier()):
+            # pydantic-internal parts such as "function-after[...]"; keep user fields only
+            if str(part).startswith(("function-", "constrained-")):
+                continue
+            out += f".{part}" if out else str(part)
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind, loc = error["type"], error["loc"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        message = f"unknown key {loc[-1]!r}"
+        if model is not None:
+            allowed = [f.alias or name for name, f in model.model_fields.items()]
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            else:
+                message += f"; allowed here: {', '.join(sorted(allowed))}"
+        return message
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        node, _ = _node_at(root, loc)
+        line = node.start_mark.line + 1 if node is not None else None
+        path = _format_path(loc)
+        # Keep the given value in the message when it helps (enums, wrong types).
+        message = _message(error)
+        if error["type"] in ("literal_error", "enum") and "input" in error:
+            message = f"{message}, got {error['input']!r}"
+        problems.append(Problem(path, line, message))
+    return problems
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def parse(text: str, label: str) -> Scenario:
+    """Validate scenario text; raises ScenarioError carrying every problem found."""
+    root = _compose(text, label)
+    problems = _duplicate_keys(root)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(label, [Problem("", None, f"YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1 if root is not None else None
+        raise ScenarioError(label, [Problem("", line, "a scenario must be a YAML mapping")])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems += _problems(exc, root)
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ScenarioError(label, problems) from None
+    if problems:
+        raise ScenarioError(label, problems)
+    return scenario
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files(BUILTIN_PACKAGE)
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    )
+
+
+def locate(name_or_path: str) -> ScenarioSource:
+    """A path to a file, or the name of a builtin scenario."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return ScenarioSource(str(path), path.read_text(), builtin=False)
+    if name_or_path in builtin_names():
+        entry = resources.files(BUILTIN_PACKAGE).joinpath(f"{name_or_path}.yaml")
+        return ScenarioSource(name_or_path, entry.read_text(), builtin=True)
+    names = ", ".join(builtin_names())
+    raise ChaosError(
+        f"no scenario file or builtin scenario named {name_or_path!r}",
+        f"give a path to a YAML file, or one of the builtins: {names} (`chaos scenarios`)",
+    )
+
+
+def load(name_or_path: str) -> Scenario:
+    source = locate(name_or_path)
+    return parse(source.text, source.label)
+
+
+def describe_builtins() -> list[tuple[str, str]]:
+    """(name, one-line description) of each builtin scenario."""
+    out = []
+    for name in builtin_names():
+        scenario = load(name)
+        out.append(
+            (name, scenario.description.strip().splitlines()[0] if scenario.description else "")
+        )
+    return out
+
+
+def json_schema() -> str:
+    schema = Scenario.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "chaos scenario"
+    return json.dumps(schema, indent=2)
+
+
+def dump_resolved(scenario: Scenario) -> str:
+    """The scenario with every default filled in, as YAML (written into the run directory)."""
+    return yaml.safe_dump(
+        scenario.model_dump(mode="json", by_alias=True), sort_keys=False, default_flow_style=False
+    )

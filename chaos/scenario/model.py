@@ -1,0 +1,322 @@
+"""The scenario model: one frozen, strict pydantic tree for a whole run.
+
+Every model forbids unknown keys, so a typo is an error and not a silently ignored field.
+Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``, ``2m``,
+``1h``) and are stored as float seconds.
+
+Later features extend this tree by adding fields with defaults, so existing scenario files
+stay valid. Sections whose runtime does not exist yet (faults, expectations) are still
+validated here, and :mod:`chaos.run` refuses to start a run that uses them rather than
+ignoring them silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"250ms"`` → 0.25, ``"2m"`` → 120.0, ``5`` → 5.0."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10s, 250ms or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError("expected a duration such as 10s, 250ms or 2m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+SysctlValue = int | str | list[int]
+
+
+def _lab_name(value: str) -> str:
+    # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
+    # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
+        raise ValueError(
+            "use 1-12 characters: lower-case letters, digits and '-', starting with a letter "
+            "or digit"
+        )
+    return value
+
+
+LabName = Annotated[str, AfterValidator(_lab_name)]
+
+
+def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
+    for key in values:
+        if not key.startswith("net."):
+            raise ValueError(
+                f"{key!r} is not a per-namespace sysctl: only net.* keys can be set per namespace"
+            )
+    return values
+
+
+Sysctls = Annotated[dict[str, SysctlValue], AfterValidator(_net_sysctls)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- lab ---------------------------------------------------------------------------------
+
+
+class Keepalive(Strict):
+    """SO_KEEPALIVE and its timers (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)."""
+
+    enabled: bool = False
+    idle: Duration = 7200.0
+    interval: Duration = 75.0
+    count: Annotated[int, Field(ge=1, le=127)] = 9
+
+
+class ClientSpec(Strict):
+    """The client namespace: where Locust runs."""
+
+    addresses: Annotated[int, Field(ge=1, le=200, description="source addresses")] = 4
+    sysctls: Sysctls = Field(default_factory=dict)
+
+
+class GatewaySpec(Strict):
+    """The gateway namespace: routes between client and proxy."""
+
+    sysctls: Sysctls = Field(default_factory=dict)
+
+
+class ProxyTimeouts(Strict):
+    connect: Duration = 5.0
+    client: Duration = 30.0
+    server: Duration = 30.0
+    client_fin: Duration | None = None
+    server_fin: Duration | None = None
+    http_keep_alive: Duration = 10.0
+
+
+class ProxySpec(Strict):
+    """The proxy under test."""
+
+    kind: Literal["haproxy", "nginx", "external"] = "haproxy"
+    mode: Literal["tcp", "http"] = "http"
+    port: Port = 8080
+    address: str | None = Field(
+        default=None, description="host:port of an external proxy (kind: external only)"
+    )
+    maxconn: Annotated[int, Field(ge=1)] = 20000
+    upstream: Literal["close", "keep-alive"] = Field(
+        default="close", description="upstream connection reuse"
+    )
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    timeouts: ProxyTimeouts = Field(default_factory=ProxyTimeouts)
+    sysctls: Sysctls = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _external_needs_address(self) -> ProxySpec:
+        if self.kind == "external":
+            if not self.address:
+                raise ValueError("kind: external needs address: HOST:PORT of your proxy")
+            host, sep, port = self.address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"address {self.address!r} is not HOST:PORT")
+        elif self.address:
+            raise ValueError("address is only for kind: external")
+        if self.upstream == "keep-alive" and self.mode == "tcp":
+            raise ValueError("upstream: keep-alive needs mode: http (tcp mode pairs connections)")
+        return self
+
+
+class OriginSpec(Strict):
+    """The origin server and its teardown behaviour (see chaos.lab.origin)."""
+
+    port: Port = 8080
+    protocol: Literal["http", "raw"] = "http"
+    close: Literal["server", "client", "server-after"] = Field(
+        default="server", description="who closes first"
+    )
+    close_after: Duration = Field(default=0.0, description="for close: server-after")
+    response_delay: Duration = 0.0
+    response_bytes: Annotated[int, Field(ge=0, le=64 * 1024 * 1024)] = 100
+    defer_accept: Duration = Field(default=0.0, description="TCP_DEFER_ACCEPT; 0 is off")
+    keepalive: Keepalive = Field(default_factory=Keepalive)
+    linger_zero: bool = Field(default=False, description="abortive close with SO_LINGER 0")
+    read_delay: Duration = Field(default=0.0, description="delayed reader")
+    read_rate: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="slow reader, bytes/s; 0 is unlimited"
+    )
+    rcvbuf: Annotated[int, Field(ge=256)] | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] | None = None
+    backlog: Annotated[int, Field(ge=1)] = 4096
+    access_log: bool = Field(
+        default=False, description="log every request's peer (costs speed at high rates)"
+    )
+    sysctls: Sysctls = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _close_after_needed(self) -> OriginSpec:
+        if self.close == "server-after" and self.close_after <= 0:
+            raise ValueError("close: server-after needs close_after > 0")
+        return self
+
+    def server_config(self, host: str = "0.0.0.0") -> dict[str, object]:
+        """The JSON config that ``python -m chaos.lab.origin`` takes."""
+        config = self.model_dump(exclude={"sysctls", "access_log"})
+        config["host"] = host
+        config["defer_accept"] = math.ceil(self.defer_accept)  # the socket option is seconds
+        return config
+
+
+class LabSpec(Strict):
+    """Topology: client → gateway → proxy → origin, one network namespace each."""
+
+    name: LabName | None = Field(
+        default=None, description="namespace prefix; defaults to a name derived from the run"
+    )
+    client: ClientSpec = Field(default_factory=ClientSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
+    origin: OriginSpec = Field(default_factory=OriginSpec)
+
+
+# --- load --------------------------------------------------------------------------------
+
+
+class LoadSpec(Strict):
+    """Locust load from the client namespace (see locustfiles/)."""
+
+    user: Literal["raw", "http"] = "raw"
+    users: Annotated[int, Field(ge=1, le=100000)] = 20
+    spawn_rate: Annotated[float, Field(gt=0)] = 100.0
+    workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        default=None, description="Locust worker processes; default one per core"
+    )
+    rate: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="target new connections per second; unset: as fast as possible"
+    )
+    rate_mode: Literal["per-user", "shared"] = "per-user"
+    rate_steps: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+    step_duration: Duration = 10.0
+    teardown: Literal[
+        "client-close",
+        "wait-server-fin",
+        "half-close",
+        "abort",
+        "hold-after-fin",
+        "idle-before-send",
+        "slow-reader",
+    ] = "wait-server-fin"
+    hold: Duration = Field(default=0.0, description="hold-after-fin: seconds held after FIN")
+    idle_before_send: Duration = 0.0
+    rcvbuf: Annotated[int, Field(ge=256)] | None = None
+    read_rate: Annotated[int, Field(ge=0)] = 0
+    keepalive: Keepalive = Field(default_factory=Keepalive)
+    connect_timeout: Duration = 5.0
+    slow_connect: Duration = Field(default=0.2, description="connects slower than this are slow")
+
+
+# --- faults, collectors, sink, expectations ----------------------------------------------
+
+
+class FaultSpec(Strict):
+    """A scheduled fault. The fault controller validates ``params`` per fault type."""
+
+    type: str
+    target: str = Field(description="a role (client, gateway, proxy, origin) or agent URL")
+    at: Duration = 0.0
+    duration: Duration | None = Field(default=None, alias="for")
+    every: Duration | None = None
+    params: dict[str, object] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class CollectorsSpec(Strict):
+    interval: Duration = 1.0
+    roles: list[Literal["client", "gateway", "proxy", "origin"]] = Field(
+        default_factory=lambda: ["client", "gateway", "proxy", "origin"]
+    )
+    zombie_idle: Duration = Field(default=30.0, description="zombie candidate threshold")
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("interval must be > 0")
+        return value
+
+
+class InfluxSpec(Strict):
+    """InfluxDB v2 connection; unset fields come from INFLUXDB_V2_* environment variables."""
+
+    url: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token_env: str = "INFLUXDB_V2_TOKEN"
+
+
+class SinkSpec(Strict):
+    influxdb: InfluxSpec | None = None
+
+
+class Expectation(Strict):
+    """``metric op value`` over collected samples, in a phase of the run."""
+
+    metric: str
+    op: Literal[">=", ">", "<=", "<", "==", "!="]
+    value: float | str
+    when: Literal["baseline", "during", "after", "end"] = "end"
+    role: Literal["client", "gateway", "proxy", "origin"] | None = None
+
+
+# --- the scenario ------------------------------------------------------------------------
+
+
+class Scenario(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    duration: Duration = 10.0
+    lab: LabSpec = Field(default_factory=LabSpec)
+    load: LoadSpec = Field(default_factory=LoadSpec)
+    faults: list[FaultSpec] = Field(default_factory=list)
+    collectors: CollectorsSpec = Field(default_factory=CollectorsSpec)
+    sink: SinkSpec = Field(default_factory=SinkSpec)
+    expect: list[Expectation] = Field(default_factory=list)
+
+    @field_validator("duration")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("duration must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _protocols_agree(self) -> Scenario:
+        origin, proxy = self.lab.origin, self.lab.proxy
+        if proxy.mode == "http" and proxy.kind != "external" and origin.protocol != "http":
+            raise ValueError(
+                "lab.proxy.mode is http but lab.origin.protocol is raw: use proxy mode tcp "
+                "for the raw protocol"
+            )
+        if self.load.user == "http" and origin.protocol != "http":
+            raise ValueError("load.user http needs lab.origin.protocol http")
+        return self

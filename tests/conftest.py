@@ -1,0 +1,144 @@
+"""Test-session guards.
+
+``machine_stays_clean`` snapshots the host before the session and fails the run if anything
+the tests made survives them: network namespaces, host links, host qdiscs, host nft tables,
+stopped processes, or child processes of the test runner.
+
+Root tests (``tests/root``) need real namespaces. Without root they are skipped with a
+visible reason, except under CI (``CI=true``), where a missing root is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+IS_ROOT = os.geteuid() == 0
+
+
+def _namespaces() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def _host_links() -> set[str]:
+    return {name for name in os.listdir("/sys/class/net")}
+
+
+def _host_qdiscs() -> set[str]:
+    out = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    return {line for line in out.splitlines() if line and " noqueue " not in line}
+
+
+def _host_nft_tables() -> set[str]:
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    if not IS_ROOT or not os.path.exists(nft):
+        return set()
+    out = subprocess.run([nft, "list", "tables"], capture_output=True, text=True).stdout
+    return set(out.splitlines())
+
+
+def _stopped_processes() -> set[tuple[int, str]]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "status", "name"]):
+        if proc.info["status"] == psutil.STATUS_STOPPED:
+            found.add((proc.info["pid"], proc.info["name"]))
+    return found
+
+
+def _children() -> set[tuple[int, str]]:
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                out.add((child.pid, " ".join(child.cmdline())[:120]))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def snapshot() -> dict[str, set]:
+    return {
+        "network namespaces": _namespaces(),
+        "host links": _host_links(),
+        "host qdiscs": _host_qdiscs(),
+        "host nft tables": _host_nft_tables(),
+        "stopped processes": _stopped_processes(),
+    }
+
+
+def leftovers(before: dict[str, set]) -> list[str]:
+    after = snapshot()
+    problems = [
+        f"{kind}: {sorted(after[kind] - before[kind])}"
+        for kind in before
+        if after[kind] - before[kind]
+    ]
+    children = _children()
+    if children:
+        problems.append(f"child processes: {sorted(children)}")
+    return problems
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_stays_clean():
+    before = snapshot()
+    yield
+    # Processes get a moment to finish exiting after their tests stopped them.
+    for _ in range(50):
+        problems = leftovers(before)
+        if not problems:
+            return
+        time.sleep(0.1)
+    pytest.fail("the tests left things behind:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/root" in str(item.fspath) or "tests\\root" in str(item.fspath):
+            item.add_marker(pytest.mark.root)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and not IS_ROOT:
+        if os.environ.get("CI"):
+            pytest.fail("root tests need root, and CI must run them: run .ci/run as root")
+        pytest.skip("needs root: real network namespaces")
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def lab_name() -> str:
+    """A short lab name unique to this test session (labs from other sessions coexist)."""
+    return f"t{os.getpid() % 100000}x{next(_names)}"
+
+
+@pytest.fixture
+def chaos_cli():
+    """Run the real `chaos` command; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV_BIN / "chaos"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    return run

@@ -1,0 +1,134 @@
+"""Scenario model and loader: every problem reported at once, with path and line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from chaos.errors import ChaosError, ScenarioError
+from chaos.scenario import loader
+from chaos.scenario.model import Scenario, parse_duration
+
+FIVE_MISTAKES = textwrap.dedent("""\
+    name: five
+    duration: 10 parsecs
+    lab:
+      proxy:
+        kind: envoy
+        timeouts:
+          conect: 5s
+      origin:
+        response_bytes: -1
+    load:
+      teardown: slam
+    """)
+
+
+def test_five_mistakes_are_all_reported_with_paths_and_lines():
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse(FIVE_MISTAKES, "five.yaml")
+    found = {(p.path, p.line) for p in caught.value.problems}
+    assert found == {
+        ("duration", 2),
+        ("lab.proxy.kind", 5),
+        ("lab.proxy.timeouts.conect", 7),
+        ("lab.origin.response_bytes", 9),
+        ("load.teardown", 11),
+    }
+    text = str(caught.value)
+    assert "did you mean 'connect'?" in text
+    assert "got 'envoy'" in text
+    assert "five.yaml:7: lab.proxy.timeouts.conect" in text
+
+
+def test_validate_cli_exits_2_and_reports_all(tmp_path):
+    path = tmp_path / "five.yaml"
+    path.write_text(FIVE_MISTAKES)
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "validate", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "5 problems" in result.stderr
+    for line in (2, 5, 7, 9, 11):
+        assert f"five.yaml:{line}:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_error_has_a_line():
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse("name: x\nlab: [unclosed\n", "bad.yaml")
+    assert caught.value.problems[0].line is not None
+    assert "YAML syntax" in caught.value.problems[0].message
+
+
+def test_duplicate_keys_are_problems():
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse("name: x\nduration: 5s\nduration: 6s\n", "dup.yaml")
+    assert [(p.path, p.line) for p in caught.value.problems] == [("duration", 3)]
+
+
+def test_non_mapping_scenario():
+    with pytest.raises(ScenarioError, match="must be a YAML mapping"):
+        loader.parse("- a\n- b\n", "list.yaml")
+
+
+def test_cross_field_rules():
+    with pytest.raises(ScenarioError, match="use proxy mode tcp"):
+        loader.parse("name: x\nlab: {origin: {protocol: raw}}\n", "x.yaml")
+    with pytest.raises(ScenarioError, match="needs close_after"):
+        loader.parse("name: x\nlab: {origin: {close: server-after}}\n", "x.yaml")
+    with pytest.raises(ScenarioError, match="needs address"):
+        loader.parse("name: x\nlab: {proxy: {kind: external}}\n", "x.yaml")
+    with pytest.raises(ScenarioError, match="not a per-namespace sysctl"):
+        loader.parse("name: x\nlab: {client: {sysctls: {vm.swappiness: 1}}}\n", "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10),
+        ("2m", 120),
+        ("1h", 3600),
+        (5, 5),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["ten", "-1s", True, "5 parsecs"])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_builtins_are_valid_and_described():
+    described = dict(loader.describe_builtins())
+    assert "smoke" in described
+    for name, description in described.items():
+        assert description, f"builtin {name} needs a description"
+        assert isinstance(loader.load(name), Scenario)
+
+
+def test_unknown_scenario_name_lists_builtins():
+    with pytest.raises(ChaosError) as caught:
+        loader.locate("no-such-scenario")
+    assert "smoke" in (caught.value.hint or "")
+
+
+def test_schema_is_json_and_forbids_unknown_keys():
+    schema = json.loads(loader.json_schema())
+    assert schema["additionalProperties"] is False
+    assert "lab" in schema["properties"]
+
+
+def test_resolved_dump_round_trips():
+    scenario = loader.load("smoke")
+    again = loader.parse(loader.dump_resolved(scenario), "resolved")
+    assert again == scenario
