@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 
 class ChaosError(Exception):
-    """Base of all user-facing errors: a message saying what is wrong and a hint saying how to fix it."""
+    """Base of all user errors: a message saying what is wrong, a hint saying how to fix it."""
 
     exit_code = 1
 

@@ -35,8 +35,8 @@ class Journal:
         self._lock = threading.Lock()
         self._fh = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the run
 
-    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        record = {"ts": round(time.time(), 6), "event": kind, **fields}
+    def event(self, name: str, /, **fields: Any) -> dict[str, Any]:
+        record = {"ts": round(time.time(), 6), "event": name, **fields}
         line = json.dumps(record, default=str)
         with self._lock:
             self._fh.write(line + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from chaos.errors import LabError
 from chaos.lab import processes, topology
@@ -31,17 +32,25 @@ def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
     return argv
 
 
+def endpoints(plan: Plan, scenario: Scenario) -> Endpoints:
+    return Endpoints(
+        plan.proxy_address, plan.proxy_port, plan.origin_address, scenario.lab.origin.port
+    )
+
+
 def preflight(scenario: Scenario, name: str) -> Plan:
     """Everything that can be checked before anything is built."""
     topology.require_root()
     plan = Plan(name, scenario.lab)
-    if LabState.load(name) is not None or topology._orphan_namespaces(name):
+    if LabState.load(name) is not None or topology.orphan_namespaces(name):
         raise LabError(
             f"a lab named {name!r} already exists",
             f"remove it with `chaos lab down {name}`, or choose another name with --name",
         )
     if scenario.lab.proxy.kind in PROXIES:
-        PROXIES[scenario.lab.proxy.kind].executable()
+        proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), Path("."))
+        proxy.executable()
+        proxy.check_fd_limit()
     topology.check_sysctls(plan)
     return plan
 
@@ -81,10 +90,7 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
         if plan.external:
             _check_external(plan, scenario)
         else:
-            endpoints = Endpoints(
-                plan.proxy_address, plan.proxy_port, plan.origin_address, scenario.lab.origin.port
-            )
-            proxy = proxy_for(scenario.lab.proxy, endpoints, run.path / "proxy")
+            proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
             proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"))
             state.processes.append(record)
             state.save()

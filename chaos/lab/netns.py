@@ -130,15 +130,26 @@ def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     return box["result"]
 
 
-def popen(name: str | None, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-    """Start a process inside namespace ``name``."""
-    if name is None:
-        return subprocess.Popen(argv, **kwargs)
-    fd = _open_ns(name)
+def popen(
+    name: str | None,
+    argv: Sequence[str],
+    prepare: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> subprocess.Popen:
+    """Start a process inside namespace ``name``; ``prepare`` runs in the child before exec."""
+    fd = _open_ns(name) if name is not None else -1
+
+    def in_child() -> None:
+        if fd >= 0:
+            _setns(fd)
+        if prepare is not None:
+            prepare()
+
     try:
-        return subprocess.Popen(argv, preexec_fn=lambda: _setns(fd), **kwargs)
+        return subprocess.Popen(argv, preexec_fn=in_child, **kwargs)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -65,6 +66,17 @@ def log_tail(path: str | Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def raise_fd_limit() -> None:
+    """Lift RLIMIT_NOFILE to the kernel's maximum: proxies size their fd needs from maxconn."""
+    try:
+        with open("/proc/sys/fs/nr_open") as fh:
+            ceiling = int(fh.read())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+    except (OSError, ValueError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def spawn(
     role: str,
     name: str,
@@ -86,6 +98,7 @@ def spawn(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                prepare=raise_fd_limit,
                 start_new_session=detach,
                 close_fds=True,
             )
@@ -100,12 +113,23 @@ def spawn(
     return proc, record
 
 
-def _can_connect(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _is_listening(host: str, port: int) -> bool:
+    """A LISTEN socket on host:port (or the wildcard) in this thread's namespace.
+
+    Looking, rather than connecting, keeps readiness checks out of the proxy's log.
+    """
+    wanted = {f"{_hex_ip(host)}:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/thread-self/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            fields = line.split(None, 4)
+            if fields[3] == "0A" and fields[1] in wanted:
+                return True
+    return False
+
+
+def _hex_ip(host: str) -> str:
+    return socket.inet_aton(host)[::-1].hex().upper()
 
 
 def wait_listening(
@@ -114,15 +138,15 @@ def wait_listening(
     host: str,
     port: int,
     timeout: float = 10.0,
-    from_namespace: str | None = None,
+    namespace: str | None = None,
 ) -> None:
-    """Wait until ``host:port`` accepts connections from ``from_namespace``.
+    """Wait until ``host:port`` is listening in ``namespace`` (default: the process's).
 
     A process that exits first, or never listens, raises ProcessStartError with the tail of
     its own log, which is where haproxy and nginx explain what is wrong.
     """
     deadline = time.monotonic() + timeout
-    namespace = from_namespace if from_namespace is not None else record.namespace
+    namespace = namespace if namespace is not None else record.namespace
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
@@ -131,7 +155,7 @@ def wait_listening(
                 + (log_tail(record.log) or "(no output)"),
                 f"full log: {record.log}",
             )
-        if netns.run_in(namespace, _can_connect, host, port):
+        if netns.run_in(namespace, _is_listening, host, port):
             return
         time.sleep(0.05)
     terminate(record)

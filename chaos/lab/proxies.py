@@ -11,7 +11,9 @@ report can compare what the proxy passed with what the origin received::
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
@@ -19,11 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.errors import CapabilityError, ProcessStartError
-from chaos.lab import processes
+from chaos.lab import netns, processes
 from chaos.lab.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def _has_sys_resource() -> bool:
+    """CAP_SYS_RESOURCE (bit 24) lets root raise the hard fd limit; containers often drop it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
 
 
 def _ms(seconds: float) -> str:
@@ -88,23 +98,50 @@ class Proxy(ABC):
     def conf_path(self) -> Path:
         return self.conf_dir / f"{self.kind}.conf"
 
-    def write_config(self) -> Path:
+    def fds_needed(self) -> int:
+        """File descriptors the proxy asks for: two per proxied connection, plus its own."""
+        return 2 * self.spec.maxconn + 64
+
+    def check_fd_limit(self) -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        try:
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            ceiling = hard
+        can_raise = os.geteuid() == 0 and _has_sys_resource()
+        limit = max(hard, ceiling) if can_raise else hard
+        if self.fds_needed() > limit:
+            raise CapabilityError(
+                f"{self.kind} with maxconn {self.spec.maxconn} needs {self.fds_needed()} file "
+                f"descriptors, but this host allows at most {limit} per process",
+                f"lower lab.proxy.maxconn to {(limit - 64) // 2} or less, or raise the hard "
+                "RLIMIT_NOFILE (ulimit -Hn) of the shell that runs chaos",
+            )
+
+    def write_config(self, namespace: str | None) -> Path:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.render())
-        self.check(self.conf_path)
+        self.check(self.conf_path, namespace)
         return self.conf_path
 
-    def check(self, conf: Path) -> None:
-        result = subprocess.run(self.check_argv(conf), capture_output=True, text=True)
-        if result.returncode != 0:
+    def check(self, conf: Path, namespace: str | None) -> None:
+        # In the proxy's namespace: nginx's check binds its listen addresses.
+        proc = netns.popen(
+            namespace,
+            self.check_argv(conf),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output, _ = proc.communicate()
+        if proc.returncode != 0:
             raise ProcessStartError(
-                f"{self.kind} rejected its generated configuration {conf}:\n"
-                + (result.stdout + result.stderr).strip(),
+                f"{self.kind} rejected its generated configuration {conf}:\n" + output.strip(),
                 "this is a bug if the scenario is valid; please report it with the file above",
             )
 
     def start(self, namespace: str, log_path: Path) -> tuple[subprocess.Popen, ProcessRecord]:
-        conf = self.write_config()
+        conf = self.write_config(namespace)
         proc, record = processes.spawn("proxy", self.kind, namespace, self.run_argv(conf), log_path)
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
@@ -139,6 +176,7 @@ class HAProxy(Proxy):
             "defaults",
             f"    mode {spec.mode}",
             "    log global",
+            "    option dontlognull  # readiness probes connect and send nothing",
             f'    log-format "{log_format}"',
             f"    maxconn {spec.maxconn}",
             f"    timeout connect {_ms(t.connect)}",

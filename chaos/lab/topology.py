@@ -242,7 +242,7 @@ def list_labs() -> list[str]:
     return sorted(names)
 
 
-def _orphan_namespaces(name: str) -> list[str]:
+def orphan_namespaces(name: str) -> list[str]:
     return [
         ns
         for ns in netns.list_namespaces()
@@ -351,7 +351,7 @@ def destroy(name: str) -> list[str]:
     """
     removed: list[str] = []
     state = LabState.load(name)
-    namespaces = set(_orphan_namespaces(name))
+    namespaces = set(orphan_namespaces(name))
     if state is not None:
         for record in reversed(state.processes):
             if record.alive():

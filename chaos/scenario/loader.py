@@ -78,9 +78,10 @@ def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | 
             node, on_key = value_node, part == loc[-1]
             if on_key:
                 return key_node, True
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part < len(node.value):
-                node = node.value[part]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
     return node, on_key
 
 
@@ -118,16 +119,16 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _format_path(loc: tuple[Any, ...]) -> str:
+    """``("lab", "proxy", "kind")`` → ``lab.proxy.kind``; list indexes as ``[i]``.
+
+    pydantic adds internal parts for validator wrappers (``function-after[...]``); they are
+    not field names, so they are dropped.
+    """
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif "[" in str(part) or ("-" in str(part) and not part.isidentifier()):
-            # pydantic-internal parts such as "function-after[...]"; keep user fields only
-            if str(part).startswith(("function-", "constrained-")):
-                continue
-            out += f".{part}" if out else str(part)
-        else:
+        elif "[" not in str(part):
             out += f".{part}" if out else str(part)
     return out
 

@@ -123,7 +123,7 @@ class ProxySpec(Strict):
     address: str | None = Field(
         default=None, description="host:port of an external proxy (kind: external only)"
     )
-    maxconn: Annotated[int, Field(ge=1)] = 20000
+    maxconn: Annotated[int, Field(ge=1)] = 8000
     upstream: Literal["close", "keep-alive"] = Field(
         default="close", description="upstream connection reuse"
     )
@@ -182,7 +182,12 @@ class OriginSpec(Strict):
         """The JSON config that ``python -m chaos.lab.origin`` takes."""
         config = self.model_dump(exclude={"sysctls", "access_log"})
         config["host"] = host
-        config["defer_accept"] = math.ceil(self.defer_accept)  # the socket option is seconds
+        # TCP_DEFER_ACCEPT and the keepalive timers are whole seconds at the socket level.
+        config["defer_accept"] = math.ceil(self.defer_accept)
+        keepalive = config["keepalive"]
+        assert isinstance(keepalive, dict)
+        for key in ("idle", "interval"):
+            keepalive[key] = max(1, math.ceil(keepalive[key]))
         return config
 
 

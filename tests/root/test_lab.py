@@ -135,7 +135,7 @@ def test_proxy_kinds_and_modes(lab_name, tmp_path, kind, mode, protocol):
     finally:
         lab.down(lab_name)
         run.close()
-    assert not topology._orphan_namespaces(lab_name)
+    assert not topology.orphan_namespaces(lab_name)
 
 
 def test_scenario_sysctls_are_applied_per_namespace(lab_name, tmp_path):
@@ -192,7 +192,7 @@ def test_bad_sysctls_fail_before_anything_is_built(lab_name, tmp_path, chaos_cli
     assert result.returncode == SysctlError.exit_code
     assert message in result.stderr and key in result.stderr
     assert "Traceback" not in result.stderr
-    assert not topology._orphan_namespaces(lab_name)
+    assert not topology.orphan_namespaces(lab_name)
     assert not any(ns.startswith("chaos-") and lab_name in ns for ns in netns.list_namespaces())
 
 
@@ -221,7 +221,7 @@ def test_proxy_that_fails_to_start_shows_its_own_output(lab_name, tmp_path, chao
     assert "haproxy exited with status" in result.stderr
     assert "/nonexistent/chaos-test.cfg" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not topology._orphan_namespaces(lab_name)
+    assert not topology.orphan_namespaces(lab_name)
 
 
 def test_down_removes_a_half_built_lab_without_state(lab_name):
