@@ -29,6 +29,9 @@ from chaos.errors import LabError, SysctlError
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
 
 T = TypeVar("T")
 
@@ -51,12 +54,70 @@ def exists(name: str) -> bool:
 
 
 def create(name: str) -> None:
+    """Create a named namespace, as ``ip netns add`` does, without forking.
+
+    A short-lived thread unshares its own network namespace and bind-mounts
+    ``/proc/thread-self/ns/net`` at ``/run/netns/NAME``. (pyroute2's ``netns.create`` forks a
+    child, which inherits the caller's signal handlers.)
+    """
     if exists(name):
         raise LabError(f"network namespace {name!r} already exists")
+    path = path_of(name)
+
+    def in_thread() -> None:
+        _share_netns_dir()
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare")
+            _check(
+                _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None),
+                "bind mount",
+            )
+        except OSError:
+            os.unlink(path)
+            raise
+
     try:
-        _pr_netns.create(name)
+        _run_in_thread(in_thread)
     except OSError as exc:
         raise LabError(f"cannot create network namespace {name!r}: {exc}") from exc
+
+
+def _share_netns_dir() -> None:
+    """Make /run/netns a shared mount point, as iproute2 does, so mounts propagate."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    if _libc.mount(b"", NETNS_DIR.encode(), b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    _check(
+        _libc.mount(NETNS_DIR.encode(), NETNS_DIR.encode(), b"none", MS_BIND | MS_REC, None),
+        "bind mount /run/netns",
+    )
+    _check(
+        _libc.mount(b"", NETNS_DIR.encode(), b"none", MS_SHARED | MS_REC, None), "share /run/netns"
+    )
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _run_in_thread(fn: Callable[[], T]) -> T:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def remove(name: str) -> None:
@@ -110,24 +171,15 @@ def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     if name is None:
         return fn(*args, **kwargs)
     fd = _open_ns(name)
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            _setns(fd)
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
+    def inside() -> T:
+        _setns(fd)
+        return fn(*args, **kwargs)
 
     try:
-        thread = threading.Thread(target=target, name=f"netns:{name}", daemon=True)
-        thread.start()
-        thread.join()
+        return _run_in_thread(inside)
     finally:
         os.close(fd)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def popen(
