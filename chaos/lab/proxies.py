@@ -78,7 +78,10 @@ class Proxy(ABC):
             return None
         out = subprocess.run([exe, *cls.version_args()], capture_output=True, text=True)
         text = (out.stdout + out.stderr).strip().splitlines()
-        return text[0] if text else None
+        if not text:
+            return None
+        # "HAProxy version 2.6.12-1 2023/... - https://..." / "nginx version: nginx/1.22.1"
+        return text[0].split(" - ")[0].replace("nginx version: ", "")
 
     @classmethod
     @abstractmethod
