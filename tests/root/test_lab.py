@@ -9,10 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from chaos.lab.origin import read_access_log
 
 from chaos.errors import LabError, SysctlError
 from chaos.lab import lab, netns, proxies, topology
+from chaos.lab.origin import read_access_log
 from chaos.lab.topology import LabState
 from chaos.rundir import RunDir
 from chaos.scenario import loader
