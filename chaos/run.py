@@ -1,0 +1,181 @@
+"""The one place where a run is composed: scenario → lab → load → teardown → summary.
+
+Teardown runs on every exit path: a normal end, an exception, Ctrl-C and SIGTERM (turned
+into :class:`Terminated` so ``finally`` blocks run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from chaos.errors import ChaosError
+from chaos.lab import lab, netns, proxies
+from chaos.lab.topology import LabState
+from chaos.load.options import locustfile_for, user_options
+from chaos.load.runner import LoadResult, LocustRun
+from chaos.rundir import RunDir, chown_to_invoker
+from chaos.scenario import loader
+from chaos.scenario.model import Scenario, parse_duration
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        # pyroute2 forks helper children (no exec) and stops them with SIGTERM; they inherit
+        # this handler and must just exit, not run the run's cleanup a second time.
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    scenario: str
+    runs_root: Path = Path("runs")
+    duration: str | None = None
+    lab_name: str | None = None
+    workers: int | None = None
+
+
+def refuse_unsupported(scenario: Scenario) -> None:
+    """Sections this version validates but cannot act on yet stop the run, never silently."""
+    unsupported = []
+    if scenario.faults:
+        unsupported.append("faults")
+    if scenario.expect:
+        unsupported.append("expect")
+    if scenario.sink.influxdb is not None:
+        unsupported.append("sink.influxdb")
+    if unsupported:
+        raise ChaosError(
+            f"this version cannot run scenarios that use: {', '.join(unsupported)}",
+            "remove those sections to run the load alone",
+        )
+
+
+def resolve(options: RunOptions) -> Scenario:
+    scenario = loader.load(options.scenario)
+    updates: dict[str, Any] = {}
+    if options.duration:
+        try:
+            updates["duration"] = parse_duration(options.duration)
+        except ValueError as exc:
+            raise ChaosError(f"--duration {options.duration!r}: {exc}") from None
+    if options.workers:
+        updates["load"] = scenario.load.model_copy(update={"workers": options.workers})
+    return scenario.model_copy(update=updates) if updates else scenario
+
+
+def run_scenario(options: RunOptions, console: Console) -> int:
+    scenario = resolve(options)
+    refuse_unsupported(scenario)
+    name = options.lab_name or scenario.lab.name or f"r{secrets.token_hex(3)}"
+    lab.preflight(scenario, name)
+    run = RunDir.create(scenario.name, options.runs_root)
+    run.write_scenario(scenario)
+    run.journal.event("run.start", scenario=scenario.name, lab=name, duration=scenario.duration)
+    console.print(
+        f"run [bold]{scenario.name}[/] for {scenario.duration:g}s in lab {name}; "
+        f"run directory {run.path}"
+    )
+    result: LoadResult | None = None
+    outcome = "error"
+    try:
+        with sigterm_raises():
+            state = lab.up(scenario, name, run)
+            result = drive_load(scenario, state, run, console)
+            outcome = "done"
+    except (KeyboardInterrupt, Terminated):
+        outcome = "interrupted"
+        raise KeyboardInterrupt from None
+    finally:
+        removed = lab.down(name)
+        run.journal.event("lab.down", lab=name, removed=len(removed))
+        run.journal.event("run.end", outcome=outcome)
+        run.close()
+        chown_to_invoker(run.path)
+    summary = summarize(run.path, result)
+    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(console, summary)
+    return 0
+
+
+def drive_load(scenario: Scenario, state: LabState, run: RunDir, console: Console) -> LoadResult:
+    load = scenario.load
+    workers = load.workers or os.cpu_count() or 1
+    client_ns = state.namespaces["client"]
+    host = f"tcp://{state.proxy['host']}:{state.proxy['port']}"
+    if load.user == "http":
+        host = f"http://{state.proxy['host']}:{state.proxy['port']}"
+    args = user_options(load, str(state.origin["protocol"]), state.client_addresses, workers)
+    locust = LocustRun(
+        locustfile=locustfile_for(load),
+        host=host,
+        users=load.users,
+        spawn_rate=load.spawn_rate,
+        run_time=scenario.duration,
+        workers=workers,
+        run_dir=run.path,
+        user_args=args,
+        spawn=lambda argv, **kw: netns.popen(client_ns, argv, **kw),
+    )
+    run.journal.event("load.start", workers=workers, users=load.users, host=host)
+    try:
+        result = locust.run()
+    finally:
+        locust.stop()
+    run.journal.event("load.end", connections=result.total_requests, failures=result.total_failures)
+    return result
+
+
+def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"run_dir": str(run_path)}
+    if result is not None:
+        summary["load"] = result.as_dict()
+    stats = run_path / "origin-stats.json"
+    if stats.exists():
+        summary["origin"] = json.loads(stats.read_text())
+    proxy_log = run_path / "logs" / "proxy.log"
+    if proxy_log.exists():
+        summary["proxy_logged"] = len(proxies.parse_log(proxy_log))
+    return summary
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table("", "", box=None, pad_edge=False, show_header=False)
+    load = summary.get("load", {})
+    for key, value in load.items():
+        if not isinstance(value, dict | list):
+            table.add_row(key.replace("_", " "), str(value))
+    for failure, count in load.get("failures_by_class", {}).items():
+        table.add_row(f"  failures {failure}", str(count))
+    origin = summary.get("origin", {})
+    if origin:
+        table.add_row("origin requests served", str(origin.get("requests", "?")))
+    if "proxy_logged" in summary:
+        table.add_row("proxy log entries", str(summary["proxy_logged"]))
+    console.print(table)
+    console.print(f"results in {summary['run_dir']}")

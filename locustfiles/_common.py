@@ -1,0 +1,420 @@
+"""Shared by the locustfiles: rate control (pacing, shared token bucket, step ramps), the
+per-second rate CSV, and failure classes whose ``repr`` is a short class name.
+
+Standalone on purpose: no import of the ``chaos`` package (locust monkey-patches the process
+with gevent before this module is imported). Locust skips files starting with ``_`` when it is
+given a directory, so this module is never mistaken for a locustfile.
+
+Options registered here (shared by every locustfile that imports this module):
+
+``--rate R``             target new connections (tasks) per second for the whole test; 0 = unpaced
+``--rate-mode M``        ``shared`` (default): one GCRA token bucket per process, each process
+                         gets ``R / workers``; ``per-user``: each user is paced on its own
+                         schedule at ``R / workers / users_on_this_process`` (like
+                         ``constant_pacing``: start times are scheduled, not sleep-after-work)
+``--rate-steps LIST``    e.g. ``500,1000,2000``: the target changes every ``--step-seconds``
+                         (measured from test start) and stays at the last step; overrides --rate
+``--step-seconds S``     length of one step (default 10)
+``--workers-hint N``     number of worker processes sharing the rate. 0 (default) = automatic:
+                         the master writes its connected worker count into the options it sends
+                         to workers at test start; a local run counts as 1
+``--rate-csv PATH``      master/local only: one row per second
+                         ``time,elapsed_s,target_rate,achieved_rate,failures,users``
+``--rate-entry NAME``    stats entry counted as "achieved" (default ``connection``; empty = all)
+``--http-path PATH``     request path of the HTTP users (here because both locustfiles use it)
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import logging
+import random
+import time
+from typing import Any
+
+import gevent
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import StatsCSVFileWriter
+
+log = logging.getLogger("locustfiles")
+
+# Attribute the master adds to its parsed options so that workers learn the worker count (Locust
+# forwards every non-default option in each "spawn" message).
+WORKERS_ATTR = "chaos_workers_auto"
+
+
+# --------------------------------------------------------------------------- failure classes
+class TcpFailure(Exception):
+    """A failure reported through the request event.
+
+    Locust groups its failure table by ``repr(exception)`` (and sends only that string from
+    workers to the master), so ``repr`` is the bare name, e.g. ``ECONNREFUSED``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name or type(self).__name__)
+
+    def __repr__(self) -> str:
+        return self.args[0]
+
+    __str__ = __repr__
+
+
+class ConnectTimeout(TcpFailure):
+    """connect() did not finish within --connect-timeout."""
+
+
+class ReadTimeout(TcpFailure):
+    """No progress on a read (response or FIN) within --read-timeout."""
+
+
+class SlowConnect(TcpFailure):
+    """connect() took longer than --slow-connect-ms (port exhaustion shows up first as this)."""
+
+
+class IncompleteResponse(TcpFailure):
+    """The peer closed before a full response arrived."""
+
+
+class BadResponse(TcpFailure):
+    """A response that does not parse (e.g. bad HTTP status line)."""
+
+
+_errno_failures: dict[int | None, TcpFailure] = {}
+
+
+def errno_failure(exc: OSError) -> TcpFailure:
+    """The shared failure instance for an OSError, named after its errno (ECONNRESET, ...).
+
+    Instances are cached: they are only reported, never raised, so sharing them is safe and
+    keeps the failure path allocation-free.
+    """
+    code = exc.errno
+    failure = _errno_failures.get(code)
+    if failure is None:
+        # No errno: e.g. a TimeoutError; use its class name.
+        name = type(exc).__name__ if code is None else errno.errorcode.get(code, f"ERRNO{code}")
+        failure = _errno_failures[code] = TcpFailure(name)
+    return failure
+
+
+# --------------------------------------------------------------------------- options
+@events.init_command_line_parser.add_listener
+def _add_rate_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("rate control (locustfiles/_common.py)")
+    group.add_argument(
+        "--rate", type=float, default=0.0, help="target new connections/s for the whole test"
+    )
+    group.add_argument(
+        "--rate-mode",
+        choices=["shared", "per-user"],
+        default="shared",
+        help="shared: one token bucket per process; per-user: each user on its own schedule",
+    )
+    group.add_argument(
+        "--rate-steps", default="", help="comma list of rates, one per --step-seconds"
+    )
+    group.add_argument("--step-seconds", type=float, default=10.0, help="length of a rate step")
+    group.add_argument(
+        "--workers-hint",
+        type=int,
+        default=0,
+        help="worker processes sharing --rate (0 = automatic)",
+    )
+    group.add_argument(
+        "--rate-csv", default="", help="master/local: per-second target and achieved rate CSV"
+    )
+    group.add_argument("--http-path", default="/", help="HTTP request path (raw http, http_user)")
+    group.add_argument(
+        "--rate-entry",
+        default="connection",
+        help="stats entry counted as achieved rate (empty = Aggregated)",
+    )
+
+
+def opt(environment: Environment, name: str, default: Any) -> Any:
+    """An option from the parsed command line, or its default when run without one."""
+    options = environment.parsed_options
+    return default if options is None else getattr(options, name, default)
+
+
+def parse_rate_steps(text: str) -> list[float]:
+    return [float(part) for part in text.replace(" ", "").split(",") if part]
+
+
+# --------------------------------------------------------------------------- rate control
+class RateControl:
+    """Target rate over time and this process's share of it.
+
+    One instance per process per test (rebuilt at every test_start). ``reserve_shared`` is a
+    GCRA: each caller reserves the next free slot, so N users together produce exactly the
+    process share, with no burst debt when they fall behind.
+    """
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.rate = float(opt(environment, "rate", 0.0))
+        self.steps = parse_rate_steps(str(opt(environment, "rate_steps", "") or ""))
+        self.step_seconds = max(float(opt(environment, "step_seconds", 10.0)), 0.001)
+        self.mode = str(opt(environment, "rate_mode", "shared"))
+        self.workers = self._worker_count(environment)
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self._next_slot = 0.0
+
+    @staticmethod
+    def _worker_count(environment: Environment) -> int:
+        hint = int(opt(environment, "workers_hint", 0) or 0)
+        if hint > 0:
+            return hint
+        runner = environment.runner
+        if isinstance(runner, MasterRunner):
+            return max(runner.worker_count, 1)
+        if isinstance(runner, WorkerRunner):
+            return max(int(opt(environment, WORKERS_ATTR, 1) or 1), 1)
+        return 1
+
+    @property
+    def paced(self) -> bool:
+        return self.rate > 0 or bool(self.steps)
+
+    def target_rate(self, now: float | None = None) -> float:
+        """Whole-test target (all workers) at monotonic time ``now``."""
+        if not self.steps:
+            return self.rate
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        index = min(int(elapsed / self.step_seconds), len(self.steps) - 1)
+        return self.steps[max(index, 0)]
+
+    def target_rate_at_wall(self, wall: float) -> float:
+        return self.target_rate(self.started + (wall - self.started_wall))
+
+    def process_rate(self, now: float) -> float:
+        return self.target_rate(now) / self.workers
+
+    def reserve_shared(self) -> float:
+        """Seconds to wait before the next connection of this process (0 if unpaced)."""
+        now = time.monotonic()
+        rate = self.process_rate(now)
+        if rate <= 0:
+            return 0.0
+        slot = self._next_slot if self._next_slot > now else now
+        self._next_slot = slot + 1.0 / rate
+        return slot - now
+
+    def user_interval(self, now: float) -> float:
+        """Per-user interval in per-user mode (0 if unpaced)."""
+        rate = self.process_rate(now)
+        if rate <= 0:
+            return 0.0
+        runner = self.environment.runner
+        users = getattr(runner, "target_user_count", 0) or (runner.user_count if runner else 1)
+        return max(users, 1) / rate
+
+
+class _State:
+    """Per-process state shared by all users of a locustfile."""
+
+    rate: RateControl | None = None
+    rate_logger: gevent.Greenlet | None = None
+    rate_writer: RateCsvWriter | None = None
+
+
+STATE = _State()
+
+
+def rate_control(environment: Environment) -> RateControl:
+    """The process's RateControl (built lazily for environments that never fired test_start)."""
+    control = STATE.rate
+    if control is None or control.environment is not environment:
+        control = STATE.rate = RateControl(environment)
+    return control
+
+
+class Pacer:
+    """Per-user pacing helper: call ``first_delay()`` once, then ``delay()`` after each task."""
+
+    __slots__ = ("environment", "slot")
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.slot = 0.0
+
+    def first_delay(self) -> float:
+        control = rate_control(self.environment)
+        if not control.paced:
+            return 0.0
+        if control.mode == "shared":
+            return control.reserve_shared()
+        # A random phase within one interval: users spawned together do not fire in lockstep.
+        now = time.monotonic()
+        delay = random.random() * control.user_interval(now)
+        self.slot = now + delay
+        return delay
+
+    def delay(self) -> float:
+        control = STATE.rate or rate_control(self.environment)
+        if control.mode == "shared":
+            return control.reserve_shared() if control.paced else 0.0
+        now = time.monotonic()
+        interval = control.user_interval(now)
+        if interval <= 0:
+            return 0.0
+        # Scheduled start times (constant pacing): a late task does not shift the schedule,
+        # but a backlog of more than one interval is dropped rather than burst out.
+        slot = self.slot + interval
+        if slot < now:
+            slot = now
+        self.slot = slot
+        return slot - now
+
+
+# --------------------------------------------------------------------------- rate CSV
+class RateCsvWriter:
+    """Writes one row per wall-clock second: target beside achieved rate.
+
+    Achieved counts come from the stats entry's per-second buckets, which workers report with
+    their own timestamps and the master merges; rows are therefore written with a lag (a bit
+    more than Locust's 3 s worker report interval on a master) so that each second is complete.
+    """
+
+    FIELDS = ("time", "elapsed_s", "target_rate", "achieved_rate", "failures", "users")
+
+    def __init__(self, environment: Environment, path: str) -> None:
+        self.environment = environment
+        self.control = RateControl(environment)
+        self.entry = str(opt(environment, "rate_entry", "connection") or "")
+        self.lag = 5 if isinstance(environment.runner, MasterRunner) else 1
+        self.first = int(time.time())
+        self.next = self.first
+        self.users: dict[int, int] = {}  # second -> running users, sampled by run()
+        self.last_users = 0
+        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(self.FIELDS)
+        self.file.flush()
+
+    def _stats_entry(self) -> Any:
+        stats = self.environment.stats
+        if not self.entry:
+            return stats.total
+        for (name, _method), entry in stats.entries.items():
+            if name == self.entry:
+                return entry
+        return None
+
+    def sample_users(self) -> None:
+        runner = self.environment.runner
+        if runner is not None and runner.state not in ("stopping", "stopped"):
+            self.users[int(time.time())] = runner.user_count
+
+    def flush(self, upto: int) -> None:
+        entry = self._stats_entry()
+        reqs = entry.num_reqs_per_sec if entry is not None else {}
+        fails = entry.num_fail_per_sec if entry is not None else {}
+        while self.next <= upto:
+            second = self.next
+            users = self.last_users = self.users.pop(second, self.last_users)
+            self.writer.writerow(
+                (
+                    second,
+                    second - self.first,
+                    f"{self.control.target_rate_at_wall(second + 0.5):g}",
+                    reqs.get(second, 0),
+                    fails.get(second, 0),
+                    users,
+                )
+            )
+            self.next += 1
+        self.file.flush()
+
+    def run(self) -> None:
+        while True:
+            self.sample_users()
+            gevent.sleep(1.0)
+            self.flush(int(time.time()) - self.lag)
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.flush(int(time.time()))  # called at quitting: every count is final
+            self.file.close()
+
+
+def _start_rate_csv(environment: Environment) -> None:
+    path = str(opt(environment, "rate_csv", "") or "")
+    if not path or isinstance(environment.runner, WorkerRunner):
+        return
+    if STATE.rate_writer is not None:
+        # A new test in the same process (web UI): keep appending to the same file.
+        STATE.rate_writer.control = RateControl(environment)
+        return
+    writer = STATE.rate_writer = RateCsvWriter(environment, path)
+    STATE.rate_logger = gevent.spawn(writer.run)
+
+
+def _stop_rate_csv() -> None:
+    if STATE.rate_logger is not None:
+        STATE.rate_logger.kill(block=False)
+        STATE.rate_logger = None
+    if STATE.rate_writer is not None:
+        STATE.rate_writer.close()
+        STATE.rate_writer = None
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner) and environment.parsed_options is not None:
+        # Fires before the master dispatches the spawn messages, which carry these options.
+        setattr(environment.parsed_options, WORKERS_ATTR, max(runner.worker_count, 1))
+    STATE.rate = RateControl(environment)
+    _start_rate_csv(environment)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
+    # At quitting, the master has the workers' final reports: the last rows are complete.
+    _stop_rate_csv()
+
+
+# --------------------------------------------------------------------------- final CSV rows
+def _final_csv_rows(writer: Any) -> None:
+    """Rewrite _stats.csv, _failures.csv and _exceptions.csv with the final numbers.
+
+    Locust rewrites these files once a second and does not write them again at shutdown, so
+    they miss up to the last second of the run (locustio/locust#1806, #2299); the terminal
+    summary, --json and --html have the final numbers. ``close_files`` runs after the runner
+    has quit (and, on a master, after the workers' final reports), so writing here is final.
+    """
+    for handle, write in (
+        (writer.requests_csv_filehandle, writer.requests_csv),
+        (writer.failures_csv_filehandle, writer.failures_csv),
+        (writer.exceptions_csv_filehandle, writer.exceptions_csv),
+    ):
+        if handle.closed:
+            continue
+        handle.seek(0)
+        write(csv.writer(handle))
+        handle.truncate()
+
+
+def _patch_csv_close() -> None:
+    original = getattr(StatsCSVFileWriter, "close_files", None)
+    if original is None or getattr(original, "_chaos_final_rows", False):
+        return
+
+    def close_files(self: Any) -> None:
+        try:
+            _final_csv_rows(self)
+        except Exception:  # never break Locust's shutdown over a report
+            log.exception("could not write the final CSV rows")
+        original(self)
+
+    close_files._chaos_final_rows = True  # type: ignore[attr-defined]
+    StatsCSVFileWriter.close_files = close_files  # type: ignore[method-assign]
+
+
+_patch_csv_close()

@@ -1,0 +1,535 @@
+"""RawTcpUser: one short TCP connection per task, with a chosen way of ending it.
+
+Run it like any locustfile::
+
+    locust -f locustfiles/raw_tcp.py --host tcp://198.18.2.2:8080 --headless -u 50 -r 50 \\
+        --teardown client-close --rate 500
+
+Host: ``tcp://HOST:PORT`` or ``HOST:PORT`` (``[v6]:PORT`` works too).
+
+Wire protocols (``--protocol``), spoken by ``chaos/lab/origin.py``:
+  ``raw``   request = ``--request`` plus ``\\n``; response = bytes up to and including a final
+            ``\\n`` (the server may then close, depending on its configuration);
+  ``http``  ``GET --http-path HTTP/1.1`` with a ``Host`` header; the response has a
+            Content-Length (without one, the body ends at EOF). ``Connection: close`` is sent
+            only by the modes that wait for the server's FIN.
+
+Teardown modes (``--teardown``):
+  ``client-close``      close right after the full response (TIME_WAIT on the client)
+  ``wait-server-fin``   read to EOF (the server's FIN), then close
+  ``half-close``        shutdown(SHUT_WR) after sending, read to EOF, close
+  ``abort``             SO_LINGER {1, 0} then close: RST, no TIME_WAIT
+  ``hold-after-fin``    after the server's FIN keep the socket ``--hold-seconds`` (CLOSE_WAIT on
+                        the client). Held sockets are closed by a per-user reaper greenlet so the
+                        user goes on connecting; at most ``--max-held`` per user (beyond that the
+                        socket is closed at once and a ``hold_overflow`` failure is reported)
+  ``idle-before-send``  connect, idle ``--idle-ms`` (1000 if 0), send, read, close (meets
+                        TCP_DEFER_ACCEPT)
+  ``slow-reader``       SO_RCVBUF ``--rcvbuf`` (4096 if 0) before connect, read at
+                        ``--read-rate`` B/s (1024 if 0): the client advertises a zero window
+``--idle-ms``, ``--rcvbuf`` and ``--read-rate`` also apply to every other mode when > 0.
+Keepalive (any mode): ``--keepalive`` with ``--keepidle/--keepintvl/--keepcnt`` seconds/probes.
+
+Stats (request_type ``TCP``):
+  ``connection``    one entry per connection attempt: total time, bytes received; a failure
+                    carries its class (below). Use this row for connection counts and rates.
+  ``connect``, ``first_byte``, ``response``, ``close``  per-phase times of the phases that
+                    completed (connect: socket to established; first_byte and response: from
+                    request sent; close: from full response to close(), including the wait for
+                    the server's FIN in the modes that wait). Fired for every
+                    ``--phase-stats``-th connection (1 = all, the default; 0 = none): each
+                    event costs ~3.3 us of CPU, so the four phase events are ~13% of a
+                    connection's CPU (bench/load_churn.py: ~10.9k/s with, ~12.8k/s without).
+  ``slow_connect``  a failure entry for each successful connect slower than
+                    ``--slow-connect-ms`` (port-range exhaustion shows first as connect latency).
+The ``Aggregated`` row therefore sums phases too: read counts from ``connection``.
+
+Failure classes (Locust's failure table groups by them): the errno name of an OSError
+(ECONNREFUSED, ECONNRESET, EADDRNOTAVAIL, EPIPE, ETIMEDOUT, ...), ``ConnectTimeout``
+(``--connect-timeout``), ``ReadTimeout`` (no progress on a read or send for ``--read-timeout``),
+``IncompleteResponse`` (EOF before the response ended), ``BadResponse`` (e.g. ``HTTP503``),
+``SlowConnect``, ``HoldOverflow``. Both timeouts are enforced by one per-process watchdog timer
+with a resolution of min(timeout/10, 0.1 s), not by socket timeouts (see _Watchdog).
+
+Connections cut short when Locust kills the users at the end of a run (at most one per user)
+are not reported; the server will have counted them.
+
+Source addresses: ``--source-addresses 198.18.1.10,198.18.1.11`` spreads connections round-robin
+(per process, starting at an offset by worker index) using IP_BIND_ADDRESS_NO_PORT and
+bind((addr, 0)), so the kernel picks the port per 4-tuple at connect time.
+
+Rate control (``--rate``, ``--rate-mode``, ``--rate-steps``, ``--rate-csv``, ...): see _common.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from _common import (
+    BadResponse,
+    ConnectTimeout,
+    IncompleteResponse,
+    Pacer,
+    ReadTimeout,
+    SlowConnect,
+    TcpFailure,
+    errno_failure,
+    opt,
+)
+from locust import User, events, task
+from locust.env import Environment
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+LINGER_RST = struct.pack("ii", 1, 0)
+REQUEST_TYPE = "TCP"
+MODES = (
+    "client-close",
+    "wait-server-fin",
+    "half-close",
+    "abort",
+    "hold-after-fin",
+    "idle-before-send",
+    "slow-reader",
+)
+RECV_SIZE = 65536
+_NO_CONTEXT: dict[str, Any] = {}  # shared, never mutated: avoids a dict per event
+HOLD_OVERFLOW = TcpFailure("HoldOverflow")
+SLOW_CONNECT = SlowConnect()
+CONNECT_TIMEOUT = ConnectTimeout()
+READ_TIMEOUT = ReadTimeout()
+INCOMPLETE = IncompleteResponse()
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    g = parser.add_argument_group("RawTcpUser (locustfiles/raw_tcp.py)")
+    g.add_argument("--protocol", choices=["raw", "http"], default="raw", help="wire protocol")
+    g.add_argument("--request", default="GET", help="raw protocol: request line (\\n appended)")
+    g.add_argument("--teardown", choices=MODES, default="client-close", help="how to end")
+    g.add_argument("--hold-seconds", type=float, default=30.0, help="hold-after-fin: hold time")
+    g.add_argument("--max-held", type=int, default=10000, help="held sockets per user, at most")
+    g.add_argument("--idle-ms", type=float, default=0.0, help="idle after connect, before send")
+    g.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF before connect (0: kernel)")
+    g.add_argument("--read-rate", type=float, default=0.0, help="read at most B/s (0: no limit)")
+    g.add_argument("--keepalive", action="store_true", default=False, help="SO_KEEPALIVE on")
+    g.add_argument("--keepidle", type=int, default=60, help="TCP_KEEPIDLE seconds")
+    g.add_argument("--keepintvl", type=int, default=10, help="TCP_KEEPINTVL seconds")
+    g.add_argument("--keepcnt", type=int, default=5, help="TCP_KEEPCNT probes")
+    g.add_argument("--source-addresses", default="", help="comma list of local addresses")
+    g.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    g.add_argument("--read-timeout", type=float, default=10.0, help="seconds without progress")
+    g.add_argument("--slow-connect-ms", type=float, default=200.0, help="slow_connect threshold")
+    g.add_argument("--phase-stats", type=int, default=1, help="phase entries every Nth conn")
+
+
+def parse_host(host: str) -> tuple[str, int]:
+    """``tcp://h:p``, ``h:p``, ``[v6]:p`` (also ``http://h[:p]``) -> (h, p)."""
+    text = host.strip()
+    default_port = 80 if text.startswith("http://") else None
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        addr, _, port_text = text.rpartition(":")
+        if not addr:
+            addr, port_text = port_text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"host {host!r} has no port: use tcp://HOST:PORT")
+        return addr, default_port
+    return addr, int(port_text)
+
+
+class RawConfig:
+    """Options resolved once per process per test (users read attributes, nothing parses)."""
+
+    def __init__(self, environment: Environment) -> None:
+        g = lambda name, default: opt(environment, name, default)  # noqa: E731
+        self.environment = environment
+        self.protocol: str = g("protocol", "raw")
+        self.request_line: str = g("request", "GET")
+        self.http_path: str = g("http_path", "/")
+        self.mode: str = g("teardown", "client-close")
+        self.hold_seconds = float(g("hold_seconds", 30.0))
+        self.max_held = int(g("max_held", 10000))
+        idle_ms = float(g("idle_ms", 0.0))
+        if self.mode == "idle-before-send" and idle_ms <= 0:
+            idle_ms = 1000.0
+        self.idle = idle_ms / 1000.0
+        rcvbuf = int(g("rcvbuf", 0))
+        read_rate = float(g("read_rate", 0.0))
+        if self.mode == "slow-reader":
+            rcvbuf = rcvbuf or 4096
+            read_rate = read_rate or 1024.0
+        self.rcvbuf = rcvbuf
+        self.read_rate = read_rate
+        # Slow reads: ~10 reads/s, each no bigger than the receive buffer.
+        self.read_chunk = RECV_SIZE
+        if read_rate > 0:
+            self.read_chunk = max(1, min(int(read_rate / 10) or 1, rcvbuf or RECV_SIZE))
+        self.connect_timeout = float(g("connect_timeout", 5.0))
+        self.read_timeout = float(g("read_timeout", 10.0))
+        # Timeouts are enforced by a watchdog with this resolution (see _Watchdog).
+        self.watchdog_tick = min(max(min(self.connect_timeout, self.read_timeout) / 10, 0.005), 0.1)
+        self.slow_connect = float(g("slow_connect_ms", 200.0))
+        self.phase_every = max(int(g("phase_stats", 1)), 0)
+        self.half_close = self.mode == "half-close"
+        self.wait_fin = self.mode in ("wait-server-fin", "half-close", "hold-after-fin")
+        self.abort = self.mode == "abort"
+        self.hold = self.mode == "hold-after-fin"
+        pre: list[tuple[int, int, int]] = []
+        if rcvbuf > 0:
+            pre.append((socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf))
+        if g("keepalive", False):
+            pre += [
+                (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(g("keepidle", 60))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(g("keepintvl", 10))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(g("keepcnt", 5))),
+            ]
+        self.pre_opts = tuple(pre)
+        sources = [a.strip() for a in str(g("source_addresses", "") or "").split(",") if a.strip()]
+        self.sources: Iterator[str] | None = None
+        if sources:
+            runner = environment.runner
+            start = max(getattr(runner, "worker_index", 0), 0) % len(sources)
+            self.sources = itertools.cycle(sources[start:] + sources[:start])
+
+    def request_bytes(self, host: str, port: int) -> bytes:
+        if self.protocol == "http":
+            connection = "Connection: close\r\n" if self.wait_fin else ""
+            return (
+                f"GET {self.http_path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"User-Agent: chaos-raw-tcp\r\n{connection}\r\n"
+            ).encode()
+        line = self.request_line
+        return (line if line.endswith("\n") else line + "\n").encode()
+
+
+class _Config:
+    current: RawConfig | None = None
+
+
+def config_for(environment: Environment) -> RawConfig:
+    cfg = _Config.current
+    if cfg is None or cfg.environment is not environment:
+        cfg = _Config.current = RawConfig(environment)
+    return cfg
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    # Workers receive the master's options just before test_start: rebuild from them.
+    _Config.current = RawConfig(environment)
+
+
+class _Expired(Exception):
+    """Thrown into a user's greenlet by the watchdog when its deadline passed."""
+
+
+class _Watchdog:
+    """One hub timer per process enforcing every user's deadline.
+
+    Why not socket timeouts: with ``settimeout`` gevent creates and arms a Timeout object for
+    every blocking call (three or more per connection); that measured ~15% of a bare
+    connect/GET/close loop. Here a connection only stores a float; a repeating hub timer
+    (``tick`` s, so timeouts are that coarse) throws into the greenlets whose deadline passed,
+    from the hub, exactly as gevent's own Timeout does.
+    """
+
+    def __init__(self) -> None:
+        self.users: set[RawTcpUser] = set()
+        self.timer: Any = None
+
+    def add(self, user: RawTcpUser, tick: float) -> None:
+        self.users.add(user)
+        if self.timer is None:
+            self.timer = gevent.get_hub().loop.timer(tick, tick, ref=False)
+            self.timer.start(self._tick)
+
+    def remove(self, user: RawTcpUser) -> None:
+        self.users.discard(user)
+        if not self.users and self.timer is not None:
+            self.timer.stop()
+            self.timer.close()
+            self.timer = None
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        for user in tuple(self.users):
+            deadline = user._deadline
+            if deadline and now > deadline:
+                user._deadline = 0.0
+                glet = user._glet
+                if glet is not None and not glet.dead:
+                    glet.throw(_Expired)
+
+
+WATCHDOG = _Watchdog()
+
+
+class RawTcpUser(User):
+    """One new TCP connection per task; see the module docstring for options and stats."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self._pacer = Pacer(environment)
+        self._held: deque[tuple[float, socket.socket]] = deque()
+        self._reaper: gevent.Greenlet | None = None
+        self._count = 0
+        self._deadline = 0.0  # perf_counter() deadline of the current blocking step, 0 = none
+        self._glet: Any = None
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return self._pacer.delay()
+
+    def on_start(self) -> None:
+        if not self.host:
+            raise ValueError("RawTcpUser needs --host tcp://HOST:PORT")
+        self._cfg = cfg = config_for(self.environment)
+        host, port = parse_host(self.host)
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self._family, self._addr = info[0], info[4]
+        self._request = cfg.request_bytes(host, port)
+        self._fire = self.environment.events.request.fire
+        self._glet = gevent.getcurrent()
+        WATCHDOG.add(self, cfg.watchdog_tick)
+        delay = self._pacer.first_delay()
+        if delay > 0:
+            gevent.sleep(delay)
+
+    def on_stop(self) -> None:
+        WATCHDOG.remove(self)
+        self._deadline = 0.0
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+            self._reaper = None
+        while self._held:
+            self._held.popleft()[1].close()
+
+    @task
+    def connection(self) -> None:
+        self.one_connection()
+
+    # ------------------------------------------------------------------ one connection
+    def one_connection(self) -> None:
+        cfg = self._cfg
+        fire = self._fire
+        perf = time.perf_counter
+        t0 = perf()
+        t1 = t2 = tf = t3 = 0.0
+        nbytes = 0
+        failure: TcpFailure | None = None
+        stage = 0  # 0 connecting, 1 request/response, 2 teardown
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        self._deadline = t0 + cfg.connect_timeout
+        try:
+            for level, name, value in cfg.pre_opts:
+                sock.setsockopt(level, name, value)
+            if cfg.sources is not None:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((next(cfg.sources), 0))
+            sock.connect(self._addr)
+            t1 = perf()
+            stage = 1
+            if cfg.idle > 0:
+                self._deadline = 0.0
+                gevent.sleep(cfg.idle)
+            self._deadline = perf() + cfg.read_timeout
+            sock.sendall(self._request)
+            if cfg.half_close:
+                sock.shutdown(socket.SHUT_WR)
+            t2 = perf()
+            if cfg.protocol == "raw":
+                tf, nbytes = self._read_raw(sock)
+                eof = False
+            else:
+                tf, nbytes, eof = self._read_http(sock)
+            t3 = perf()
+            stage = 2
+            if cfg.wait_fin and not eof:
+                nbytes += self._read_to_eof(sock)
+            self._deadline = 0.0
+            if cfg.hold:
+                self._hold(sock)
+            else:
+                if cfg.abort:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+                sock.close()
+        except TcpFailure as exc:
+            failure = exc
+        except _Expired:
+            failure = CONNECT_TIMEOUT if stage == 0 else READ_TIMEOUT
+        except TimeoutError:  # the kernel's own (e.g. SYN retries exhausted): errno-less
+            failure = CONNECT_TIMEOUT if stage == 0 else READ_TIMEOUT
+        except OSError as exc:
+            failure = errno_failure(exc)
+        self._deadline = 0.0
+        t4 = perf()
+        if failure is not None:
+            sock.close()
+
+        self._count += 1
+        every = cfg.phase_every
+        if every and self._count % every == 0:
+            if t1:
+                fire(
+                    request_type=REQUEST_TYPE,
+                    name="connect",
+                    response_time=(t1 - t0) * 1000.0,
+                    response_length=0,
+                    exception=None,
+                    context=_NO_CONTEXT,
+                )
+            if tf:
+                fire(
+                    request_type=REQUEST_TYPE,
+                    name="first_byte",
+                    response_time=(tf - t2) * 1000.0,
+                    response_length=0,
+                    exception=None,
+                    context=_NO_CONTEXT,
+                )
+            if t3:
+                fire(
+                    request_type=REQUEST_TYPE,
+                    name="response",
+                    response_time=(t3 - t2) * 1000.0,
+                    response_length=nbytes,
+                    exception=None,
+                    context=_NO_CONTEXT,
+                )
+                if failure is None:
+                    fire(
+                        request_type=REQUEST_TYPE,
+                        name="close",
+                        response_time=(t4 - t3) * 1000.0,
+                        response_length=0,
+                        exception=None,
+                        context=_NO_CONTEXT,
+                    )
+        if t1 and (t1 - t0) * 1000.0 > cfg.slow_connect:
+            fire(
+                request_type=REQUEST_TYPE,
+                name="slow_connect",
+                response_time=(t1 - t0) * 1000.0,
+                response_length=0,
+                exception=SLOW_CONNECT,
+                context=_NO_CONTEXT,
+            )
+        fire(
+            request_type=REQUEST_TYPE,
+            name="connection",
+            response_time=(t4 - t0) * 1000.0,
+            response_length=nbytes,
+            exception=failure,
+            context=_NO_CONTEXT,
+        )
+
+    # ------------------------------------------------------------------ reading
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read; the read timeout counts from here (no progress for --read-timeout)."""
+        cfg = self._cfg
+        self._deadline = time.perf_counter() + cfg.read_timeout
+        if cfg.read_rate <= 0:
+            return sock.recv(RECV_SIZE)
+        data = sock.recv(cfg.read_chunk)
+        if data:
+            self._deadline = 0.0  # the pause is ours, not the peer's
+            gevent.sleep(len(data) / cfg.read_rate)
+        return data
+
+    def _read_raw(self, sock: socket.socket) -> tuple[float, int]:
+        """Read up to a chunk ending in a newline. Returns (first-byte time, bytes)."""
+        recv = self._recv
+        data = recv(sock)
+        if not data:
+            raise INCOMPLETE
+        first = time.perf_counter()
+        total = len(data)
+        while data[-1] != 10:  # b"\n"
+            data = recv(sock)
+            if not data:
+                raise INCOMPLETE
+            total += len(data)
+        return first, total
+
+    def _read_http(self, sock: socket.socket) -> tuple[float, int, bool]:
+        data = self._recv(sock)
+        if not data:
+            raise INCOMPLETE
+        first = time.perf_counter()
+        buf = data
+        while b"\r\n\r\n" not in buf:
+            data = self._recv(sock)
+            if not data:
+                raise INCOMPLETE
+            buf += data
+        head, _, body = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.") or head[9:10] not in b"23":
+            raise BadResponse(f"HTTP{head[9:12].decode('latin-1', 'replace')}")
+        total = len(buf)
+        lower = head.lower()
+        at = lower.find(b"\r\ncontent-length:")
+        if at < 0:
+            # No length: the body ends at EOF.
+            while True:
+                data = self._recv(sock)
+                if not data:
+                    return first, total, True
+                total += len(data)
+        end = lower.find(b"\r\n", at + 2)
+        remaining = int(lower[at + 17 : end if end > 0 else None]) - len(body)
+        while remaining > 0:
+            data = self._recv(sock)
+            if not data:
+                raise INCOMPLETE
+            remaining -= len(data)
+            total += len(data)
+        return first, total, False
+
+    def _read_to_eof(self, sock: socket.socket) -> int:
+        total = 0
+        while True:
+            data = self._recv(sock)
+            if not data:
+                return total
+            total += len(data)
+
+    # ------------------------------------------------------------------ holding
+    def _hold(self, sock: socket.socket) -> None:
+        cfg = self._cfg
+        if len(self._held) >= cfg.max_held:
+            sock.close()
+            self._fire(
+                request_type=REQUEST_TYPE,
+                name="hold_overflow",
+                response_time=0.0,
+                response_length=0,
+                exception=HOLD_OVERFLOW,
+                context=_NO_CONTEXT,
+            )
+            return
+        self._held.append((time.monotonic() + cfg.hold_seconds, sock))
+        if self._reaper is None or self._reaper.dead:
+            # One reaper per user, not a greenlet per socket: deadlines are in FIFO order.
+            self._reaper = gevent.spawn(self._reap)
+
+    def _reap(self) -> None:
+        held = self._held
+        while held:
+            delay = held[0][0] - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+                continue
+            held.popleft()[1].close()
