@@ -238,6 +238,19 @@ class LoadSpec(Strict):
     connect_timeout: Duration = 5.0
     slow_connect: Duration = Field(default=0.2, description="connects slower than this are slow")
 
+    @model_validator(mode="after")
+    def _mode_parameters(self) -> LoadSpec:
+        needs = {
+            "hold-after-fin": ("hold", self.hold),
+            "idle-before-send": ("idle_before_send", self.idle_before_send),
+            "slow-reader": ("read_rate", self.read_rate),
+        }
+        if self.teardown in needs:
+            field, value = needs[self.teardown]
+            if not value:
+                raise ValueError(f"teardown: {self.teardown} needs {field} > 0")
+        return self
+
 
 # --- faults, collectors, sink, expectations ----------------------------------------------
 

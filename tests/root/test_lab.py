@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,73 @@ def test_down_removes_a_half_built_lab_without_state(lab_name):
     assert f"namespace {namespace}" in removed
     assert not netns.exists(namespace)
     assert lab.down(lab_name) == []
+
+
+def test_external_proxy_gets_client_and_origin_sides_only(lab_name, tmp_path):
+    # The user's own proxy: a real HAProxy on the host, bound with IP_TRANSPARENT to the host side
+    # of the client link before the lab exists, forwarding to the lab's origin.
+    port = 18080
+    conf = tmp_path / "user-haproxy.cfg"
+    conf.write_text(
+        textwrap.dedent(f"""\
+        defaults
+            mode tcp
+            timeout connect 5s
+            timeout client 10s
+            timeout server 10s
+        frontend fe
+            bind 198.18.1.1:{port} transparent
+            default_backend be
+        backend be
+            server origin 198.18.3.2:8080
+        """)
+    )
+    user_proxy = subprocess.Popen(
+        [proxies.HAProxy.executable(), "-db", "-f", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while f":{port} " not in subprocess.run(["ss", "-tln"], capture_output=True, text=True).stdout:
+        assert user_proxy.poll() is None and time.monotonic() < deadline, "user proxy failed"
+        time.sleep(0.05)
+    path = scenario_file(
+        tmp_path,
+        f"""
+        name: external
+        lab:
+          client: {{addresses: 2}}
+          proxy: {{kind: external, address: "198.18.1.1:{port}"}}
+    """,
+    )
+    run = RunDir.create("external", tmp_path)
+    try:
+        state = lab.up(loader.load(str(path)), lab_name, run)
+        assert set(state.namespaces) == {"client", "origin"}
+        assert len(state.host_links) == 2
+        reply = requests_from_client(state, 3)
+        assert all(r.startswith(b"HTTP/1.1 200") for r in reply)
+        assert [p.role for p in state.processes] == ["origin"]
+    finally:
+        lab.down(lab_name)
+        run.close()
+        user_proxy.terminate()
+        user_proxy.wait()
+    assert not [link for link in os.listdir("/sys/class/net") if link.startswith(lab_name)]
+
+
+def test_external_proxy_that_does_not_answer_is_a_clear_error(lab_name, tmp_path, chaos_cli):
+    path = scenario_file(
+        tmp_path,
+        """
+        name: external
+        lab:
+          proxy: {kind: external, address: "198.18.1.1:18081"}
+    """,
+    )
+    result = chaos_cli(
+        "lab", "up", str(path), "--name", lab_name, "--runs-dir", str(tmp_path / "runs")
+    )
+    assert result.returncode == LabError.exit_code
+    assert "does not answer" in result.stderr and "198.18.3.2:8080" in result.stderr
+    assert not topology.orphan_namespaces(lab_name)
