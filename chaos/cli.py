@@ -170,6 +170,20 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
     return code
 
 
+# --- collect -----------------------------------------------------------------------------
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from chaos.collect.cli import collect_main
+    from chaos.scenario.model import parse_duration
+
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError as exc:
+        raise ChaosError(f"--interval {args.interval!r}: {exc}") from None
+    return collect_main(args.netns, args.pid, args.once, args.json, interval)
+
+
 # --- doctor ------------------------------------------------------------------------------
 
 
@@ -237,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="remove every lab")
     p = add("status", cmd_lab_status, "show namespaces, addresses and processes", lab_sub)
     p.add_argument("name", nargs="?", default=None)
+
+    p = add("collect", cmd_collect, "sample TCP states, port budget and kernel counters")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--netns", default=None, help="a named network namespace")
+    target.add_argument("--pid", type=int, default=None, help="the namespace of a process")
+    p.add_argument("--once", action="store_true", help="one sample, then exit")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--interval", default="1s", help="sampling interval (default 1s)")
 
     p = add("doctor", cmd_doctor, "show what this host supports")
     p.add_argument("--json", action="store_true")

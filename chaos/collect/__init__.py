@@ -1,0 +1,90 @@
+"""Collectors: socket and kernel state of every namespace involved, sampled into points.
+
+One module per source, all with the same interface (:class:`~chaos.collect.base.Collector`:
+``name``, ``netns``, ``period``, ``sample(now) -> list[Sample]``, ``close()``):
+
+==========================  ====================================================  ============
+module                      measurements                                          source
+==========================  ====================================================  ============
+:mod:`.census`              tcp_states, tcp_teardown                              sock_diag
+:mod:`.budget`              port_budget, port_budget_summary                      sock_diag
+:mod:`.zombies`             tcp_zombies                                           sock_diag
+:mod:`.kernel`              tcp_counters, sockstat                                /proc/net
+:mod:`.conntrack`           conntrack                                             ctnetlink
+:mod:`.sampler`             collector_cost                                        itself
+==========================  ====================================================  ============
+
+Build the usual set for one namespace with :func:`collectors_for`, run them with
+:class:`~chaos.collect.sampler.Sampler`, render with :func:`~chaos.collect.base.to_line`.
+docs/metrics.md has the schema.
+"""
+
+from __future__ import annotations
+
+from chaos.collect.base import Collector, Sample, to_line, to_lines
+from chaos.collect.budget import PortBudget
+from chaos.collect.census import SocketCensus
+from chaos.collect.conntrack import Conntrack
+from chaos.collect.kernel import KernelCounters
+from chaos.collect.nsref import NetnsRef
+from chaos.collect.sampler import Sampler
+from chaos.collect.zombies import ZombieScan, confirm_zombies, socket_tuples
+
+__all__ = [
+    "Collector",
+    "Conntrack",
+    "KernelCounters",
+    "NetnsRef",
+    "PortBudget",
+    "Sample",
+    "Sampler",
+    "SocketCensus",
+    "ZombieScan",
+    "collectors_for",
+    "confirm_zombies",
+    "socket_tuples",
+    "to_line",
+    "to_lines",
+]
+
+
+def collectors_for(
+    ns: NetnsRef,
+    *,
+    tags: dict[str, str] | None = None,
+    census_mode: str = "derive",
+    zombie_idle_s: float = 60.0,
+    zombie_period: float = 10.0,
+    budget_period: float = 0.0,
+    zombie_peer: NetnsRef | None = None,
+    cumulative_counters: bool = False,
+) -> list[Collector]:
+    """The standard collectors for one namespace, each with its own sockets opened there.
+
+    ``tags`` (e.g. ``{"role": "proxy"}``) go on every sample next to ``netns``. The caller
+    owns the result: ``close()`` each collector (or :meth:`Sampler.close_collectors`).
+    """
+    made: list[Collector] = []
+    try:
+        made.append(SocketCensus(ns, mode=census_mode, tags=tags))  # type: ignore[arg-type]
+        made.append(PortBudget(ns, period=budget_period, tags=tags))
+        made.append(
+            ZombieScan(
+                ns,
+                idle_threshold_s=zombie_idle_s,
+                period=zombie_period,
+                peer=zombie_peer,
+                tags=tags,
+            )
+        )
+        made.append(KernelCounters(ns, cumulative=cumulative_counters, tags=tags))
+        conntrack = Conntrack(ns, tags=tags)
+        if conntrack.available:
+            made.append(conntrack)
+        else:
+            conntrack.close()
+    except BaseException:
+        for collector in made:
+            collector.close()
+        raise
+    return made

@@ -1,0 +1,223 @@
+"""Which network namespace a collector looks at, and how it gets in there.
+
+A :class:`NetnsRef` names one namespace: the host's (the controller's own), a lab namespace by
+name (entered through :func:`chaos.lab.netns.run_in`, the project's one gateway to named
+namespaces), or any process's namespace by pid or by a namespace file path
+(``/proc/PID/ns/net``, a bind mount). For pid and path the namespace file is opened once and
+the descriptor kept, so a recycled pid cannot silently point the collector at another
+namespace.
+
+Collectors do not stay inside a namespace. They *open* what they need inside it once (a
+netlink socket, ``/proc/thread-self/net/...`` files, ``/proc/sys/net/...`` files) and then use
+those descriptors from any thread: a socket or a procfs file stays bound to the namespace it
+was opened in. That keeps a sample free of thread creation and ``setns`` calls. The price:
+those descriptors keep the namespace alive until :meth:`close` (the usual netns semantics).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chaos.errors import LabError, NotRootError
+from chaos.lab import netns
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EPERM:
+            raise NotRootError(
+                "entering another network namespace needs CAP_SYS_ADMIN",
+                "run the collector as root (sudo)",
+            )
+        raise OSError(err, os.strerror(err))
+
+
+def run_in_fd(fd: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in a short-lived thread that entered the namespace open at ``fd``.
+
+    ``setns`` only moves the calling thread, so the caller itself never leaves its namespace.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            _setns(fd)
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-fd:{fd}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _ns_path_for_pid(pid: int) -> str:
+    return f"/proc/{pid}/ns/net"
+
+
+class NetnsRef:
+    """One network namespace, and a way to run code inside it.
+
+    Build with :meth:`host`, :meth:`named`, :meth:`of_pid` or :meth:`of_path`. ``label`` is
+    the value of the ``netns`` tag on every sample taken there.
+    """
+
+    def __init__(
+        self, label: str, *, name: str | None = None, fd: int | None = None, inode: int | None
+    ) -> None:
+        self.label = label
+        self.name = name
+        self._fd = fd
+        self.inode = inode
+
+    # --- constructors ----------------------------------------------------------------------
+
+    @classmethod
+    def host(cls) -> NetnsRef:
+        return cls("host", inode=_inode("/proc/thread-self/ns/net"))
+
+    @classmethod
+    def named(cls, name: str) -> NetnsRef:
+        if not netns.exists(name):
+            raise LabError(
+                f"network namespace {name!r} does not exist",
+                "check the name with `ip netns list` or `chaos lab status`",
+            )
+        return cls(name, name=name, inode=_inode(netns.path_of(name)))
+
+    @classmethod
+    def of_pid(cls, pid: int) -> NetnsRef:
+        path = _ns_path_for_pid(pid)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise LabError(
+                f"no process with pid {pid}", "check the pid with `ps` or `pgrep`"
+            ) from None
+        except PermissionError:
+            raise NotRootError(
+                f"cannot open the network namespace of pid {pid}",
+                "run the collector as root (sudo)",
+            ) from None
+        return cls(f"pid:{pid}", fd=fd, inode=os.fstat(fd).st_ino)
+
+    @classmethod
+    def of_path(cls, path: str, label: str | None = None) -> NetnsRef:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LabError(
+                f"cannot open network namespace file {path}: {exc.strerror}",
+                "give a /proc/PID/ns/net path or a bind mount such as /run/netns/NAME",
+            ) from None
+        return cls(label or path, fd=fd, inode=os.fstat(fd).st_ino)
+
+    @classmethod
+    def resolve(cls, netns_name: str | None = None, pid: int | None = None) -> NetnsRef:
+        """The CLI's choice: a namespace name, a pid, or (neither) the host."""
+        if netns_name is not None and pid is not None:
+            raise LabError("give either a namespace name or a pid, not both")
+        if pid is not None:
+            return cls.of_pid(pid)
+        if netns_name is not None:
+            return cls.named(netns_name)
+        return cls.host()
+
+    # --- use -------------------------------------------------------------------------------
+
+    @property
+    def is_host(self) -> bool:
+        return self.name is None and self._fd is None
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` inside this namespace (in a helper thread unless it is the host's)."""
+        if self._fd is not None:
+            return run_in_fd(self._fd, fn, *args, **kwargs)
+        if self.name is not None:
+            return netns.run_in(self.name, fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __repr__(self) -> str:
+        return f"NetnsRef({self.label!r})"
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+class ProcFile:
+    """A procfs/sysfs file opened once inside a namespace and re-read with ``pread``.
+
+    ``/proc/thread-self/net/*`` and ``/proc/sys/net/*`` are resolved against the namespace of
+    the thread that *opens* them; the open file keeps pointing there, so re-reading from the
+    sampler thread sees the right namespace. ``pread(fd, n, 0)`` restarts a seq_file.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def open_here(cls, path: str) -> ProcFile | None:
+        """Open ``path`` in the calling thread's namespace; ``None`` when it does not exist."""
+        try:
+            return cls(path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            return None
+
+    def read(self) -> bytes:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        chunks = []
+        offset = 0
+        while True:
+            data = os.pread(self._fd, 262144, offset)
+            if not data:
+                break
+            chunks.append(data)
+            offset += len(data)
+        return b"".join(chunks)
+
+    def read_text(self) -> str:
+        return self.read().decode("ascii", "replace")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def open_proc_files(paths: dict[str, str]) -> dict[str, ProcFile]:
+    """Open several files in the calling thread's namespace; missing files are left out.
+
+    Meant to be run through :meth:`NetnsRef.run` so the files are bound to that namespace.
+    """
+    out: dict[str, ProcFile] = {}
+    for key, path in paths.items():
+        handle = ProcFile.open_here(path)
+        if handle is not None:
+            out[key] = handle
+    return out

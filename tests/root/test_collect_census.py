@@ -1,0 +1,447 @@
+"""Collectors against real sockets in throw-away namespaces (root).
+
+Every namespace is named ``ctest-<random>-<n>`` and removed by the fixture, whatever
+happens; sockets live in this process (made from threads inside the namespaces) and are
+closed by the fixture, and the timewait sockets die with their namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from chaos.collect import sockdiag as sd
+from chaos.collect.budget import PortBudget
+from chaos.collect.census import SocketCensus
+from chaos.collect.cli import collect_main
+from chaos.collect.conntrack import Conntrack
+from chaos.collect.kernel import KernelCounters
+from chaos.collect.nsref import NetnsRef
+from chaos.collect.zombies import ZombieScan, confirm_zombies, scan, socket_tuples
+from chaos.lab import netns
+
+pytestmark = pytest.mark.root
+
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+
+class Lab:
+    """Namespaces and sockets of one test; everything is undone by :meth:`cleanup`."""
+
+    def __init__(self) -> None:
+        self.prefix = f"ctest-{secrets.token_hex(3)}-"
+        self.names: list[str] = []
+        self.sockets: list[socket.socket] = []
+        self.refs: list[NetnsRef] = []
+        self.closers: list[Callable[[], None]] = []
+
+    def namespace(self, **sysctls: str) -> str:
+        name = f"{self.prefix}{len(self.names)}"
+        netns.create(name)
+        self.names.append(name)
+        with netns.ipr(name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        # no TIME_WAIT reuse on loopback: counts must stay exactly what the test made
+        netns.sysctl_set(name, "net.ipv4.tcp_tw_reuse", "0")
+        for key, value in sysctls.items():
+            netns.sysctl_set(name, "net.ipv4." + key, value)
+        return name
+
+    def ref(self, name: str) -> NetnsRef:
+        ref = NetnsRef.named(name)
+        self.refs.append(ref)
+        return ref
+
+    def keep(self, collector: object) -> object:
+        self.closers.append(collector.close)  # type: ignore[attr-defined]
+        return collector
+
+    def run(self, name: str, fn: Callable[..., object], *args: object) -> object:
+        return netns.run_in(name, fn, *args)
+
+    def cleanup(self) -> None:
+        for close in self.closers:
+            close()
+        for sock in self.sockets:
+            sock.close()
+        for ref in self.refs:
+            ref.close()
+        for name in self.names:
+            netns.remove(name)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.cleanup()
+    assert not any(n.startswith(made.prefix) for n in netns.list_namespaces())
+
+
+def listener(family: int, host: str, port: int = 0) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def connect_pairs(
+    lab: Lab,
+    lsock: socket.socket,
+    n: int,
+    *,
+    source: str | None = None,
+    keepalive: bool = False,
+) -> list[tuple[socket.socket, socket.socket]]:
+    """n ESTABLISHED client/server pairs to ``lsock`` (call inside the namespace)."""
+    family = lsock.family
+    addr = lsock.getsockname()[:2]
+    pairs = []
+    for _ in range(n):
+        client = socket.socket(family, socket.SOCK_STREAM)
+        if keepalive:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if source:
+            client.bind((source, 0))
+        client.connect(addr)
+        server, _ = lsock.accept()
+        if keepalive:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        lab.sockets += [client, server]
+        pairs.append((client, server))
+    return pairs
+
+
+def make_time_wait(lab: Lab, lsock: socket.socket, n: int) -> None:
+    """n TIME_WAIT sockets on the client side: the client closes first (active closer)."""
+    for client, server in connect_pairs(lab, lsock, n):
+        client.close()
+        server.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def sockstat_tw(name: str) -> int:
+    def read() -> int:
+        with open("/proc/thread-self/net/sockstat") as fh:
+            for line in fh:
+                if line.startswith("TCP:"):
+                    words = line.split()
+                    return int(words[words.index("tw") + 1])
+        return -1
+
+    return int(netns.run_in(name, read))
+
+
+# --- census ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_census_counts_exactly_n_time_wait_and_established(lab, family):
+    n_tw, n_pairs = 37, 23
+    name = lab.namespace()
+
+    def build() -> socket.socket:
+        lsock = listener(family, LOOPBACK[family])
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, n_tw)
+        connect_pairs(lab, lsock, n_pairs)
+        return lsock
+
+    lsock = lab.run(name, build)
+    port = lsock.getsockname()[1]
+    wait_for(lambda: sockstat_tw(name) == n_tw)
+    ns = lab.ref(name)
+    fam = "ipv4" if family == socket.AF_INET else "ipv6"
+    other = "ipv6" if fam == "ipv4" else "ipv4"
+
+    for mode in ("exact", "derive"):
+        census = lab.keep(SocketCensus(ns, mode=mode))
+        result = census.take()
+        assert result.mode == mode
+        assert result.states["time_wait"] == n_tw, mode
+        assert result.states["established"] == 2 * n_pairs, mode
+        assert result.states["listen"] == 1
+        assert result.total == n_tw + 2 * n_pairs + 1
+        assert all(result.states[s] == 0 for s in ("close_wait", "fin_wait2", "syn_recv"))
+    exact = SocketCensus(ns, mode="exact")
+    lab.keep(exact)
+    by_family = exact.take().by_family
+    assert by_family[fam]["time_wait"] == n_tw
+    assert by_family[fam]["established"] == 2 * n_pairs
+    assert other not in by_family
+
+    # the port budget: the clients' sockets (TIME_WAIT + ESTABLISHED) hold ports towards
+    # the listener; the accepted ends carry the listener's port and do not count
+    budget = lab.keep(PortBudget(ns))
+    result = budget.take()
+    group = result.group(LOOPBACK[family], LOOPBACK[family], port)
+    assert group is not None
+    assert (group.used, group.time_wait) == (n_tw + n_pairs, n_tw)
+    assert result.outbound == {"time_wait": n_tw, "established": n_pairs}
+    assert len(result.groups) == 1
+    assert port in result.listen_ports
+
+
+def test_port_budget_utilisation_and_forecast_in_a_tiny_range(lab):
+    name = lab.namespace(ip_local_port_range="40000 40009", ip_local_reserved_ports="40009")
+    ns = lab.ref(name)
+
+    def build() -> socket.socket:
+        # the listener's port is inside the range: its accepted sockets are inbound
+        lsock = listener(socket.AF_INET, "127.0.0.1", 40005)
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, 2)
+        return lsock
+
+    lsock = lab.run(name, build)
+    wait_for(lambda: sockstat_tw(name) == 2)
+    budget = lab.keep(PortBudget(ns, history_s=60))
+    first = budget.take(now=1000.0)
+    assert first.capacity == 9  # 10 ports, one reserved
+    assert first.port_range == (40000, 40009)
+    group = first.group("127.0.0.1", "127.0.0.1", 40005)
+    assert group is not None and group.used == 2 and group.seconds_left is None
+
+    lab.run(name, lambda: (make_time_wait(lab, lsock, 2), connect_pairs(lab, lsock, 2)))
+    wait_for(lambda: sockstat_tw(name) == 4)
+    second = budget.take(now=1002.0)
+    group = second.group("127.0.0.1", "127.0.0.1", 40005)
+    assert group is not None
+    assert (group.used, group.time_wait) == (6, 4)
+    assert group.utilisation(second.capacity) == pytest.approx(6 / 9)
+    assert group.slope_per_s == pytest.approx(2.0)  # 2 -> 6 ports in 2 s
+    assert group.seconds_left == pytest.approx(1.5)  # 3 ports left at 2 per second
+
+    samples = budget.sample(time.time())
+    summary = next(s for s in samples if s.measurement == "port_budget_summary")
+    assert summary.fields["max_used"] == 6 and summary.fields["capacity"] == 9
+    point = next(s for s in samples if s.measurement == "port_budget")
+    assert point.tags["dport"] == "40005" and point.tags["dst"] == "127.0.0.1"
+    assert point.fields["utilisation"] == pytest.approx(6 / 9, abs=1e-5)
+
+
+def test_teardown_states_ages_and_derived_time_wait(lab):
+    name = lab.namespace(tcp_fin_timeout="30")
+    ns = lab.ref(name)
+
+    def build() -> None:
+        lsock = listener(socket.AF_INET, "127.0.0.1")
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, 5)
+        # 3 pairs whose client closed: client orphaned in FIN_WAIT2 (kept as a timewait
+        # socket), server in CLOSE_WAIT because its application never closes
+        for client, _server in connect_pairs(lab, lsock, 3):
+            client.close()
+        # 2 pairs half-closed with shutdown: FIN_WAIT2 still owned by the client
+        for client, _server in connect_pairs(lab, lsock, 2):
+            client.shutdown(socket.SHUT_WR)
+
+    lab.run(name, build)
+    census = lab.keep(SocketCensus(ns, mode="derive"))
+    wait_for(lambda: census.take().states["close_wait"] == 5)
+    time.sleep(0.4)
+    result = census.take()
+    assert result.states["close_wait"] == 5
+    assert result.states["fin_wait2"] == 5
+    # sockstat's tw counts the 3 orphaned FIN_WAIT2 too; the census takes them out
+    assert sockstat_tw(name) == 8 and result.states["time_wait"] == 5
+    assert result.states["established"] == 0  # CurrEstab minus CLOSE_WAIT
+    ages = result.teardown
+    assert ages["close_wait"].count == 5 and ages["close_wait"].oldest_s >= 0.3
+    assert ages["fin_wait2"].count == 5 and 0.3 <= ages["fin_wait2"].oldest_s < 30
+    assert result.orphans == 0  # the orphaned FIN_WAIT2 are timewait sockets, not full ones
+    teardown = next(s for s in census.sample(time.time()) if s.measurement == "tcp_teardown")
+    assert teardown.fields["close_wait"] == 5 and teardown.fields["close_wait_oldest_s"] >= 0.3
+
+
+# --- zombies ---------------------------------------------------------------------------------
+
+
+def test_zombie_candidates_need_silence_and_no_keepalive(lab):
+    name = lab.namespace()
+    ns = lab.ref(name)
+
+    def build() -> tuple[list, list]:
+        lsock = listener(socket.AF_INET, "127.0.0.1")
+        lab.sockets.append(lsock)
+        silent = connect_pairs(lab, lsock, 2)
+        connect_pairs(lab, lsock, 2, keepalive=True)
+        chatty = connect_pairs(lab, lsock, 1)
+        return silent, chatty
+
+    silent, chatty = lab.run(name, build)
+    time.sleep(0.6)
+    client, server = chatty[0]
+    client.sendall(b"ping")
+    server.recv(4)
+    server.sendall(b"pong")
+    client.recv(4)
+
+    diag = sd.InetDiag.open_in(ns)
+    try:
+        report = scan(diag, 0.5, name)
+    finally:
+        diag.close()
+    assert report.established == 10
+    assert report.keepalive == 4
+    found = {(c.sport, c.dport) for c in report.candidates}
+    expected = set()
+    for c_sock, s_sock in silent:
+        expected.add(c_sock.getsockname()[1:2] + s_sock.getsockname()[1:2])
+        expected.add(s_sock.getsockname()[1:2] + c_sock.getsockname()[1:2])
+    assert found == expected
+    assert all(c.idle_s >= 0.5 for c in report.candidates)
+
+
+def _veth_pair(lab: Lab, a: str, b: str) -> None:
+    with netns.ipr(a) as ipr:
+        ipr.link("add", ifname="za", kind="veth", peer={"ifname": "zb"})
+        ipr.link("set", index=ipr.link_lookup(ifname="zb")[0], net_ns_fd=netns.path_of(b))
+        idx = ipr.link_lookup(ifname="za")[0]
+        ipr.addr("add", index=idx, address="198.18.0.1", prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+    with netns.ipr(b) as ipr:
+        idx = ipr.link_lookup(ifname="zb")[0]
+        ipr.addr("add", index=idx, address="198.18.0.2", prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+
+
+def test_confirmed_zombie_across_two_namespaces(lab):
+    a, b = lab.namespace(), lab.namespace()
+    _veth_pair(lab, a, b)
+    lsock = lab.run(b, listener, socket.AF_INET, "198.18.0.2", 8080)
+    lab.sockets.append(lsock)
+
+    def connect() -> socket.socket:
+        client = socket.create_connection(("198.18.0.2", 8080), timeout=5)
+        lab.sockets.append(client)
+        return client
+
+    doomed = lab.run(a, connect)
+    healthy = lab.run(a, connect)
+    servers = [lsock.accept()[0] for _ in range(2)]
+    lab.sockets += servers
+    doomed_port = doomed.getsockname()[1]
+    victim = next(s for s in servers if s.getpeername()[1] == doomed_port)
+
+    ref_a, ref_b = lab.ref(a), lab.ref(b)
+    counters_b = lab.keep(KernelCounters(ref_b))
+    # The peer's socket goes away without a word reaching A: B's link goes down (its RST
+    # has no route), then B's socket is destroyed through sock_diag.
+    with netns.ipr(b) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="zb")[0], state="down")
+    diag_b = sd.InetDiag.open_in(ref_b)
+    try:
+        for rec in list(diag_b.dump_records(socket.AF_INET, 1 << sd.ESTABLISHED)):
+            dport = struct.unpack_from(">H", rec, sd.OFF_DPORT)[0]
+            if dport == doomed_port:
+                cookie = struct.unpack_from("=Q", rec, sd.OFF_COOKIE)[0]
+                diag_b.destroy(
+                    socket.AF_INET,
+                    8080,
+                    dport,
+                    rec[sd.OFF_SRC : sd.OFF_SRC + 4],
+                    rec[sd.OFF_DST : sd.OFF_DST + 4],
+                    cookie,
+                )
+    finally:
+        diag_b.close()
+    with pytest.raises(OSError):
+        victim.recv(1)  # the kernel aborted it (ECONNABORTED)
+
+    moved = {
+        s.tags["group"]: s.fields
+        for s in counters_b.sample(time.time())
+        if s.measurement == "tcp_counters"
+    }
+    assert moved["Tcp"]["OutRsts"] >= 1  # the abort sent (tried to send) a reset
+    assert moved["Tcp"]["EstabResets"] >= 1
+
+    time.sleep(0.6)
+    zombies = lab.keep(ZombieScan(ref_a, idle_threshold_s=0.5, peer=ref_b))
+    report = zombies.take()
+    assert len(report.candidates) == 2  # both client sockets are silent, no keepalive
+    assert [c.sport for c in zombies.confirmed] == [doomed_port]
+    assert zombies.confirmed[0].dst == "198.18.0.2" and zombies.confirmed[0].dport == 8080
+    assert healthy.getsockname()[1] != doomed_port
+
+    # the same through the two-census function
+    diag_b2 = sd.InetDiag.open_in(ref_b)
+    try:
+        peer = socket_tuples(diag_b2, b)
+    finally:
+        diag_b2.close()
+    assert [c.sport for c in confirm_zombies(report, peer)] == [doomed_port]
+    point = zombies.sample(time.time())[0]
+    assert point.fields["candidates"] == 2 and point.fields["confirmed"] == 1
+    assert point.tags["peer"] == b
+
+
+# --- conntrack and the CLI ----------------------------------------------------------------------
+
+
+def test_conntrack_states_when_the_namespace_tracks(lab):
+    name = lab.namespace()
+    ruleset = (
+        "table inet ctest {\n chain out {\n  type filter hook output priority 0;\n"
+        "  ct state new counter accept\n }\n}\n"
+    )
+    proc = netns.popen(name, ["nft", "-f", "-"], stdin=-1, stdout=-1, stderr=-1)
+    _out, err = proc.communicate(ruleset.encode(), timeout=20)
+    assert proc.returncode == 0, err
+
+    def build() -> None:
+        lsock = listener(socket.AF_INET, "127.0.0.1")
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, 3)
+        connect_pairs(lab, lsock, 2)
+
+    lab.run(name, build)
+    collector = lab.keep(Conntrack(lab.ref(name)))
+    assert collector.available
+    fields = collector.sample(time.time())[0].fields
+    assert fields["tcp_established"] == 2
+    assert fields["tcp_time_wait"] == 3
+    assert fields["entries"] == 5
+    assert "insert_failed" in fields and "invalid" in fields
+
+
+def test_collect_main_once_json_for_a_namespace(lab, capsys):
+    name = lab.namespace()
+
+    def build() -> None:
+        lsock = listener(socket.AF_INET, "127.0.0.1")
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, 4)
+
+    lab.run(name, build)
+    wait_for(lambda: sockstat_tw(name) == 4)
+    assert collect_main(name, None, once=True, as_json=True, interval=1.0) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    measurements = {line["measurement"] for line in lines}
+    assert {"tcp_states", "tcp_teardown", "port_budget", "tcp_zombies", "tcp_counters"} <= (
+        measurements
+    )
+    states = next(
+        x for x in lines if x["measurement"] == "tcp_states" and x["tags"]["family"] == "all"
+    )
+    assert states["tags"]["netns"] == name and states["fields"]["time_wait"] == 4
+
+    assert collect_main(name, None, once=True, as_json=False, interval=1.0) == 0
+    text = capsys.readouterr().out
+    assert "time_wait" in text and "port budget" in text
