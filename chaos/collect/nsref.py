@@ -16,10 +16,7 @@ those descriptors keep the namespace alive until :meth:`close` (the usual netns 
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,43 +24,7 @@ from chaos.errors import LabError, NotRootError
 from chaos.lab import netns
 
 T = TypeVar("T")
-
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EPERM:
-            raise NotRootError(
-                "entering another network namespace needs CAP_SYS_ADMIN",
-                "run the collector as root (sudo)",
-            )
-        raise OSError(err, os.strerror(err))
-
-
-def run_in_fd(fd: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` in a short-lived thread that entered the namespace open at ``fd``.
-
-    ``setns`` only moves the calling thread, so the caller itself never leaves its namespace.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            _setns(fd)
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"netns-fd:{fd}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+run_in_fd = netns.run_in_fd
 
 
 def _ns_path_for_pid(pid: int) -> str:

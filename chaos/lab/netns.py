@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from chaos.errors import LabError, SysctlError
+from chaos.errors import LabError, NotRootError, SysctlError
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -153,6 +153,11 @@ def pids_in(name: str) -> list[int]:
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
+        if err == errno.EPERM:
+            raise NotRootError(
+                "entering another network namespace needs CAP_SYS_ADMIN",
+                "run it as root (sudo)",
+            )
         raise OSError(err, os.strerror(err))
 
 
@@ -171,15 +176,20 @@ def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     if name is None:
         return fn(*args, **kwargs)
     fd = _open_ns(name)
+    try:
+        return run_in_fd(fd, fn, *args, **kwargs)
+    finally:
+        os.close(fd)
+
+
+def run_in_fd(fd: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in a short-lived thread that entered the namespace open at ``fd``."""
 
     def inside() -> T:
         _setns(fd)
         return fn(*args, **kwargs)
 
-    try:
-        return _run_in_thread(inside)
-    finally:
-        os.close(fd)
+    return _run_in_thread(inside)
 
 
 def popen(
