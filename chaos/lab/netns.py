@@ -230,6 +230,22 @@ def ipr(name: str | None) -> Iterator[IPRoute]:
         handle.close()
 
 
+def delete_link(name: str | None, ifname: str) -> bool:
+    """Delete an interface; False when it is already gone (a veth dies with its peer's
+    namespace, asynchronously, so it can vanish between lookup and delete)."""
+    with ipr(name) as handle:
+        index = handle.link_lookup(ifname=ifname)
+        if not index:
+            return False
+        try:
+            handle.link("del", index=index[0])
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise
+        return True
+
+
 # --- sysctls ---------------------------------------------------------------------------
 
 

@@ -369,11 +369,8 @@ def destroy(name: str) -> list[str]:
         removed.append(f"namespace {namespace}")
     if state is not None:
         for ifname in state.host_links:
-            with netns.ipr(None) as ipr:
-                index = ipr.link_lookup(ifname=ifname)
-                if index:
-                    ipr.link("del", index=index[0])
-                    removed.append(f"host link {ifname}")
+            if netns.delete_link(None, ifname):
+                removed.append(f"host link {ifname}")
         LabState.path(name).unlink(missing_ok=True)
     return removed
 

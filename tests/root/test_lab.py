@@ -283,10 +283,10 @@ def test_external_proxy_gets_client_and_origin_sides_only(lab_name, tmp_path):
         assert all(r.startswith(b"HTTP/1.1 200") for r in reply)
         assert [p.role for p in state.processes] == ["origin"]
     finally:
-        lab.down(lab_name)
-        run.close()
         user_proxy.terminate()
         user_proxy.wait()
+        lab.down(lab_name)
+        run.close()
     assert not [link for link in os.listdir("/sys/class/net") if link.startswith(lab_name)]
 
 
