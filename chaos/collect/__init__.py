@@ -28,6 +28,7 @@ from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
+from chaos.collect.sockdiag import InetDiag
 from chaos.collect.zombies import ZombieScan, confirm_zombies, socket_tuples
 
 __all__ = [
@@ -65,9 +66,10 @@ def collectors_for(
     owns the result: ``close()`` each collector (or :meth:`Sampler.close_collectors`).
     """
     made: list[Collector] = []
+    diag = InetDiag.open_in(ns)  # one sock_diag socket for the namespace, shared
     try:
-        made.append(SocketCensus(ns, mode=census_mode, tags=tags))  # type: ignore[arg-type]
-        made.append(PortBudget(ns, period=budget_period, tags=tags))
+        made.append(SocketCensus(ns, mode=census_mode, tags=tags, diag=diag))  # type: ignore[arg-type]
+        made.append(PortBudget(ns, period=budget_period, tags=tags, diag=diag))
         made.append(
             ZombieScan(
                 ns,
@@ -75,6 +77,7 @@ def collectors_for(
                 period=zombie_period,
                 peer=zombie_peer,
                 tags=tags,
+                diag=diag,
             )
         )
         made.append(KernelCounters(ns, cumulative=cumulative_counters, tags=tags))
@@ -87,4 +90,6 @@ def collectors_for(
         for collector in made:
             collector.close()
         raise
+    finally:
+        diag.close()  # the collectors hold their own references
     return made

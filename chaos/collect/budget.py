@@ -46,6 +46,9 @@ PORT_HOLDING = frozenset(
 )
 FULL_HOLDING = PORT_HOLDING - {sd.TIME_WAIT}
 
+# forecast history per group: at most this many points (and at most history_s seconds)
+HISTORY_POINTS = 64
+
 # the bytecode attribute length is a u16: keep the per-listener exclusions well below it
 MAX_EXCLUDED_PORTS = 4000
 
@@ -166,6 +169,7 @@ class PortBudget:
         period: float = 0.0,
         listen_memory_s: float = 120.0,
         tags: dict[str, str] | None = None,
+        diag: sd.InetDiag | None = None,
     ) -> None:
         self.ns = ns
         self.netns = ns.label
@@ -176,7 +180,8 @@ class PortBudget:
         self.track = track
         self.period = period
         self.tags = {"netns": ns.label, **(tags or {})}
-        self.diag = sd.InetDiag.open_in(ns)
+        # one sock_diag socket per namespace when given one (collectors_for shares it)
+        self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
         self._files: dict[str, ProcFile] = ns.run(
             open_proc_files,
             {
@@ -258,7 +263,7 @@ class PortBudget:
         horizon = now - self.history_s
         for use in ordered[: self.track]:
             gkey = (use.family, use.key)
-            hist = self._history.get(gkey) or deque()
+            hist = self._history.get(gkey) or deque(maxlen=HISTORY_POINTS)
             hist.append((now, use.used))
             while hist and hist[0][0] < horizon:
                 hist.popleft()

@@ -172,6 +172,7 @@ class SocketCensus:
         period: float = 0.0,
         tags: dict[str, str] | None = None,
         auto_limit: int = AUTO_EXACT_LIMIT,
+        diag: sd.InetDiag | None = None,
     ) -> None:
         self.ns = ns
         self.netns = ns.label
@@ -179,7 +180,8 @@ class SocketCensus:
         self.auto_limit = auto_limit
         self.period = period
         self.tags = {"netns": ns.label, **(tags or {})}
-        self.diag = sd.InetDiag.open_in(ns)
+        # one sock_diag socket per namespace when given one (collectors_for shares it)
+        self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
         self._files: dict[str, ProcFile] = ns.run(
             open_proc_files,
             {

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.collect import collectors_for
-from chaos.collect.base import Sample
+from chaos.collect.base import Collector, Sample
 from chaos.collect.kernel import NOTABLE
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
@@ -57,7 +57,7 @@ def collect_main(
         ns.close()
 
 
-def _live(console: Console, collectors: list, as_json: bool, interval: float) -> int:
+def _live(console: Console, collectors: list[Collector], as_json: bool, interval: float) -> int:
     ticks: queue.Queue[list[Sample]] = queue.Queue()
     sampler = Sampler(collectors, interval=interval, on_samples=ticks.put)
     sampler.start()

@@ -171,7 +171,12 @@ class Conntrack:
             if name != "entries":
                 fields[name] = moved
         self._previous = stats
-        states = self.tcp_states()
+        # the dump walks the whole (host-wide) conntrack hash, ~10 ms even when this
+        # namespace has no entry: skip it when the namespace's own count says 0
+        if fields.get("entries") == 0 and self._sock is not None:
+            states: dict[str, int] | None = dict.fromkeys(CT_TCP_STATES.values(), 0)
+        else:
+            states = self.tcp_states()
         if states is not None:
             for name, value in states.items():
                 fields[f"tcp_{name}"] = value

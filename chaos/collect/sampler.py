@@ -178,7 +178,13 @@ class Sampler:
                 "samples": len(produced),
                 "errors": errors,
             }
-            ctags = {**self.tags, "collector": collector.name, "netns": collector.netns}
+            own_tags = getattr(collector, "tags", None) or {}  # e.g. role, next to netns
+            ctags = {
+                **self.tags,
+                **own_tags,
+                "collector": collector.name,
+                "netns": collector.netns,
+            }
             out.append(Sample("collector_cost", ctags, cost, stamp))
         self.stats.ticks += 1
         duration = (time.perf_counter() - tick_t0) * 1000

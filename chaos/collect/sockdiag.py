@@ -15,10 +15,11 @@ Wire format (include/uapi/linux/inet_diag.h), all host byte order unless noted::
       +72 rqueue u32  +76 wqueue u32 +80 uid u32    +84 inode u32
     then netlink attributes (rtattr: len u16, type u16, payload, padded to 4)
 
-TIME_WAIT sockets never carry attributes (88-byte records). Full sockets always carry a few
-(SHUTDOWN, SOCKOPT, CGROUP_ID, and MARK for CAP_NET_ADMIN readers), so a dump that mixes both
-has two record sizes; callers that care about speed ask for TIME_WAIT and the rest in
-separate dumps so that each dump is a single run per chunk.
+TIME_WAIT sockets carry no attribute but MARK, and that only for CAP_NET_ADMIN readers (88 or
+96-byte records). Full sockets always carry a few (SHUTDOWN, SOCKOPT, CGROUP_ID, and MARK for
+CAP_NET_ADMIN readers: 116 or 124 bytes here), so a dump that mixes both has two record
+sizes; callers that care about speed ask for TIME_WAIT and the rest in separate dumps so that
+each dump is a single run per chunk.
 
 The kernel fills at most one ~32 KiB skb per ``recvmsg`` for a dump (netlink caps
 ``max_recvmsg_len`` there), so a bigger user buffer buys nothing; 64 KiB leaves headroom.
@@ -26,10 +27,12 @@ The kernel fills at most one ~32 KiB skb per ``recvmsg`` for a dump (netlink cap
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -230,8 +233,7 @@ def pack_sockid(
 # --- the socket ----------------------------------------------------------------------------
 
 
-def open_diag_socket() -> socket.socket:
-    """A NETLINK_SOCK_DIAG socket in the calling thread's namespace."""
+def _new_diag_socket() -> socket.socket:
     try:
         sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
@@ -243,6 +245,62 @@ def open_diag_socket() -> socket.socket:
         ) from None
     sock.bind((0, 0))
     return sock
+
+
+CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_effective(cap: int) -> None:
+    """Best effort: clear one capability from this *thread's* effective set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return
+    data[cap // 32].effective &= ~(1 << (cap % 32))
+    libc.capset(ctypes.byref(header), data)
+
+
+def open_diag_socket(*, net_admin: bool = False) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket in the calling thread's namespace.
+
+    By default the socket is created from a helper thread without CAP_NET_ADMIN in its
+    effective set. The kernel checks the opener's credentials when it fills replies: without
+    that capability it leaves out the socket mark attribute (8 bytes and a little work per
+    socket, ~10% of a TIME_WAIT dump), and the census needs nothing more than a reader's
+    rights anyway. ``net_admin=True`` keeps it (needed for SOCK_DESTROY). Capabilities are
+    per thread and the helper thread inherits the caller's namespace, so nothing leaks.
+    """
+    if net_admin:
+        return _new_diag_socket()
+    box: dict[str, object] = {}
+
+    def opener() -> None:
+        try:
+            _drop_effective(CAP_NET_ADMIN)
+            box["sock"] = _new_diag_socket()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=opener, name="sock-diag-open", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["sock"]  # type: ignore[return-value]
 
 
 @dataclass
@@ -259,19 +317,31 @@ class InetDiag:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._refs = 1  # collectors of one namespace share one socket: see acquire()
         self._buf = bytearray(RECV_BUF)
         self._view = memoryview(self._buf)
         self._seq = 0
         self._clean = True  # False while a dump is half-read
 
     @classmethod
-    def open_in(cls, ns: object) -> InetDiag:
+    def open_in(cls, ns: object, *, net_admin: bool = False) -> InetDiag:
         """Open inside namespace ``ns`` (a :class:`~chaos.collect.nsref.NetnsRef`)."""
-        return cls(ns.run(open_diag_socket))  # type: ignore[attr-defined]
+        return cls(ns.run(open_diag_socket, net_admin=net_admin))  # type: ignore[attr-defined]
+
+    def acquire(self) -> InetDiag:
+        """One more user of this socket; each user calls :meth:`close` once.
+
+        Sharing is for collectors that run one after the other (the sampler's thread): a
+        socket carries one request at a time.
+        """
+        self._refs += 1
+        return self
 
     def close(self) -> None:
-        self._view.release()
-        self.sock.close()
+        self._refs -= 1
+        if self._refs == 0:
+            self._view.release()
+            self.sock.close()
 
     def _send(self, request: bytes) -> None:
         if not self._clean:
@@ -318,6 +388,9 @@ class InetDiag:
         recv_into = self.sock.recv_into
         while True:
             n = recv_into(buf)
+            if n == 0:
+                self._clean = True
+                raise DiagError("sock_diag dump ended without NLMSG_DONE", None)
             off = 0
             while off < n:
                 size, mtype = HDR.unpack_from(buf, off)[:2]
@@ -353,7 +426,7 @@ class InetDiag:
     def destroy(
         self, family: int, sport: int, dport: int, src: bytes, dst: bytes, cookie: int
     ) -> None:
-        """SOCK_DESTROY one socket (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN)."""
+        """SOCK_DESTROY one socket (CONFIG_INET_DIAG_DESTROY; open with ``net_admin=True``)."""
         sockid = pack_sockid(sport, dport, src, dst, 0, cookie)
         seq = self._next_seq()
         request = build_request(

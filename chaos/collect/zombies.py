@@ -181,13 +181,15 @@ class ZombieScan:
         peer: NetnsRef | None = None,
         translate: Callable[[Conn], tuple[int, bytes] | None] | None = None,
         tags: dict[str, str] | None = None,
+        diag: sd.InetDiag | None = None,
     ) -> None:
         self.ns = ns
         self.netns = ns.label
         self.threshold_s = idle_threshold_s
         self.period = period
         self.tags = {"netns": ns.label, **(tags or {})}
-        self.diag = sd.InetDiag.open_in(ns)
+        # one sock_diag socket per namespace when given one (collectors_for shares it)
+        self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
         self.peer = peer
         self.translate = translate
         self.peer_diag = sd.InetDiag.open_in(peer) if peer is not None else None

@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from chaos.collect import collectors_for
 from chaos.collect import sockdiag as sd
+from chaos.collect.base import to_lines
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.cli import collect_main
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
 from chaos.collect.nsref import NetnsRef
+from chaos.collect.sampler import Sampler
 from chaos.collect.zombies import ZombieScan, confirm_zombies, scan, socket_tuples
 from chaos.lab import netns
 
@@ -285,7 +288,7 @@ def test_zombie_candidates_need_silence_and_no_keepalive(lab):
         return silent, chatty
 
     silent, chatty = lab.run(name, build)
-    time.sleep(0.6)
+    time.sleep(0.8)
     client, server = chatty[0]
     client.sendall(b"ping")
     server.recv(4)
@@ -345,7 +348,7 @@ def test_confirmed_zombie_across_two_namespaces(lab):
     # has no route), then B's socket is destroyed through sock_diag.
     with netns.ipr(b) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="zb")[0], state="down")
-    diag_b = sd.InetDiag.open_in(ref_b)
+    diag_b = sd.InetDiag.open_in(ref_b, net_admin=True)
     try:
         for rec in list(diag_b.dump_records(socket.AF_INET, 1 << sd.ESTABLISHED)):
             dport = struct.unpack_from(">H", rec, sd.OFF_DPORT)[0]
@@ -445,3 +448,28 @@ def test_collect_main_once_json_for_a_namespace(lab, capsys):
     assert collect_main(name, None, once=True, as_json=False, interval=1.0) == 0
     text = capsys.readouterr().out
     assert "time_wait" in text and "port budget" in text
+
+
+def test_sampler_runs_the_standard_collectors_of_a_namespace(lab):
+    name = lab.namespace()
+    lab.run(name, lambda: make_time_wait(lab, listener(socket.AF_INET, "127.0.0.1"), 3))
+    collectors = collectors_for(lab.ref(name), tags={"role": "client"})
+    sampler = Sampler(collectors, interval=0.2)
+    lab.closers.append(sampler.close_collectors)
+    sampler.start()
+    try:
+        wait_for(lambda: sampler.stats.ticks >= 2)
+    finally:
+        sampler.stop()
+    samples = sampler.drain()
+    assert sampler.stats.errors == 0
+    names = {s.measurement for s in samples}
+    assert {"tcp_states", "tcp_teardown", "port_budget_summary", "tcp_zombies"} <= names
+    assert {"tcp_counters", "sockstat", "collector_cost"} <= names
+    assert all(
+        s.tags.get("role") == "client" for s in samples if s.tags.get("collector") != "sampler"
+    )
+    costs = {s.tags["collector"] for s in samples if s.measurement == "collector_cost"}
+    assert {"census", "port_budget", "zombies", "kernel", "sampler"} <= costs
+    body = to_lines(samples)
+    assert body.count("\n") == len(samples) and ",role=client" in body

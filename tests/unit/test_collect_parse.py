@@ -382,3 +382,17 @@ def test_sampler_buffer_drops_oldest_and_counts():
     sampler._deliver(sampler.tick())
     assert len(sampler.drain()) == 3 and sampler.stats.dropped == 3
     assert sampler.drain() == []
+
+
+def test_shared_diag_socket_closes_with_its_last_user():
+    left, right = socket.socketpair()
+    try:
+        diag = sd.InetDiag(left)
+        assert diag.acquire() is diag
+        diag.close()
+        assert left.fileno() != -1  # one user left
+        diag.close()
+        assert left.fileno() == -1
+    finally:
+        left.close()
+        right.close()
