@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from chaos.collect import sockdiag as sd
 from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.census import FAMILY_NAMES, listening, record_format
-from chaos.collect.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.collect.nsref import NetnsRef, ProcFiles
 
 PORT_HOLDING = frozenset(
     {
@@ -182,8 +182,8 @@ class PortBudget:
         self.tags = {"netns": ns.label, **(tags or {})}
         # one sock_diag socket per namespace when given one (collectors_for shares it)
         self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
-        self._files: dict[str, ProcFile] = ns.run(
-            open_proc_files,
+        self._files = ProcFiles(
+            ns,
             {
                 "range": "/proc/sys/net/ipv4/ip_local_port_range",
                 "reserved": "/proc/sys/net/ipv4/ip_local_reserved_ports",
@@ -193,13 +193,7 @@ class PortBudget:
 
     def close(self) -> None:
         self.diag.close()
-        for handle in self._files.values():
-            handle.close()
-        self._files = {}
-
-    def _read(self, key: str) -> str:
-        handle = self._files.get(key)
-        return handle.read_text() if handle is not None else ""
+        self._files.close()
 
     def _walk(self, states: frozenset[int], bytecode: bytes, groups: Counter) -> None:
         for run in self.diag.dump(sd.AF_ANY, sd.states_mask(states), bytecode=bytecode):
@@ -209,8 +203,8 @@ class PortBudget:
         now = time.time() if now is None else now
         clock = time.perf_counter
         t0 = clock()
-        lo, hi = parse_port_range(self._read("range") or "32768 60999")
-        capacity = max(0, hi - lo + 1 - count_reserved(self._read("reserved"), lo, hi))
+        lo, hi = parse_port_range(self._files.read("range") or "32768 60999")
+        capacity = max(0, hi - lo + 1 - count_reserved(self._files.read("reserved"), lo, hi))
         listen = listening(self.diag)
         for port in listen:
             self._listened[port] = now

@@ -49,7 +49,7 @@ from typing import Literal
 from chaos.collect import sockdiag as sd
 from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.kernel import PROC_NET, parse_netstat, parse_sockstat
-from chaos.collect.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.collect.nsref import NetnsRef, ProcFiles
 
 # states dumped socket by socket in every mode: usually few sockets
 RARE = sd.ALL_STATES - {sd.ESTABLISHED, sd.TIME_WAIT, sd.LISTEN}
@@ -182,8 +182,8 @@ class SocketCensus:
         self.tags = {"netns": ns.label, **(tags or {})}
         # one sock_diag socket per namespace when given one (collectors_for shares it)
         self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
-        self._files: dict[str, ProcFile] = ns.run(
-            open_proc_files,
+        self._files = ProcFiles(
+            ns,
             {
                 "sockstat": f"{PROC_NET}/sockstat",
                 "snmp": f"{PROC_NET}/snmp",
@@ -193,13 +193,7 @@ class SocketCensus:
 
     def close(self) -> None:
         self.diag.close()
-        for handle in self._files.values():
-            handle.close()
-        self._files = {}
-
-    def _read(self, key: str) -> str:
-        handle = self._files.get(key)
-        return handle.read_text() if handle is not None else ""
+        self._files.close()
 
     def _rare(
         self,
@@ -252,9 +246,9 @@ class SocketCensus:
         costs: dict[str, float] = {}
         clock = time.perf_counter
         t0 = clock()
-        fin_timeout = int(self._read("fin_timeout").strip() or 60)
-        sockstat = parse_sockstat(self._read("sockstat"))
-        snmp = parse_netstat(self._read("snmp"))
+        fin_timeout = int(self._files.read("fin_timeout").strip() or 60)
+        sockstat = parse_sockstat(self._files.read("sockstat"))
+        snmp = parse_netstat(self._files.read("snmp"))
         mode = self.mode
         if mode == "auto":
             tcp = sockstat.get("TCP", {})

@@ -182,3 +182,19 @@ def open_proc_files(paths: dict[str, str]) -> dict[str, ProcFile]:
         if handle is not None:
             out[key] = handle
     return out
+
+
+class ProcFiles:
+    """Named procfs files opened once inside a namespace, re-read on every sample."""
+
+    def __init__(self, ns: NetnsRef, paths: dict[str, str]) -> None:
+        self._files: dict[str, ProcFile] = ns.run(open_proc_files, paths)
+
+    def read(self, key: str) -> str:
+        handle = self._files.get(key)
+        return handle.read_text() if handle is not None else ""
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}

@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,10 +425,6 @@ def tcp_probe(namespace: str | None, host: str, port: int, timeout: float = 1.0)
             return errno.errorcode.get(exc.errno or 0, str(exc))
 
     return netns.run_in(namespace, attempt)
-
-
-def iter_lab_namespaces(state: LabState) -> Iterator[tuple[str, str]]:
-    yield from state.namespaces.items()
 
 
 def lab_name_for(scenario: Scenario, explicit: str | None) -> str:

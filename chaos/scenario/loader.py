@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -107,14 +106,13 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _find_model(annotation: Any) -> type[BaseModel] | None:
+    """The first model class inside an annotation (``X | None``, ``list[X]``, ...)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, typing.Annotated) or origin is not None:
-        for arg in typing.get_args(annotation):
-            found = _find_model(arg)
-            if found:
-                return found
+    for arg in typing.get_args(annotation):
+        found = _find_model(arg)
+        if found:
+            return found
     return None
 
 
