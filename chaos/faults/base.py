@@ -1,0 +1,140 @@
+"""The one fault interface, the target a fault acts on, and the explicit registry.
+
+A fault's life, driven by :mod:`chaos.faults.guard`:
+
+1. ``validate(target, params)``: parse and check the parameters and the target, and probe
+   the kernel features the fault needs. Nothing is changed. Errors are :class:`FaultError`
+   and stop the run before it starts.
+2. ``prepare()``: snapshot what the fault will change and return a :class:`Handle` that holds
+   everything ``revert`` needs, as plain JSON. The guard writes it to the on-disk ledger
+   (fsync'd) *before* ``apply`` touches the kernel, so a crash at any later point can be
+   undone by ``chaos revert-all``.
+3. ``apply(handle)``: change the kernel or the process. A failure part-way leaves state that
+   ``revert(handle)`` still cleans up.
+4. ``revert(handle)``: a classmethod that needs only the handle (it runs in another process
+   after a SIGKILL). It restores the snapshot and is harmless when called twice or when
+   ``apply`` never ran or only half ran.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chaos.errors import FaultError
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a fault acts: a role in a lab, resolved to its namespace, links and processes.
+
+    ``netns`` is None for the host's own namespace. ``pids`` are the role's processes
+    (for signal faults); ``links`` are the role's interfaces inside ``netns``.
+    """
+
+    name: str
+    netns: str | None
+    links: tuple[str, ...] = ()
+    pids: tuple[int, ...] = ()
+
+
+@dataclass
+class Handle:
+    """Everything needed to revert one applied fault, as JSON-serialisable data."""
+
+    kind: str
+    target: str
+    data: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Handle:
+        return cls(kind=data["kind"], target=data["target"], data=data["data"], id=data["id"])
+
+
+class Params(BaseModel):
+    """Base for each fault's parameter model: strict, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Fault(ABC):
+    """One fault type. Subclasses set ``kind``, ``params_model`` and ``features``."""
+
+    kind: ClassVar[str]
+    params_model: ClassVar[type[Params]]
+    #: capability names from :mod:`chaos.capabilities` that must be present.
+    features: ClassVar[tuple[str, ...]] = ()
+    #: True when revert undoes the fault (SIGKILL cannot be undone).
+    reversible: ClassVar[bool] = True
+
+    def __init__(self, target: Target, params: Params) -> None:
+        self.target = target
+        self.params = params
+
+    @classmethod
+    def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
+        """Parse ``raw`` params and check the target; raises FaultError, changes nothing."""
+        try:
+            params = cls.params_model.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise FaultError(
+                f"fault {cls.kind} on {target.name}: invalid params: {problems}",
+                f"see `chaos faults types` for the parameters of {cls.kind}",
+            ) from None
+        fault = cls(target, params)
+        fault.check_target()
+        return fault
+
+    def check_target(self) -> None:  # noqa: B027 - optional hook
+        """Raise FaultError when the target cannot take this fault."""
+
+    @abstractmethod
+    def prepare(self) -> Handle:
+        """Snapshot and describe the change; no side effects."""
+
+    @abstractmethod
+    def apply(self, handle: Handle) -> None:
+        """Make the change described by ``handle``."""
+
+    @classmethod
+    @abstractmethod
+    def revert(cls, handle: Handle) -> None:
+        """Undo ``handle``; idempotent, safe after a partial apply or none."""
+
+    def handle(self, **data: Any) -> Handle:
+        return Handle(kind=self.kind, target=self.target.name, data=data)
+
+
+REGISTRY: dict[str, type[Fault]] = {}
+
+
+def register(cls: type[Fault]) -> type[Fault]:
+    """Class decorator; the registry is filled by importing :mod:`chaos.faults.registry`."""
+    if cls.kind in REGISTRY:
+        raise RuntimeError(f"fault kind {cls.kind} registered twice")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def fault_type(kind: str) -> type[Fault]:
+    from chaos.faults import registry  # noqa: F401 - fills REGISTRY
+
+    try:
+        return REGISTRY[kind]
+    except KeyError:
+        raise FaultError(
+            f"unknown fault type {kind!r}",
+            f"known fault types: {', '.join(sorted(REGISTRY))}",
+        ) from None
