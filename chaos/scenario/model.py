@@ -297,13 +297,39 @@ class SinkSpec(Strict):
 
 
 class Expectation(Strict):
-    """``metric op value`` over collected samples, in a phase of the run."""
+    """``metric op value`` over collected samples, in one phase of the run.
 
-    metric: str
+    See :mod:`chaos.expect` for the phases, the aggregates and the value expressions.
+    """
+
+    metric: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="measurement.field, e.g. tcp_states.time_wait",
+    )
     op: Literal[">=", ">", "<=", "<", "==", "!="]
-    value: float | str
+    value: float | str = Field(
+        description="a number or an expression over rate, users, duration, baseline, ..."
+    )
     when: Literal["baseline", "during", "after", "end"] = "end"
     role: Literal["client", "gateway", "proxy", "origin"] | None = None
+    agg: Literal["max", "min", "mean", "last", "first", "sum", "delta"] | None = Field(
+        default=None, description="how the window's samples become one number (default max)"
+    )
+    within: Duration | None = Field(
+        default=None, description="after: seconds after the revert; baseline: before the fault"
+    )
+    where: dict[str, str] = Field(default_factory=dict, description="tag filters")
+    fault: int | None = Field(default=None, ge=0, description="index of the fault (default all)")
+    label: str = ""
+
+    @field_validator("value")
+    @classmethod
+    def _expression(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            from chaos.expect import check_expression
+
+            check_expression(value)
+        return value
 
 
 # --- the scenario ------------------------------------------------------------------------
@@ -337,4 +363,25 @@ class Scenario(Strict):
             )
         if self.load.user == "http" and origin.protocol != "http":
             raise ValueError("load.user http needs lab.origin.protocol http")
+        return self
+
+    @model_validator(mode="after")
+    def _expectations_have_phases(self) -> Scenario:
+        from chaos.expect import uses_baseline
+
+        for i, exp in enumerate(self.expect):
+            if exp.when != "end" and not self.faults:
+                raise ValueError(
+                    f"expect[{i}] is checked {exp.when!r} a fault, but the scenario has no "
+                    "faults: use when: end, or add a fault"
+                )
+            if exp.fault is not None and exp.fault >= len(self.faults):
+                raise ValueError(
+                    f"expect[{i}].fault is {exp.fault}, but there are only "
+                    f"{len(self.faults)} faults (counted from 0)"
+                )
+            if uses_baseline(exp) and (exp.when == "baseline" or not self.faults):
+                raise ValueError(
+                    f"expect[{i}] uses baseline, which needs a fault and a phase after it"
+                )
         return self

@@ -1,0 +1,340 @@
+"""Expectations: ``metric op value`` checked over a run's samples, phase by phase.
+
+A scenario's ``expect:`` clauses gate a release: ``chaos run`` exits 10 when any fails.
+
+Phases (``when``), from the journal's fault events:
+
+* ``baseline``: from the start of the load to the first fault's apply (or only the last
+  ``within`` seconds of it);
+* ``during``: inside the fault windows (apply → revert); with ``fault: N`` only that fault's;
+* ``after``: from the (last) revert to the end of the run, or only ``within`` seconds of it
+  — "CLOSE_WAIT returns to baseline within 30 s" is ``when: after, within: 30s, agg: last``;
+* ``end``: the whole load phase.
+
+The metric is ``measurement.field`` (see docs/metrics.md). Points are filtered by ``role``
+and by ``where`` tags (a measurement with a ``family`` tag defaults to ``family=all``); the
+points of one timestamp are summed across namespaces, so ``role`` unset means the whole lab.
+The window's series becomes one number by ``agg``: ``max`` (default: the peak, so ``>=``
+means "reached" and ``<=`` means "never exceeded"), ``min``, ``mean``, ``last``, ``first``,
+``sum`` (for per-interval counter deltas such as ``tcp_counters``) or ``delta``
+(last − first, for cumulative values). ``==`` and ``!=`` default to ``last``.
+
+``value`` is a number or an arithmetic expression (``+ - * /``, parentheses, ``min()``,
+``max()``) over these names: ``rate`` (the load's target connections/s, 0 when unset),
+``users``, ``duration`` (the load phase's seconds), ``fault_duration`` (the seconds of
+the windows checked), and ``baseline`` (the same metric and aggregate in the baseline phase).
+A missing series or an empty window fails the expectation: no data never passes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from chaos.scenario.model import Expectation, Scenario
+
+NAMES = ("rate", "users", "duration", "fault_duration", "baseline")
+_BINOPS: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max}
+
+
+class Point(Protocol):
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, Any]
+    time_ns: int
+
+
+# --- value expressions ---------------------------------------------------------------------
+
+
+def _names_in(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCS}
+
+
+def check_expression(text: str) -> None:
+    """Raise ValueError unless ``text`` is an arithmetic expression over :data:`NAMES`."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise ValueError(f"{text!r} is not an arithmetic expression") from None
+    for node in ast.walk(tree):
+        allowed = (
+            ast.Expression,
+            ast.BinOp,
+            ast.UnaryOp,
+            ast.USub,
+            ast.UAdd,
+            ast.Constant,
+            ast.Name,
+            ast.Load,
+            ast.Call,
+            *_BINOPS,
+        )
+        if not isinstance(node, allowed):
+            raise ValueError(
+                f"{text!r}: only numbers, {', '.join(NAMES)}, + - * / and min()/max() are allowed"
+            )
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float):
+            raise ValueError(f"{text!r}: {node.value!r} is not a number")
+        if isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id in _FUNCS
+        ):
+            raise ValueError(f"{text!r}: only min() and max() can be called")
+    unknown = _names_in(tree) - set(NAMES)
+    if unknown:
+        raise ValueError(
+            f"{text!r}: unknown name {sorted(unknown)[0]!r}; known: {', '.join(NAMES)}"
+        )
+
+
+def evaluate_expression(text: str, names: Mapping[str, float]) -> float:
+    tree = ast.parse(text, mode="eval")
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return names[node.id]
+        if isinstance(node, ast.UnaryOp):
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name)
+            return _FUNCS[node.func.id](*(ev(a) for a in node.args))
+        raise ValueError(f"cannot evaluate {ast.dump(node)}")
+
+    return ev(tree)
+
+
+def uses_baseline(expectation: Expectation) -> bool:
+    return isinstance(expectation.value, str) and "baseline" in _names_in(
+        ast.parse(expectation.value, mode="eval")
+    )
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    applied: float
+    reverted: float
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Wall-clock seconds of the load phase and of each fault (in scenario order)."""
+
+    start: float
+    end: float
+    faults: tuple[FaultWindow, ...] = ()
+
+    @classmethod
+    def from_journal(cls, events: Iterable[Mapping[str, Any]]) -> Timeline:
+        start = end = None
+        applied: dict[str, float] = {}
+        order: list[str] = []
+        reverted: dict[str, float] = {}
+        for event in events:
+            name, ts = event.get("event"), float(event.get("ts", 0.0))
+            if name == "load.start":
+                start = ts
+            elif name == "load.end":
+                end = ts
+            elif name == "fault.apply":
+                applied[event["id"]] = ts
+                order.append(event["id"])
+            elif name == "fault.revert":
+                reverted.setdefault(event["id"], ts)
+        if start is None:
+            raise ValueError("the journal has no load.start event")
+        end = end if end is not None else max([start, *applied.values(), *reverted.values()])
+        windows = tuple(FaultWindow(applied[i], reverted.get(i, end)) for i in order)
+        return cls(start, end, windows)
+
+
+def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
+    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline."""
+    end = math.nextafter(timeline.end, math.inf)  # the run's last sample belongs to it
+    faults = list(timeline.faults)
+    if exp.fault is not None:
+        faults = faults[exp.fault : exp.fault + 1]
+    if exp.when == "end":
+        return [(timeline.start, end)]
+    if not faults:
+        return []
+    if exp.when == "baseline":
+        stop = faults[0].applied
+        start = timeline.start if exp.within is None else max(timeline.start, stop - exp.within)
+        return [(start, stop)]
+    if exp.when == "during":
+        return [(w.applied, w.reverted) for w in faults]
+    last = max(w.reverted for w in faults)
+    stop = end if exp.within is None else min(end, last + exp.within)
+    return [(last, stop)]
+
+
+# --- series and aggregates -----------------------------------------------------------------
+
+
+def series(
+    points: Iterable[Point], metric: str, role: str | None, where: Mapping[str, str]
+) -> list[tuple[float, float]]:
+    """(seconds, value) per timestamp, summed across the matching points of that timestamp."""
+    measurement, field = metric.split(".", 1)
+    sums: dict[int, float] = defaultdict(float)
+    for p in points:
+        if p.measurement != measurement or field not in p.fields:
+            continue
+        tags = p.tags
+        if role is not None and tags.get("role") != role:
+            continue
+        if "family" in tags and "family" not in where and tags["family"] != "all":
+            continue
+        if any(tags.get(k) != v for k, v in where.items()):
+            continue
+        value = p.fields[field]
+        if isinstance(value, bool | int | float):
+            sums[p.time_ns] += float(value)
+    return [(t / 1e9, v) for t, v in sorted(sums.items())]
+
+
+def aggregate(values: list[float], agg: str) -> float:
+    match agg:
+        case "max":
+            return max(values)
+        case "min":
+            return min(values)
+        case "mean":
+            return sum(values) / len(values)
+        case "last":
+            return values[-1]
+        case "first":
+            return values[0]
+        case "sum":
+            return sum(values)
+        case "delta":
+            return values[-1] - values[0]
+    raise ValueError(f"unknown aggregate {agg}")
+
+
+def default_agg(exp: Expectation) -> str:
+    return exp.agg or ("last" if exp.op in ("==", "!=") else "max")
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass
+class Verdict:
+    metric: str
+    op: str
+    value: str
+    when: str
+    role: str | None
+    agg: str
+    threshold: float | None
+    observed: float | None
+    passed: bool
+    detail: str
+    label: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        where = f" at {self.role}" if self.role else ""
+        observed = "no data" if self.observed is None else f"{self.observed:g}"
+        threshold = "?" if self.threshold is None else f"{self.threshold:g}"
+        return (
+            f"{self.agg}({self.metric}){where} {self.when}: {observed} {self.op} "
+            f"{threshold} ({self.value})"
+        )
+
+
+def _in_windows(data: list[tuple[float, float]], windows: list[tuple[float, float]]) -> list[float]:
+    return [v for t, v in data if any(a <= t < b for a, b in windows)]
+
+
+def evaluate(scenario: Scenario, points: list[Point], timeline: Timeline) -> list[Verdict]:
+    """Check every expectation of ``scenario``; a missing series fails, never passes."""
+    load = scenario.load
+    base_names = {
+        "rate": float(load.rate or 0.0),
+        "users": float(load.users),
+        "duration": timeline.end - timeline.start,
+    }
+    verdicts = []
+    for exp in scenario.expect:
+        agg = default_agg(exp)
+        data = series(points, exp.metric, exp.role, exp.where)
+        windows = windows_for(exp, timeline)
+        values = _in_windows(data, windows)
+
+        def verdict(
+            threshold: float | None,
+            observed: float | None,
+            ok: bool,
+            detail: str,
+            exp: Expectation = exp,
+            agg: str = agg,
+        ) -> Verdict:
+            return Verdict(
+                exp.metric,
+                exp.op,
+                str(exp.value),
+                exp.when,
+                exp.role,
+                agg,
+                threshold,
+                observed,
+                ok,
+                detail,
+                exp.label,
+            )
+
+        if not values:
+            verdicts.append(
+                verdict(None, None, False, f"no {exp.metric} samples in the {exp.when} window")
+            )
+            continue
+        observed = aggregate(values, agg)
+        names = dict(base_names, fault_duration=sum(b - a for a, b in windows))
+        if uses_baseline(exp):
+            base_exp = exp.model_copy(update={"when": "baseline", "within": None})
+            base_values = _in_windows(data, windows_for(base_exp, timeline))
+            if not base_values:
+                verdicts.append(
+                    verdict(None, observed, False, "no samples before the fault for the baseline")
+                )
+                continue
+            names["baseline"] = aggregate(base_values, agg)
+        threshold = (
+            float(exp.value)
+            if not isinstance(exp.value, str)
+            else evaluate_expression(exp.value, names)
+        )
+        ok = math.isfinite(observed) and _OPS[exp.op](observed, threshold)
+        verdicts.append(verdict(threshold, observed, ok, f"{len(values)} samples"))
+    return verdicts
