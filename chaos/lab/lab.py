@@ -63,6 +63,7 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
         namespaces=plan.namespaces,
         run_dir=str(run.path),
         client_addresses=plan.client_addresses,
+        target={"host": plan.client_target[0], "port": plan.client_target[1]},
         proxy={
             "kind": scenario.lab.proxy.kind,
             "mode": scenario.lab.proxy.mode,
@@ -134,11 +135,8 @@ def health(state: LabState) -> list[Health]:
     out = []
     for record in state.processes:
         if record.role == "proxy":
-            probe_from, host, port = (
-                state.namespaces["client"],
-                state.proxy["host"],
-                state.proxy["port"],
-            )
+            target = state.target or state.proxy
+            probe_from, host, port = state.namespaces["client"], target["host"], target["port"]
         elif record.role == "origin":
             probe_from, host, port = record.namespace, state.origin["host"], state.origin["port"]
         else:

@@ -214,6 +214,26 @@ def popen(
             os.close(fd)
 
 
+def run(
+    name: str | None, argv: Sequence[str], input: str | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command inside namespace ``name`` and wait for it; output captured as text."""
+    proc = popen(
+        name,
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
 @contextlib.contextmanager
 def ipr(name: str | None) -> Iterator[IPRoute]:
     """An rtnetlink handle inside ``name``; netlink errors become LabError."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos.errors import LabError, NotRootError
+from chaos.errors import CapabilityError, LabError, NotRootError
 from chaos.lab import netns, processes
 from chaos.lab.processes import ProcessRecord
 from chaos.scenario.model import LabSpec, Scenario
@@ -38,6 +39,8 @@ CLIENT_NET = "198.18.1"
 PROXY_NET = "198.18.2"
 ORIGIN_NET = "198.18.3"
 FIRST_CLIENT_HOST = 10
+LAB_TABLE = "chaos_lab"
+ESCAPE_COUNTER = "escaped"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,13 @@ class Plan:
             assert self.spec.proxy.address
             return int(self.spec.proxy.address.rpartition(":")[2])
         return self.spec.proxy.port
+
+    @property
+    def client_target(self) -> tuple[str, int]:
+        """Where clients connect: the proxy, or the origin through an intercepting gateway."""
+        if self.spec.gateway.intercept:
+            return self.origin_address, self.spec.origin.port
+        return self.proxy_address, self.proxy_port
 
     @property
     def proxy_upstream_address(self) -> str:
@@ -166,6 +176,37 @@ class Plan:
             "origin": [("default", self.proxy_upstream_address)],
         }
 
+    def nft_rulesets(self) -> dict[str, str]:
+        """The lab's own nftables rules per role (they die with the namespaces).
+
+        * origin: a named counter ``escaped`` of packets that arrive from the clients' own
+          addresses, i.e. that bypassed the proxy (seeds 000 and 003); read by the
+          ``lab_escapes`` collector.
+        * gateway, with ``intercept``: DNAT of client connections to the origin's address
+          onto the proxy, so conntrack holds the translation (seed 003).
+        """
+        rulesets = {
+            "origin": (
+                f"table inet {LAB_TABLE} {{\n"
+                f"  counter {ESCAPE_COUNTER} {{}}\n"
+                "  chain watch {\n"
+                "    type filter hook prerouting priority raw; policy accept;\n"
+                f"    ip saddr {CLIENT_NET}.0/24 counter name {ESCAPE_COUNTER}\n"
+                "  }\n}\n"
+            )
+        }
+        if self.spec.gateway.intercept:
+            rulesets["gateway"] = (
+                f"table ip {LAB_TABLE} {{\n"
+                "  chain intercept {\n"
+                "    type nat hook prerouting priority dstnat; policy accept;\n"
+                f"    ip saddr {CLIENT_NET}.0/24 ip daddr {self.origin_address} "
+                f"tcp dport {self.spec.origin.port} "
+                f"dnat to {self.proxy_address}:{self.proxy_port}\n"
+                "  }\n}\n"
+            )
+        return rulesets
+
     def sysctls(self) -> dict[str, dict[str, object]]:
         """Per-role sysctls: the lab's own routing needs, then the scenario's."""
         spec = self.spec
@@ -191,6 +232,8 @@ class LabState:
     proxy: dict[str, object] = field(default_factory=dict)
     origin: dict[str, object] = field(default_factory=dict)
     client_addresses: list[str] = field(default_factory=list)
+    #: where clients connect ({"host", "port"}): the proxy, or the origin when intercepted
+    target: dict[str, object] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
 
     @staticmethod
@@ -338,6 +381,24 @@ def build(plan: Plan, state: LabState) -> None:
         _add_routes(plan.namespace(role), routes)
     for role, values in plan.sysctls().items():
         apply_sysctls(plan.namespace(role), values)
+    for role, ruleset in plan.nft_rulesets().items():
+        load_nft(plan.namespace(role), ruleset)
+
+
+def nft_binary() -> str | None:
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+
+
+def load_nft(namespace: str, ruleset: str) -> None:
+    nft = nft_binary()
+    if nft is None:
+        raise CapabilityError("nft is not installed; the lab needs nftables",
+                              "apt-get install nftables")
+    result = netns.run(namespace, [nft, "-f", "-"], input=ruleset)
+    if result.returncode != 0:
+        raise LabError(f"nftables refused the lab's rules in {namespace}: "
+                       f"{result.stderr.strip()}",
+                       "check `chaos doctor` for nftables support")
 
 
 # --- teardown ----------------------------------------------------------------------------

@@ -103,6 +103,13 @@ class GatewaySpec(Strict):
     """The gateway namespace: routes between client and proxy."""
 
     sysctls: Sysctls = Field(default_factory=dict)
+    intercept: bool = Field(
+        default=False,
+        description=(
+            "clients connect to the origin's address and the gateway redirects (DNAT, "
+            "conntrack) them to the proxy, as a transparent redirecting gateway (seed 003)"
+        ),
+    )
 
 
 class ProxyTimeouts(Strict):
@@ -363,6 +370,9 @@ class Scenario(Strict):
             )
         if self.load.user == "http" and origin.protocol != "http":
             raise ValueError("load.user http needs lab.origin.protocol http")
+        if self.lab.gateway.intercept and proxy.kind == "external":
+            raise ValueError("lab.gateway.intercept needs the lab's own proxy (no gateway with "
+                             "proxy.kind external)")
         return self
 
     @model_validator(mode="after")
