@@ -185,9 +185,50 @@ def parse(text: str, label: str) -> Scenario:
         problems += _problems(exc, root)
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ScenarioError(label, problems) from None
+    for index, variant in enumerate(scenario.variants):
+        try:
+            with_variant(scenario, variant.name)
+        except ValidationError as exc:
+            line = _variant_line(root, index)
+            problems += [
+                Problem(f"variants[{index}].patch -> {_format_path(err['loc'])}", line,
+                        _message(err))  # type: ignore[arg-type]
+                for err in exc.errors()
+            ]
+    if len({v.name for v in scenario.variants}) != len(scenario.variants):
+        problems.append(Problem("variants", _variant_line(root, 0), "variant names repeat"))
     if problems:
         raise ScenarioError(label, problems)
     return scenario
+
+
+def _variant_line(root: yaml.Node | None, index: int) -> int | None:
+    node, _ = _node_at(root, ("variants", index))
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_variant(scenario: Scenario, name: str) -> Scenario:
+    """The scenario with variant ``name``'s patch merged in (raises ValidationError)."""
+    variant = next((v for v in scenario.variants if v.name == name), None)
+    if variant is None:
+        known = ", ".join(v.name for v in scenario.variants) or "none"
+        raise ChaosError(
+            f"scenario {scenario.name} has no variant {name!r}",
+            f"its variants: {known}",
+        )
+    data = _merge(scenario.model_dump(mode="json", by_alias=True), variant.patch)
+    data.update(variants=[], variant=name)
+    return Scenario.model_validate(data)
 
 
 def builtin_names() -> list[str]:

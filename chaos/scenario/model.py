@@ -339,6 +339,19 @@ class Expectation(Strict):
         return value
 
 
+class Variant(Strict):
+    """A named change to the scenario, typically a mitigation its seed discusses.
+
+    ``patch`` is a partial scenario merged into this one: mappings merge key by key, any
+    other value (lists included, e.g. ``expect``) replaces. ``chaos run S --variant NAME``
+    runs the patched scenario; ``chaos compare`` shows it beside the plain run.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+    description: str = ""
+    patch: dict[str, object] = Field(default_factory=dict)
+
+
 # --- the scenario ------------------------------------------------------------------------
 
 
@@ -352,6 +365,8 @@ class Scenario(Strict):
     collectors: CollectorsSpec = Field(default_factory=CollectorsSpec)
     sink: SinkSpec = Field(default_factory=SinkSpec)
     expect: list[Expectation] = Field(default_factory=list)
+    variants: list[Variant] = Field(default_factory=list)
+    variant: str = Field(default="", description="set by --variant: the variant applied")
 
     @field_validator("duration")
     @classmethod

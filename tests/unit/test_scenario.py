@@ -132,3 +132,45 @@ def test_resolved_dump_round_trips():
     scenario = loader.load("smoke")
     again = loader.parse(loader.dump_resolved(scenario), "resolved")
     assert again == scenario
+
+
+VARIANTS = """
+name: t
+lab:
+  client: {sysctls: {net.ipv4.tcp_tw_reuse: 0}, addresses: 2}
+expect:
+  - {metric: tcp_states.time_wait, op: ">=", value: 10}
+variants:
+  - name: reuse
+    description: TIME_WAIT reuse on the connecting side
+    patch:
+      lab: {client: {sysctls: {net.ipv4.tcp_tw_reuse: 1}}}
+      expect: []
+"""
+
+
+def test_variant_patch_merges_mappings_and_replaces_lists():
+    from chaos.scenario.loader import with_variant
+
+    base = loader.parse(VARIANTS, "<t>")
+    patched = with_variant(base, "reuse")
+    assert patched.lab.client.sysctls == {"net.ipv4.tcp_tw_reuse": 1}
+    assert patched.lab.client.addresses == 2  # untouched keys survive the merge
+    assert patched.expect == [] and patched.variant == "reuse" and patched.variants == []
+    assert base.lab.client.sysctls == {"net.ipv4.tcp_tw_reuse": 0}
+
+
+def test_variant_errors_name_the_variant_and_line():
+    text = VARIANTS + "  - name: typo\n    patch: {load: {usres: 3}}\n"
+    with pytest.raises(ScenarioError) as err:
+        loader.parse(text, "<t>")
+    assert "<t>:13: variants[1].patch -> load.usres: unknown key 'usres'" in str(err.value)
+
+
+def test_unknown_variant_lists_the_known_ones():
+    from chaos.errors import ChaosError
+    from chaos.scenario.loader import with_variant
+
+    with pytest.raises(ChaosError) as err:
+        with_variant(loader.parse(VARIANTS, "<t>"), "nope")
+    assert "its variants: reuse" in err.value.hint
