@@ -12,7 +12,7 @@ Phases (``when``), from the journal's fault events:
 * ``end``: the whole load phase.
 
 The metric is ``measurement.field`` (see docs/metrics.md). Points are filtered by ``role``
-and by ``where`` tags (a measurement with a ``family`` tag defaults to ``family=all``); the
+and by ``where`` tags (``tcp_states`` defaults to its ``family=all`` totals); the
 points of one timestamp are summed across namespaces, so ``role`` unset means the whole lab.
 The window's series becomes one number by ``agg``: ``max`` (default: the peak, so ``>=``
 means "reached" and ``<=`` means "never exceeded"), ``min``, ``mean``, ``last``, ``first``,
@@ -191,6 +191,10 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
 # --- series and aggregates -----------------------------------------------------------------
 
 
+# Measurements that carry a family=all total beside per-family points: the total is the default.
+_FAMILY_TOTALS = {"tcp_states"}
+
+
 def series(
     points: Iterable[Point], metric: str, role: str | None, where: Mapping[str, str]
 ) -> list[tuple[float, float]]:
@@ -203,7 +207,7 @@ def series(
         tags = p.tags
         if role is not None and tags.get("role") != role:
             continue
-        if "family" in tags and "family" not in where and tags["family"] != "all":
+        if measurement in _FAMILY_TOTALS and "family" not in where and tags.get("family") != "all":
             continue
         if any(tags.get(k) != v for k, v in where.items()):
             continue
