@@ -11,6 +11,7 @@ report can compare what the proxy passed with what the origin received::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
@@ -38,6 +39,11 @@ def _has_sys_resource() -> bool:
 
 def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
+
+
+def _whole_seconds(seconds: float) -> int:
+    # TCP keepalive timers are whole seconds at the socket level.
+    return max(1, math.ceil(seconds))
 
 
 @dataclass(frozen=True)
@@ -198,10 +204,19 @@ class HAProxy(Proxy):
                 # The server side is closed after every response; who sends the first FIN
                 # then depends on the origin (close: server) or on HAProxy.
                 lines.append("    option http-server-close")
+        ka = spec.keepalive
+        if ka.enabled:
+            lines += [
+                "    option clitcpka",
+                f"    clitcpka-idle {_whole_seconds(ka.idle)}s",
+                f"    clitcpka-intvl {_whole_seconds(ka.interval)}s",
+                f"    clitcpka-cnt {ka.count}",
+            ]
+        defer = " defer-accept" if spec.defer_accept else ""
         lines += [
             "",
             "frontend fe",
-            f"    bind {ep.listen_host}:{ep.listen_port}",
+            f"    bind {ep.listen_host}:{ep.listen_port}{defer}",
             "    default_backend origin",
             "",
             "backend origin",
@@ -245,7 +260,15 @@ class Nginx(Proxy):
             f"worker_rlimit_nofile {spec.maxconn * 2 + 64};",
             f"events {{ worker_connections {spec.maxconn}; }}",
         ]
-        listen = f"listen {ep.listen_host}:{ep.listen_port} reuseport backlog=4096;"
+        options = ["reuseport", "backlog=4096"]
+        if spec.defer_accept:
+            options.append("deferred")
+        if spec.keepalive.enabled:
+            ka = spec.keepalive
+            options.append(
+                f"so_keepalive={_whole_seconds(ka.idle)}:{_whole_seconds(ka.interval)}:{ka.count}"
+            )
+        listen = f"listen {ep.listen_host}:{ep.listen_port} {' '.join(options)};"
         if spec.mode == "http":
             keepalive = spec.upstream == "keep-alive"
             lines += [

@@ -136,6 +136,12 @@ class ProxySpec(Strict):
     )
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     timeouts: ProxyTimeouts = Field(default_factory=ProxyTimeouts)
+    defer_accept: bool = Field(
+        default=False, description="TCP_DEFER_ACCEPT on the listener (seed 004)"
+    )
+    keepalive: Keepalive = Field(
+        default_factory=Keepalive, description="TCP keepalive on client-side connections"
+    )
     sysctls: Sysctls = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -148,6 +154,8 @@ class ProxySpec(Strict):
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
         elif self.address:
             raise ValueError("address is only for kind: external")
+        if self.defer_accept and self.kind == "nginx" and self.mode == "tcp":
+            raise ValueError("nginx's stream module has no deferred accept: use kind haproxy")
         if self.upstream == "keep-alive" and self.mode == "tcp":
             raise ValueError("upstream: keep-alive needs mode: http (tcp mode pairs connections)")
         return self
