@@ -1,0 +1,303 @@
+"""``chaos report`` and ``chaos compare`` over a small real run directory.
+
+The fixture ``data/report_run`` is a real run (port exhaustion at the client, a SIGSTOP of
+the origin from 9.3 s to 13.3 s), trimmed: no gateway, fewer measurements and fields. The
+expected numbers are computed here from the raw files with plain string handling, not with
+the report's own reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chaos.cli import main
+from chaos.report import analyse, write_report
+from chaos.report.build import REQUIRED_SECTIONS
+from chaos.report.compare import diff, render_html
+from chaos.report.svg import decimate, nice_step, split_gaps
+
+FIXTURE = Path(__file__).parent / "data" / "report_run"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "20261201T010136Z-tw-exhaust"
+    shutil.copytree(FIXTURE, target)
+    return target
+
+
+def raw_field(run: Path, measurement: str, field: str, **tags: str) -> list[float]:
+    """Values of one field in samples.lp, by plain text matching."""
+    out = []
+    for line in (run / "samples.lp").read_text().splitlines():
+        head, fields, _ = line.split(" ")
+        name, *pairs = head.split(",")
+        if name != measurement or any(f"{k}={v}" not in pairs for k, v in tags.items()):
+            continue
+        match = re.search(rf"(?:^|,){field}=([-0-9.e]+)i?(?:,|$)", fields)
+        if match:
+            out.append(float(match.group(1)))
+    return out
+
+
+def journal(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+
+
+# --- the HTML ------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_and_has_every_section(run_dir: Path) -> None:
+    report = write_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert report.html_path == run_dir / "report.html"
+    # Nothing fetched: no scripts, stylesheets, fonts or images from anywhere.
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    assert "url(http" not in html
+    sections = re.findall(r'data-section="([^"]+)"', html)
+    for section in REQUIRED_SECTIONS:
+        assert section in sections, section
+    # One state plot per namespace, one plot for each other required section.
+    assert sorted(re.findall(r'data-plot="(states-[^"]+)"', html)) == [
+        "states-client",
+        "states-origin",
+        "states-proxy",
+    ]
+    for section in set(REQUIRED_SECTIONS) - {"states"}:
+        assert sections.count(section) == 1, section
+    assert "sampler" in sections
+
+
+def test_fault_bands_are_on_every_plot_at_the_right_place(run_dir: Path) -> None:
+    write_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    events = journal(run_dir)
+    t0 = next(e["ts"] for e in events if e["event"] == "run.start")
+    apply = next(e["ts"] for e in events if e["event"] == "fault.apply") - t0
+    revert = next(e["ts"] for e in events if e["event"] == "fault.revert") - t0
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) == len(re.findall(r'class="plot"', html)) >= len(REQUIRED_SECTIONS)
+    for svg in svgs:
+        geometry = {
+            k: float(v) for k, v in re.findall(r'data-(t0|t1|left|width)="([-0-9.e]+)"', svg)
+        }
+        (band,) = re.findall(r'<g class="fault" data-fault="f1".*?</g>', svg, flags=re.S)
+        x, width = (float(v) for v in re.search(r'<rect x="([0-9.]+)" y="\d+" width="([0-9.]+)"',
+                                                band).groups())  # fmt: skip
+        scale = geometry["width"] / (geometry["t1"] - geometry["t0"])
+        assert x == pytest.approx(geometry["left"] + (apply - geometry["t0"]) * scale, abs=0.01)
+        assert width == pytest.approx((revert - apply) * scale, abs=0.01)
+        assert "f1: sigstop → origin" in band
+
+
+# --- report.json ---------------------------------------------------------------------------
+
+
+def test_report_json_numbers_equal_the_samples(run_dir: Path) -> None:
+    write_report(run_dir)
+    summary = json.loads((run_dir / "report.json").read_text())
+    roles = summary["roles"]
+    assert list(roles) == ["client", "proxy", "origin"]
+    for role in roles:
+        for state in ("time_wait", "established"):
+            values = raw_field(run_dir, "tcp_states", state, role=role)
+            assert roles[role]["states"][state]["peak"] == max(values)
+            assert roles[role]["states"][state]["last"] == values[-1]
+    utilisation = raw_field(run_dir, "port_budget_summary", "max_utilisation", role="client")
+    assert roles["client"]["port_utilisation"]["peak"] == max(utilisation) == 1.0
+    resets = raw_field(run_dir, "tcp_counters", "OutRsts", role="proxy")
+    assert roles["proxy"]["counters"]["OutRsts"] == sum(resets)
+
+    # Mean over the load window, from the journal.
+    events = journal(run_dir)
+    t0 = next(e["ts"] for e in events if e["event"] == "run.start")
+    start = next(e["ts"] for e in events if e["event"] == "load.start")
+    end = next(e["ts"] for e in events if e["event"] == "load.end")
+    lines = [
+        line.split(" ")
+        for line in (run_dir / "samples.lp").read_text().splitlines()
+        if line.startswith("tcp_states,") and "role=client" in line
+    ]
+    inside = [
+        int(re.search(r"time_wait=(\d+)i", fields).group(1))
+        for _, fields, stamp in lines
+        if start <= int(stamp) / 1e9 <= end
+    ]
+    assert roles["client"]["states"]["time_wait"]["mean"] == pytest.approx(
+        sum(inside) / len(inside), rel=1e-3
+    )
+    assert summary["load_window_s"] == [round(start - t0, 3), round(end - t0, 3)]
+
+    # Load: the locust measurement's 'connection' entry; classes from Locust's failures CSV.
+    # The rate is the running total's increase per second, spread over the seconds between
+    # two worker reports: the seconds' rates add up to the total.
+    totals = raw_field(run_dir, "locust", "requests", name="connection")
+    steps = [b - a for a, b in itertools.pairwise(totals)]
+    assert totals[-1] == 8966
+    rate = analyse(run_dir).run.load.rate
+    assert sum(v for _, v in rate) == pytest.approx(totals[-1] - totals[0], rel=1e-6)
+    assert summary["load"]["rate"]["peak"] <= max(steps)
+    assert summary["load"]["source"] == "samples.lp (locust measurement)"
+    with open(run_dir / "locust" / "locust_failures.csv") as fh:
+        expected = {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(fh)}
+    assert summary["load"]["failures_by_class"] == expected == {"EADDRNOTAVAIL": 6962}
+    assert set(summary["load"]["latency_ms"]) == {"p50", "p90", "p95", "p99", "p99.9"}
+
+    ticks = raw_field(run_dir, "collector_cost", "duration_ms", collector="sampler")
+    assert summary["sampler"]["ticks"] == len(ticks)
+    assert summary["sampler"]["tick_ms"]["max"] == max(ticks)
+
+    apply, revert = (e["ts"] - t0 for e in events if e["event"].startswith("fault."))
+    assert summary["faults"] == [
+        {"id": "f1", "kind": "sigstop", "target": "origin", "start_s": round(apply, 3),
+         "end_s": round(revert, 3), "reverted": True}
+    ]  # fmt: skip
+    # One expectation failed in summary.json: the verdict says so.
+    assert summary["verdict"] == "FAIL"
+    assert summary["samples"]["bad_lines"] == 0
+    assert summary["samples"]["points"] == len((run_dir / "samples.lp").read_text().splitlines())
+    assert all(summary["plots"][p]["points"] > 0 for p in ("rate", "time_wait", "ports"))
+
+
+def test_without_locust_samples_the_csv_history_is_used(run_dir: Path) -> None:
+    samples = run_dir / "samples.lp"
+    samples.write_text("".join(line for line in samples.open() if not line.startswith("locust,")))
+    t0 = journal(run_dir)[0]["ts"]
+    with open(run_dir / "locust" / "locust_stats_history.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s",
+                         "50%", "95%", "99%", "Total Request Count"])  # fmt: skip
+        for second in range(5):
+            writer.writerow([int(t0) + 3 + second, 40, "TCP", "connection", 100 + second,
+                             second, "N/A" if second == 0 else 2, 5, 9, 100 * second])  # fmt: skip
+    report = analyse(run_dir)
+    load = report.summary["load"]
+    assert load["source"].startswith("locust/locust_stats_history.csv")
+    assert load["rate"]["peak"] == 100  # Total Request Count grows by 100 a second
+    assert load["latency_ms"]["p99"]["peak"] == 9
+    assert len(report.run.load.percentiles["p50"]) == 4  # "N/A" is skipped, not zero
+
+
+def test_fault_windows_from_chaos_events_when_the_journal_has_none(run_dir: Path) -> None:
+    path = run_dir / "journal.jsonl"
+    path.write_text("".join(line for line in path.open() if '"fault.' not in line))
+    faults = analyse(run_dir).summary["faults"]
+    assert [(f["id"], f["kind"], f["target"], f["reverted"]) for f in faults] == [
+        ("f1", "sigstop", "origin", True)
+    ]
+
+
+def test_a_fault_never_reverted_lasts_to_the_end(run_dir: Path) -> None:
+    path = run_dir / "journal.jsonl"
+    path.write_text("".join(line for line in path.open() if '"fault.revert"' not in line))
+    report = analyse(run_dir)
+    (fault,) = report.summary["faults"]
+    assert fault["reverted"] is False and fault["end_s"] is None
+    write_report(run_dir)
+    assert "(not reverted)" in (run_dir / "report.html").read_text()
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def test_cli_report_prints_a_summary(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tw-exhaust" in out and "FAIL" in out and "EADDRNOTAVAIL" in out
+    assert "report.html" in out
+    assert main(["report", "--check", str(run_dir)]) == 10
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "is not a directory"),
+        (lambda p: p, "is not a run directory (no journal.jsonl)"),
+        (lambda p: ((p / "journal.jsonl").write_text(""), p)[-1], "has no samples.lp"),
+        (
+            lambda p: ((p / "journal.jsonl").write_text(""),
+                       (p / "samples.lp").write_text("\n"), p)[-1],
+            "holds no samples",
+        ),
+        (
+            lambda p: ((p / "journal.jsonl").write_text(""),
+                       (p / "samples.lp").write_text("not line protocol\n"), p)[-1],
+            "holds no samples (1 bad lines; line 1:",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_a_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make, message: str
+) -> None:
+    target = make(tmp_path)
+    assert main(["report", str(target)]) == 8
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert lines[1].startswith("fix: ")
+    assert "Traceback" not in err
+
+
+# --- compare -------------------------------------------------------------------------------
+
+
+def test_compare_shows_what_changed(run_dir: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "b"
+    shutil.copytree(run_dir, other)
+    # B: half the TIME_WAIT at the client, no failures, every expectation passed.
+    text = (other / "samples.lp").read_text()
+    text = re.sub(
+        r"^(tcp_states,.*role=client.* .*time_wait=)(\d+)i",
+        lambda m: f"{m.group(1)}{int(m.group(2)) // 2}i",
+        text,
+        flags=re.M,
+    )
+    (other / "samples.lp").write_text(text)
+    (other / "locust" / "locust_failures.csv").write_text("Method,Name,Error,Occurrences\n")
+    summary = json.loads((other / "summary.json").read_text())
+    summary["load"]["failures_by_class"] = {}
+    for expectation in summary["expectations"]:
+        expectation["passed"] = True
+    (other / "summary.json").write_text(json.dumps(summary))
+
+    a, b = analyse(run_dir), analyse(other)
+    rows = {(r.section, r.name): r for r in diff(a.summary, b.summary)}
+    tw = rows[("client", "TIME_WAIT peak")]
+    assert (tw.a, tw.b) == (2006, 1003) and tw.significant
+    assert (rows[("run", "verdict")].a, rows[("run", "verdict")].b) == ("FAIL", "PASS")
+    gone = rows[("errors", "EADDRNOTAVAIL")]
+    assert (gone.a, gone.b, gone.delta) == (6962, None, -6962)
+    assert ("client", "ESTABLISHED peak") in rows
+    assert not [k for k, r in rows.items() if not r.a and not r.b]  # both-zero rows dropped
+    sections = list(dict.fromkeys(k[0] for k in rows))
+    assert sections[:3] == ["run", "load", "errors"]
+
+    out_html = tmp_path / "cmp.html"
+    assert main(["compare", str(run_dir), str(other), "--html", str(out_html)]) == 0
+    printed = capsys.readouterr().out
+    assert "TIME_WAIT peak" in printed and "2,006" in printed and "1,003" in printed
+    html = out_html.read_text()
+    assert "<script" not in html and not re.search(r"(?:src|href)=\"?https?:", html)
+    assert html.count("<svg") == 5
+    assert html == render_html(a, b, diff(a.summary, b.summary))
+
+
+# --- chart helpers -------------------------------------------------------------------------
+
+
+def test_chart_helpers() -> None:
+    assert [nice_step(s, 5) for s in (1, 7, 2006, 0.9)] == [0.2, 2, 500, 0.2]
+    points = [(i / 100, float(i % 7)) for i in range(10_000)]
+    reduced = decimate(points, 0, 100, 200)
+    assert len(reduced) <= 4 * 201
+    assert max(v for _, v in reduced) == 6 and min(v for _, v in reduced) == 0
+    runs = split_gaps([(0, 1), (1, 1), (2, 1), (20, 1), (21, 1)])
+    assert [len(r) for r in runs] == [3, 2]
