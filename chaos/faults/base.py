@@ -33,13 +33,17 @@ class Target:
     """Where a fault acts: a role in a lab, resolved to its namespace, links and processes.
 
     ``netns`` is None for the host's own namespace. ``pids`` are the role's processes
-    (for signal faults); ``links`` are the role's interfaces inside ``netns``.
+    (for signal faults); ``links`` are the role's interfaces inside ``netns``. ``pattern``,
+    when set, is a regular expression over command lines that selects processes in ``netns``
+    when the fault is *prepared*, not when the target is resolved: Locust workers, for one,
+    start after the schedule was validated.
     """
 
     name: str
     netns: str | None
     links: tuple[str, ...] = ()
     pids: tuple[int, ...] = ()
+    pattern: str | None = None
 
 
 @dataclass

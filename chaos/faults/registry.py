@@ -3,3 +3,9 @@
 from __future__ import annotations
 
 # One import per family module; each module registers its fault types with @register.
+from chaos.faults import (
+    netem,  # noqa: F401
+    nft,  # noqa: F401
+    signals,  # noqa: F401
+    sysctl,  # noqa: F401
+)

@@ -1,0 +1,209 @@
+"""Apply faults so that every one of them is reverted, whatever happens to the controller.
+
+:class:`FaultGuard` applies a fault as validate → prepare → **ledger write (fsync'd)** →
+apply → journal ``fault.apply``, and keeps a last-in-first-out stack of what is applied.
+Leaving its ``with`` block — normally, by an exception, Ctrl-C, or SIGTERM (turned into an
+exception when nobody else handles it) — reverts the stack in LIFO order, journals
+``fault.revert`` for each, and removes each ledger entry *after* its revert succeeded. A
+revert that fails is loud: ``fault.revert.failed`` in the journal, the ledger entry kept (so
+``chaos revert-all`` can retry), and a :class:`FaultError` once every other revert was tried.
+After a SIGKILL, nothing in this process runs; the ledger is what ``revert-all`` reads.
+
+While reverting in the main thread, Ctrl-C and SIGTERM are held back and re-delivered after
+the reverts, so an impatient second Ctrl-C cannot leave half the faults applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Protocol
+
+from chaos.errors import ChaosError, FaultError
+from chaos.faults.base import Fault, Handle, fault_type
+from chaos.faults.ledger import Ledger
+
+
+class Annotate(Protocol):
+    """The sink's hook (``Sink.annotate``): one call per apply and revert."""
+
+    def __call__(self, action: str, /, **fields: Any) -> None: ...
+
+
+class EventLog(Protocol):
+    def event(self, name: str, /, **fields: Any) -> Any: ...
+
+
+def revert_handle(handle: Handle) -> None:
+    """Revert one handle by its kind; any failure becomes a FaultError naming the fault."""
+    cls = fault_type(handle.kind)
+    try:
+        cls.revert(handle)
+    except ChaosError:
+        raise
+    except Exception as exc:  # a bug or an unexpected kernel answer: still a failed revert
+        raise FaultError(
+            f"revert of fault {handle.id} ({handle.kind} on {handle.target}) failed: "
+            f"{type(exc).__name__}: {exc}",
+            "run `chaos revert-all` to retry; `chaos faults list` shows what is left",
+        ) from exc
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM while reverting (main thread only), then re-deliver them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM raises (as in ``chaos run``) unless someone already handles it."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    from chaos.run import sigterm_raises  # the project's one SIGTERM → exception handler
+
+    with sigterm_raises():
+        yield
+
+
+class FaultGuard:
+    """Applies faults and guarantees their revert; use as a context manager."""
+
+    def __init__(
+        self,
+        journal: EventLog | None = None,
+        ledger: Ledger | None = None,
+        annotate: Annotate | None = None,
+    ) -> None:
+        self.journal = journal
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.annotate = annotate
+        self._active: list[Handle] = []
+        self._lock = threading.RLock()
+        self._sigterm: contextlib.ExitStack | None = None
+
+    # --- context manager ------------------------------------------------------------------
+    def __enter__(self) -> FaultGuard:
+        self._sigterm = contextlib.ExitStack()
+        self._sigterm.enter_context(_sigterm_as_exception())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.revert_all()
+        finally:
+            if self._sigterm is not None:
+                self._sigterm.close()
+
+    # --- apply and revert -----------------------------------------------------------------
+    @property
+    def active(self) -> list[Handle]:
+        with self._lock:
+            return list(self._active)
+
+    def apply(self, fault: Fault, **info: Any) -> Handle:
+        """prepare → ledger → apply → journal; a failed apply is reverted before raising."""
+        handle = fault.prepare()
+        reversible = type(fault).reversible
+        fields = {"id": handle.id, "kind": handle.kind, "target": handle.target, **info}
+        if reversible:
+            self.ledger.write(handle, **info)
+            with self._lock:
+                self._active.append(handle)  # before apply: a half-applied fault is ours too
+        started = time.monotonic()
+        try:
+            fault.apply(handle)
+        except BaseException as exc:
+            self._event("fault.apply.failed", error=str(exc), **fields)
+            if reversible:
+                self.revert(handle)
+            if isinstance(exc, Exception) and not isinstance(exc, ChaosError):
+                raise FaultError(
+                    f"applying fault {handle.kind} on {handle.target} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+        latency = round((time.monotonic() - started) * 1000, 3)
+        self._event("fault.apply", apply_ms=latency, params=fault.params.model_dump(), **fields)
+        self._annotate("apply", **fields)
+        return handle
+
+    def revert(self, handle: Handle) -> None:
+        """Revert one applied fault; on failure its ledger entry stays and FaultError raises."""
+        fields = {"id": handle.id, "kind": handle.kind, "target": handle.target}
+        started = time.monotonic()
+        try:
+            with signals_held():
+                revert_handle(handle)
+        except FaultError as exc:
+            self._event("fault.revert.failed", error=exc.message, **fields)
+            self._annotate("revert-failed", error=exc.message, **fields)
+            raise
+        with self._lock:
+            if handle in self._active:
+                self._active.remove(handle)
+        self.ledger.remove(handle.id)
+        latency = round((time.monotonic() - started) * 1000, 3)
+        self._event("fault.revert", revert_ms=latency, **fields)
+        self._annotate("revert", **fields)
+
+    def revert_all(self) -> None:
+        """Revert everything still applied, newest first; try all, then raise if any failed."""
+        failed: list[Handle] = []
+        errors: list[str] = []
+        with signals_held():
+            while True:
+                with self._lock:
+                    remaining = [h for h in reversed(self._active) if h not in failed]
+                if not remaining:
+                    break
+                try:
+                    self.revert(remaining[0])
+                except FaultError as exc:
+                    failed.append(remaining[0])
+                    errors.append(exc.message)
+        if errors:
+            raise FaultError(
+                f"{len(errors)} fault(s) could not be reverted: " + "; ".join(errors),
+                "their ledger entries are kept: run `chaos revert-all` (as root) to retry",
+            )
+
+    # --- journal and sink ------------------------------------------------------------------
+    def _event(self, name: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.event(name, **fields)
+
+    def _annotate(self, action: str, **fields: Any) -> None:
+        if self.annotate is None:
+            return
+        try:
+            self.annotate(action, **fields)
+        except Exception as exc:  # the sink must never stop a revert
+            self._event("fault.annotate.failed", action=action, error=str(exc))

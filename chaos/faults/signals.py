@@ -1,0 +1,197 @@
+"""Signals to the lab's processes: ``stop`` (SIGSTOP for the window, SIGCONT at revert) and
+``kill`` (SIGKILL; irreversible).
+
+The processes are the target's (see :mod:`chaos.faults.targets`): a role's recorded
+processes, ``workers``, ``ROLE:PATTERN`` (command lines matched when the fault is prepared)
+or ``pid:N``. With ``children`` (the default), their descendants are signalled too: the
+origin and nginx serve from forked workers, and stopping only the parent would stop nothing.
+
+Every process is recorded in the handle as (pid, start time, state before). A pid whose start
+time no longer matches belongs to another program now and is never signalled. After each
+signal the state is checked in ``/proc``: ``T`` after SIGSTOP, not ``T`` after SIGCONT, gone
+(or a zombie) after SIGKILL; a process that does not get there in ``settle`` seconds is a
+FaultError. Revert continues only processes that were not already stopped before the fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from typing import Any
+
+from pydantic import Field
+
+from chaos.errors import FaultError
+from chaos.faults.base import Fault, Handle, Params, register
+from chaos.lab import netns
+from chaos.lab.processes import start_time, state_of
+
+GONE = (None, "Z")
+
+
+class SignalParams(Params):
+    children: bool = Field(default=True, description="also signal the processes' descendants")
+    settle: float = Field(
+        default=2.0, gt=0, le=30, description="seconds to wait for the process state to change"
+    )
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _parents() -> dict[int, int]:
+    """pid → parent pid, for every process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    out[int(entry)] = int(fh.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    parents = _parents()
+    found = list(dict.fromkeys(pids))
+    index = 0
+    while index < len(found):  # breadth first: parents before their children
+        found += [p for p, pp in parents.items() if pp == found[index] and p not in found]
+        index += 1
+    return found
+
+
+def _wait_state(pid: int, started: int, done: Any, settle: float) -> str | None:
+    """Poll /proc until ``done(state)``; returns the last state seen."""
+    deadline = time.monotonic() + settle
+    while True:
+        state = state_of(pid) if start_time(pid) == started else None
+        if done(state) or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.002)
+
+
+class _SignalFault(Fault):
+    params: SignalParams
+
+    def check_target(self) -> None:
+        if self.target.netns is None and not self.target.pids:
+            raise FaultError(
+                f"fault {self.kind} on {self.target.name}: refusing to signal host processes",
+                "aim it at a lab role, `workers`, ROLE:PATTERN or pid:N",
+            )
+        if not self.target.pids and self.target.pattern is None:
+            raise FaultError(
+                f"fault {self.kind} on {self.target.name}: the lab recorded no process there",
+                "aim it at proxy, origin, workers, ROLE:PATTERN (e.g. client:locust) or pid:N",
+            )
+
+    def _select(self) -> list[int]:
+        if self.target.pattern is not None:
+            assert self.target.netns is not None
+            pattern = re.compile(self.target.pattern)
+            pids = [p for p in netns.pids_in(self.target.netns) if pattern.search(_cmdline(p))]
+        else:
+            pids = [p for p in self.target.pids if state_of(p) not in GONE]
+        if self.params.children:
+            pids = _with_descendants(pids)
+        return [p for p in pids if p != os.getpid() and state_of(p) not in GONE]
+
+    def prepare(self) -> Handle:
+        pids = self._select()
+        if not pids:
+            raise FaultError(
+                f"fault {self.kind} on {self.target.name}: no live process matches",
+                "check `chaos lab status`; workers exist only while the load runs",
+            )
+        records = [{"pid": p, "started": start_time(p), "state": state_of(p)} for p in pids]
+        return self.handle(processes=records, settle=self.params.settle)
+
+    @staticmethod
+    def _signal(record: dict[str, Any], sig: signal.Signals) -> bool:
+        """Send ``sig`` unless the pid now belongs to another process; False if not sent."""
+        if start_time(record["pid"]) != record["started"]:
+            return False
+        try:
+            os.kill(record["pid"], sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@register
+class Stop(_SignalFault):
+    kind = "stop"
+    params_model = SignalParams
+
+    def apply(self, handle: Handle) -> None:
+        settle = handle.data["settle"]
+        for record in handle.data["processes"]:
+            if not self._signal(record, signal.SIGSTOP):
+                continue  # exited meanwhile: nothing to stop
+            state = _wait_state(record["pid"], record["started"], _stopped_or_gone, settle)
+            if state not in (*GONE, "T"):
+                raise FaultError(
+                    f"process {record['pid']} did not stop after SIGSTOP (state {state})",
+                    "is it being traced? `cat /proc/PID/status`",
+                )
+
+    @classmethod
+    def revert(cls, handle: Handle) -> None:
+        settle = handle.data["settle"]
+        stuck = []
+        for record in reversed(handle.data["processes"]):
+            if record["state"] == "T":
+                continue  # it was stopped before the fault: leave it as found
+            if state_of(record["pid"]) != "T" or not cls._signal(record, signal.SIGCONT):
+                continue
+            state = _wait_state(record["pid"], record["started"], _running_or_gone, settle)
+            if state == "T":
+                stuck.append(record["pid"])
+        if stuck:
+            raise FaultError(
+                f"processes {stuck} are still stopped after SIGCONT",
+                "run `chaos revert-all` to retry, or `kill -CONT PID`",
+            )
+
+
+@register
+class Kill(_SignalFault):
+    kind = "kill"
+    params_model = SignalParams
+    reversible = False
+
+    def apply(self, handle: Handle) -> None:
+        settle = handle.data["settle"]
+        alive = []
+        for record in handle.data["processes"]:
+            if not self._signal(record, signal.SIGKILL):
+                continue
+            state = _wait_state(record["pid"], record["started"], lambda s: s in GONE, settle)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(record["pid"], os.WNOHANG)  # our own child: reap it
+            if state not in GONE:
+                alive.append(record["pid"])
+        if alive:
+            raise FaultError(f"processes {alive} survived SIGKILL (uninterruptible sleep?)")
+
+    @classmethod
+    def revert(cls, handle: Handle) -> None:
+        """A killed process cannot be brought back; nothing to do, harmlessly."""
+
+
+def _stopped_or_gone(state: str | None) -> bool:
+    return state in (*GONE, "T")
+
+
+def _running_or_gone(state: str | None) -> bool:
+    return state != "T"

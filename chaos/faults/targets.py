@@ -1,0 +1,110 @@
+"""Resolve a scenario's fault ``target`` string against a running lab into a :class:`Target`.
+
+Target forms::
+
+    client | gateway | proxy | origin   the role's namespace, its interfaces, and the
+                                        processes the lab recorded for it (proxy, origin)
+    workers                             the client namespace; the Locust worker processes,
+                                        found when the fault is prepared (they start with
+                                        the load, after the schedule was validated)
+    ROLE:PATTERN                        the role's namespace; processes whose command line
+                                        matches the regular expression PATTERN
+    pid:N                               process N, which must live in one of the lab's
+                                        namespaces (never the host's)
+
+Agent URLs (``http://...``) are served by the remote agent, which this module does not
+handle: they are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from chaos.errors import FaultError
+from chaos.faults.base import Target
+from chaos.lab import netns, processes
+from chaos.lab.topology import LabState
+
+#: A Locust worker's command line (see chaos.load.runner.LocustRun.worker_argv).
+WORKER_PATTERN = r"locust\b.*\s--worker(\s|$)"
+
+
+def _valid_forms(state: LabState) -> str:
+    roles = sorted(state.namespaces)
+    return ", ".join([*roles, "workers", "ROLE:PATTERN", "pid:N"])
+
+
+def _unknown(target: str, state: LabState, why: str) -> FaultError:
+    return FaultError(
+        f"fault target {target!r}: {why}",
+        f"valid targets in lab {state.name}: {_valid_forms(state)}",
+    )
+
+
+def _links(namespace: str) -> tuple[str, ...]:
+    with netns.ipr(namespace) as ipr:
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    return tuple(name for name in names if name != "lo")
+
+
+def _role_target(name: str, role: str, state: LabState, pattern: str | None) -> Target:
+    namespace = state.namespaces.get(role)
+    if namespace is None:
+        raise _unknown(name, state, f"lab {state.name} has no {role!r} namespace")
+    if not netns.exists(namespace):
+        raise FaultError(
+            f"fault target {name!r}: namespace {namespace} does not exist",
+            f"is lab {state.name} up? (`chaos lab status {state.name}`)",
+        )
+    # Only live processes whose start time still matches the record: a reused pid is not ours.
+    pids = tuple(p.pid for p in state.processes if p.role == role and p.alive())
+    return Target(name, namespace, _links(namespace), () if pattern else pids, pattern)
+
+
+def _namespace_of_pid(pid: int, state: LabState) -> str | None:
+    try:
+        inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+    for namespace in state.namespaces.values():
+        try:
+            if os.stat(netns.path_of(namespace)).st_ino == inode:
+                return namespace
+        except OSError:
+            continue
+    return None
+
+
+def resolve(target: str, state: LabState) -> Target:
+    """Turn a target string into a Target; FaultError (with the valid forms) otherwise."""
+    text = target.strip()
+    if text.startswith(("http://", "https://")):
+        raise FaultError(
+            f"fault target {text!r}: remote agents are not supported by this controller yet",
+            "aim the fault at a role of the local lab (client, gateway, proxy, origin)",
+        )
+    if text in state.namespaces:
+        return _role_target(text, text, state, None)
+    if text == "workers":
+        return _role_target(text, "client", state, WORKER_PATTERN)
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "pid":
+        if not rest.isdigit():
+            raise _unknown(text, state, "pid:N needs a number")
+        pid = int(rest)
+        if processes.state_of(pid) is None:
+            raise _unknown(text, state, f"no process with pid {pid}")
+        namespace = _namespace_of_pid(pid, state)
+        if namespace is None:
+            raise _unknown(text, state, f"process {pid} is not in lab {state.name}'s namespaces")
+        return Target(text, namespace, _links(namespace), (pid,))
+    if sep and kind in state.namespaces:
+        try:
+            re.compile(rest)
+        except re.error as exc:
+            raise _unknown(text, state, f"invalid pattern {rest!r}: {exc}") from None
+        if not rest:
+            raise _unknown(text, state, "empty pattern")
+        return _role_target(text, kind, state, rest)
+    raise _unknown(text, state, "unknown target")
