@@ -1,267 +1,292 @@
-"""New connections per second of one load process: RawTcpUser vs FastHttpUser vs wrk.
+"""New connections per second of one load process, in the lab: RawTcpUser vs FastHttpUser vs wrk.
 
-    .venv/bin/python bench/load_churn.py [--seconds 5] [--repeat 2] [--users 50] [--no-haproxy]
-                                          [--phase-stats 1,0] [--profile]
+    sudo .venv/bin/python bench/load_churn.py [--seconds 5] [--repeat 2] [--users 50]
+        [--proxy-threads 1] [--origin-workers 1] [--phase-stats 1,0] [--pin] [--profile]
 
-Each tool opens one connection per request (``Connection: close``; RawTcpUser speaks the http
-protocol with ``--teardown wait-server-fin``, so the server closes first for all three) against
-the lab origin (``python -m chaos.lab.origin``, one worker, http, close=server), straight and
-through an HAProxy (mode tcp, one thread) started with a generated config in a temp dir.
+Each tool runs as one process in the client namespace of a real lab (``chaos.lab.lab.up``) and
+opens one connection per request (``Connection: close``; RawTcpUser speaks the http protocol
+with ``--teardown wait-server-fin``, so the server closes first for all three):
 
-Everything runs on loopback in the current namespace (127.0.0.1), so client, proxy and server
-share the machine's cores: numbers are sizes, not exact figures. Targets: raw >= 2.5x
-FastHttpUser and >= 0.30x wrk. ``--profile`` runs the raw user once more under cProfile and
-prints where its time goes. Locust is not imported here: every tool is a subprocess.
+    straight:  client ns -> (gateway, proxy ns forward) -> origin 198.18.3.2:8080
+    HAProxy:   client ns -> gateway -> HAProxy 198.18.2.2:8080 (mode tcp) -> origin
 
-Measured here (2 vCPU VM, loopback, 5 s x 3, medians; the machine was shared):
+Per (tool, repeat) a fresh lab is built and measured straight, then through HAProxy (those
+leave TIME_WAIT on different 4-tuples); the tools are interleaved so drift hits all alike,
+and the medians are printed with the ratios against the targets: raw >= 2.5x FastHttpUser and
+>= 0.30x wrk. Port ranges are widened in the client and proxy namespaces so a run never
+reuses a 4-tuple the server still holds in TIME_WAIT.
 
-    straight to the origin        wrk 18.5k/s  FastHttpUser 4.1k/s
-      raw --phase-stats 1 (default)  10.9k/s   2.67x FastHttpUser   0.59x wrk
-      raw --phase-stats 0            12.8k/s   3.14x FastHttpUser   0.69x wrk
-    through HAProxy               wrk 12.2k/s  FastHttpUser 3.6k/s
-      raw --phase-stats 1             7.7k/s   2.16x FastHttpUser   0.63x wrk
-      raw --phase-stats 0             8.3k/s   2.32x FastHttpUser   0.68x wrk
+Per process: besides the rate (``conn/s``), the tool process's own CPU (user+sys from its
+rusage, over the whole run) gives ``conn/CPU-s``, connections per second of CPU it used. On
+2 shared cores the client, HAProxy and the origin compete for CPU, so a faster client takes
+cycles from the server side it is measured against; ``--pin`` puts the tool on CPU 0 and
+HAProxy and the origin on CPU 1 (the kernel still runs the veth receive path on the sending
+CPU). Locust's import and start-up (~0.6 CPU-s) are in its CPU figure: it understates
+Locust's conn/CPU-s a little for short runs.
 
-Through HAProxy the client, HAProxy and the origin share the two cores, so every client
-cycle is taken from the proxy and the origin: the raw user's lead over FastHttpUser shrinks.
-Measure with the proxy on its own machine or namespace with pinned CPUs for the real ratio.
+``--profile`` runs the raw user once more through HAProxy under cProfile and prints where its
+time goes (for native frames: ``py-spy record --native --pid PID``, py-spy is not installed by
+scripts/setup). Locust is not imported here: every tool is a subprocess. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import os
 import re
+import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
-LOCUST = str(Path(PY).with_name("locust"))
+sys.path.insert(0, str(REPO))
+
+from chaos.lab import lab, netns  # noqa: E402
+from chaos.lab.topology import LabState  # noqa: E402
+from chaos.load.runner import LocustRun  # noqa: E402
+from chaos.rundir import RunDir  # noqa: E402
+from chaos.scenario import loader  # noqa: E402
+
+LOCUSTFILES = REPO / "locustfiles"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Sample:
+    rate: float  # new connections/s, as the tool reports it
+    cpu_s: float  # user+sys seconds of the tool's process
+    wall_s: float  # the run's wall time, start-up included
+    failures: int
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.rate * self.wall_s / self.cpu_s if self.cpu_s else 0.0
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+def scenario_text(opts: argparse.Namespace) -> str:
+    wide = "{net.ipv4.ip_local_port_range: [1024, 65535]}"
+    return textwrap.dedent(f"""\
+        name: load-churn
+        lab:
+          client: {{addresses: 1, sysctls: {wide}}}
+          proxy:
+            kind: haproxy
+            mode: tcp
+            threads: {opts.proxy_threads}
+            maxconn: 8000
+            sysctls: {wide}
+          origin: {{protocol: http, close: server, workers: {opts.origin_workers}}}
+        """)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def pin(pids: list[int], cpu: int) -> None:
+    """Pin processes and their threads and children (the origin forks its workers)."""
+    import psutil
+
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            for thread in p.threads():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(thread.id, {cpu})
+
+
+@contextlib.contextmanager
+def bench_lab(opts: argparse.Namespace, tmp: Path, index: int) -> Iterator[LabState]:
+    scenario = loader.parse(scenario_text(opts), "bench scenario")
+    run = RunDir.create("load-churn", tmp)
+    name = f"bc{os.getpid() % 10000}x{index}"
+    try:
+        state = lab.up(scenario, name, run)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def origin() -> Iterator[int]:
-    cfg = {"host": "127.0.0.1", "port": 0, "protocol": "http", "close": "server", "workers": 1}
-    argv = [PY, "-m", "chaos.lab.origin", "--config-json", json.dumps(cfg)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("READY "):
-            raise RuntimeError(f"origin did not start: {line!r}")
-        yield int(line.split()[1])
+            if opts.pin:
+                pin([p.pid for p in state.processes], 1)
+            yield state
+        finally:
+            lab.down(name)
     finally:
-        stop(proc)
+        run.close()
 
 
-HAPROXY_CFG = """\
-global
-    maxconn 8000
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend fe
-    bind 127.0.0.1:{port}
-    default_backend be
-backend be
-    server origin 127.0.0.1:{origin_port}
-"""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-@contextlib.contextmanager
-def haproxy(origin_port: int, tmp: Path) -> Iterator[int]:
-    port = free_port()
-    conf = tmp / "haproxy.cfg"
-    conf.write_text(HAPROXY_CFG.format(port=port, origin_port=origin_port))
-    log = open(tmp / "haproxy.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(["haproxy", "-f", str(conf), "-db"], stdout=log, stderr=log)
-    try:
-        wait_port(port)
-        yield port
-    finally:
-        stop(proc)
-        log.close()
+def client_prepare(opts: argparse.Namespace) -> Callable[[], None] | None:
+    return (lambda: os.sched_setaffinity(0, {0})) if opts.pin else None
 
 
-def run_wrk(port: int, seconds: int) -> float:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            "-c50",
-            f"-d{seconds}s",
-            "-H",
-            "Connection: close",
-            f"http://127.0.0.1:{port}/",
-        ],
-        capture_output=True,
+def run_wrk(state: LabState, url: str, opts: argparse.Namespace) -> Sample:
+    argv = ["wrk", "-t1", f"-c{opts.users}", f"-d{opts.seconds}s", "-H", "Connection: close", url]
+    t0, c0 = time.monotonic(), children_cpu()
+    proc = netns.popen(
+        state.namespaces["client"],
+        argv,
+        prepare=client_prepare(opts),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"cannot read wrk output:\n{out}")
-    return float(match.group(1))
+    )
+    out, err = proc.communicate(timeout=opts.seconds + 30)
+    wall, cpu = time.monotonic() - t0, children_cpu() - c0
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if proc.returncode != 0 or not rate:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}\n{err}")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = sum(int(n) for n in errors.groups()) if errors else 0
+    return Sample(float(rate.group(1)), cpu, wall, failures)
 
 
-def run_locust(args: list[str], seconds: int, users: int, tmp: Path, entry: str) -> float:
-    prefix = tmp / f"l{time.monotonic_ns()}"
-    argv = [LOCUST, *args, "--headless", "--only-summary", "-u", str(users), "-r", str(users)]
-    argv += ["-t", f"{seconds}s", "--csv", str(prefix), "--exit-code-on-error", "0"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"locust failed:\n{proc.stderr[-2000:]}")
-    with open(f"{prefix}_stats.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["Name"] == entry:
-                if int(row["Failure Count"]):
-                    print(f"  note: {row['Failure Count']} failures in {entry}", file=sys.stderr)
-                return float(row["Requests/s"])
-    raise RuntimeError(f"no {entry!r} row in {prefix}_stats.csv")
+def run_locust(
+    state: LabState,
+    host: str,
+    locustfile: str,
+    args: list[str],
+    opts: argparse.Namespace,
+    tmp: Path,
+) -> Sample:
+    prepare = client_prepare(opts)
+    locust = LocustRun(
+        LOCUSTFILES / locustfile,
+        host=host,
+        run_dir=tempfile.mkdtemp(prefix="locust-", dir=tmp),
+        users=opts.users,
+        spawn_rate=opts.users,
+        run_time=opts.seconds,
+        workers=0,  # one process: the unit the targets are stated in
+        user_args=args,
+        spawn=lambda argv, **kw: netns.popen(state.namespaces["client"], argv, prepare, **kw),
+    )
+    t0, c0 = time.monotonic(), children_cpu()
+    result = locust.run()
+    wall, cpu = time.monotonic() - t0, children_cpu() - c0
+    return Sample(result.achieved_rate, cpu, wall, result.total_failures)
 
 
-def raw_args(port: int, phase_stats: str) -> list[str]:
-    return [
-        "-f", str(REPO / "locustfiles" / "raw_tcp.py"),
-        "--host", f"tcp://127.0.0.1:{port}",
-        "--protocol", "http", "--teardown", "wait-server-fin", "--phase-stats", phase_stats,
-    ]  # fmt: skip
-
-
-def fast_args(port: int) -> list[str]:
-    return [
-        "-f", str(REPO / "locustfiles" / "http_user.py"),
-        "--host", f"http://127.0.0.1:{port}",
-    ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def target(through_haproxy: bool, tmp: Path) -> Iterator[int]:
-    """A fresh origin (and HAProxy) per measurement, on new ports: the server closes first, so
-    every run leaves tens of thousands of TIME_WAIT sockets on the server side; a SYN that
-    lands on one of them (same 4-tuple, reused client port) can cost a 1 s retransmission,
-    which made later runs on the same port measure the previous runs' debris."""
-    with origin() as origin_port:
-        if not through_haproxy:
-            yield origin_port
-            return
-        with haproxy(origin_port, tmp) as proxy_port:
-            yield proxy_port
-
-
-def measure(through_haproxy: bool, opts: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    """Median of --repeat runs per tool, the tools interleaved so drift hits all alike."""
-    samples: dict[str, list[float]] = {}
-
-    def sample(name: str, run: Callable[[int], float]) -> None:
-        with target(through_haproxy, tmp) as port:
-            samples.setdefault(name, []).append(run(port))
-
-    for _ in range(opts.repeat):
-        sample("wrk", lambda port: run_wrk(port, opts.seconds))
-        sample(
-            "FastHttpUser",
-            lambda port: run_locust(fast_args(port), opts.seconds, opts.users, tmp, "connection"),
+def tools(opts: argparse.Namespace, tmp: Path) -> dict[str, Callable[[LabState, str, int], Sample]]:
+    def raw(ps: str) -> Callable[[LabState, str, int], Sample]:
+        args = ["--protocol", "http", "--teardown", "wait-server-fin", "--phase-stats", ps]
+        return lambda st, host, port: run_locust(
+            st, f"tcp://{host}:{port}", "raw_tcp.py", args, opts, tmp
         )
-        for ps in opts.phase_stats.split(","):
-            sample(
-                f"raw (phase-stats {ps})",
-                lambda port, ps=ps: run_locust(
-                    raw_args(port, ps), opts.seconds, opts.users, tmp, "connection"
-                ),
-            )
-    return {name: statistics.median(values) for name, values in samples.items()}
+
+    table: dict[str, Callable[[LabState, str, int], Sample]] = {
+        "wrk": lambda st, host, port: run_wrk(st, f"http://{host}:{port}/", opts),
+        "FastHttpUser": lambda st, host, port: run_locust(
+            st, f"http://{host}:{port}", "http_user.py", [], opts, tmp
+        ),
+    }
+    for ps in opts.phase_stats.split(","):
+        table[f"raw (phase-stats {ps})"] = raw(ps)
+    return table
 
 
-def report(where: str, rates: dict[str, float]) -> None:
-    fast, wrk = rates["FastHttpUser"], rates["wrk"]
-    print(f"\n{where}  (new connections/s, one client process)")
-    for name, rate in rates.items():
-        line = f"  {name:<24} {rate:>9,.0f}"
+def measure(opts: argparse.Namespace, tmp: Path) -> dict[str, dict[str, list[Sample]]]:
+    """samples[where][tool]: a fresh lab per (repeat, tool); straight, then through HAProxy."""
+    samples: dict[str, dict[str, list[Sample]]] = {"straight": {}, "HAProxy": {}}
+    index = 0
+    for _ in range(opts.repeat):
+        for name, tool in tools(opts, tmp).items():
+            index += 1
+            with bench_lab(opts, tmp, index) as state:
+                targets = {
+                    "straight": (str(state.origin["host"]), int(state.origin["port"])),
+                    "HAProxy": (str(state.proxy["host"]), int(state.proxy["port"])),
+                }
+                for where, (host, port) in targets.items():
+                    sample = tool(state, host, port)
+                    samples[where].setdefault(name, []).append(sample)
+                    print(
+                        f"  {where:<8} {name:<22} {sample.rate:>8,.0f} conn/s"
+                        f"  {sample.per_cpu_s:>8,.0f} conn/CPU-s  failures {sample.failures}",
+                        file=sys.stderr,
+                    )
+    return samples
+
+
+def report(where: str, by_tool: dict[str, list[Sample]]) -> None:
+    rate = {name: statistics.median(s.rate for s in ss) for name, ss in by_tool.items()}
+    eff = {name: statistics.median(s.per_cpu_s for s in ss) for name, ss in by_tool.items()}
+    cpu = {name: statistics.median(s.cpu_s / s.wall_s for s in ss) for name, ss in by_tool.items()}
+    print(f"\n{where}  (one client process; medians)")
+    print(f"  {'':<22} {'conn/s':>8} {'CPU':>5} {'conn/CPU-s':>10}   vs FastHttpUser    vs wrk")
+    for name in by_tool:
+        line = f"  {name:<22} {rate[name]:>8,.0f} {cpu[name]:>5.0%} {eff[name]:>10,.0f}"
         if name.startswith("raw"):
-            ok_fast = "ok" if rate >= 2.5 * fast else "BELOW 2.5x"
-            ok_wrk = "ok" if rate >= 0.30 * wrk else "BELOW 0.30x"
-            line += f"   {rate / fast:4.2f}x FastHttpUser ({ok_fast})"
-            line += f"   {rate / wrk:4.2f}x wrk ({ok_wrk})"
+            fast, wrk = rate["FastHttpUser"], rate["wrk"]
+            ok_fast = "ok" if rate[name] >= 2.5 * fast else "<2.5x"
+            ok_wrk = "ok" if rate[name] >= 0.30 * wrk else "<0.30x"
+            line += (
+                f"   {rate[name] / fast:4.2f}x {ok_fast:<6}     {rate[name] / wrk:4.2f}x {ok_wrk}"
+            )
+            line += f"\n  {'':<22} {'':>8} {'':>5} {'per CPU-s:':>10}"
+            line += f"   {eff[name] / eff['FastHttpUser']:4.2f}x"
+            line += f"            {eff[name] / eff['wrk']:4.2f}x"
         print(line)
 
 
-def profile(port: int, opts: argparse.Namespace, tmp: Path) -> None:
-    out = tmp / "raw.prof"
-    argv = [PY, "-m", "cProfile", "-o", str(out), LOCUST, *raw_args(port, "1")]
-    argv += ["--headless", "--only-summary", "-u", str(opts.users), "-r", str(opts.users)]
-    argv += ["-t", f"{opts.seconds}s", "--exit-code-on-error", "0"]
-    subprocess.run(argv, capture_output=True, timeout=opts.seconds + 60, check=True, cwd=REPO)
+def profile(opts: argparse.Namespace, tmp: Path) -> None:
     import pstats
 
-    print("\nRawTcpUser under cProfile (tottime; the profiler itself inflates Python calls):")
+    out = tmp / "raw.prof"
+    with bench_lab(opts, tmp, 0) as state:
+        host = f"tcp://{state.proxy['host']}:{state.proxy['port']}"
+        argv = [sys.executable, "-m", "cProfile", "-o", str(out), str(locust_bin())]
+        argv += ["-f", str(LOCUSTFILES / "raw_tcp.py"), "--host", host, "--protocol", "http"]
+        argv += ["--teardown", "wait-server-fin", "--headless", "--only-summary"]
+        argv += ["-u", str(opts.users), "-r", str(opts.users), "-t", f"{opts.seconds}s"]
+        proc = netns.popen(
+            state.namespaces["client"], argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        proc.wait(timeout=opts.seconds + 60)
+    print("\nRawTcpUser under cProfile, through HAProxy (tottime; cProfile inflates calls):")
     pstats.Stats(str(out)).sort_stats("tottime").print_stats(18)
+
+
+def locust_bin() -> Path:
+    return Path(sys.executable).with_name("locust")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--users", type=int, default=50, help="Locust users; wrk connections")
+    ap.add_argument("--proxy-threads", type=int, default=1, help="HAProxy nbthread")
+    ap.add_argument("--origin-workers", type=int, default=1)
     ap.add_argument("--phase-stats", default="1,0", help="RawTcpUser --phase-stats values")
-    ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--pin", action="store_true", help="tool on CPU 0, HAProxy+origin on CPU 1")
     ap.add_argument("--profile", action="store_true")
     opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: the lab is built in network namespaces", file=sys.stderr)
+        return 2
     for tool in ("wrk", "haproxy"):
-        if tool == "haproxy" and opts.no_haproxy:
-            continue
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
-    print(f"loopback, {os.cpu_count()} CPUs, {opts.seconds}s x {opts.repeat} per tool")
+    print(
+        f"lab (client ns -> [HAProxy mode tcp, nbthread {opts.proxy_threads}] -> origin,"
+        f" {opts.origin_workers} worker(s)), {os.cpu_count()} CPUs, {opts.seconds}s x"
+        f" {opts.repeat} per tool, {opts.users} users/connections"
+        + (", pinned" if opts.pin else "")
+    )
     with tempfile.TemporaryDirectory(prefix="load-churn-") as tmpdir:
         tmp = Path(tmpdir)
-        report("straight to the origin", measure(False, opts, tmp))
-        if not opts.no_haproxy:
-            report("through HAProxy (mode tcp)", measure(True, opts, tmp))
+        samples = measure(opts, tmp)
+        for where, by_tool in samples.items():
+            report(f"{where} to the origin" if where == "straight" else "through HAProxy", by_tool)
         if opts.profile:
-            with target(False, tmp) as port:
-                profile(port, opts, tmp)
+            profile(opts, tmp)
     return 0
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from chaos.errors import ChaosError, ScenarioError
+from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -67,6 +67,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from chaos.run import RunOptions, run_scenario
+    from chaos.sink import InfluxFlags
 
     options = RunOptions(
         scenario=args.scenario,
@@ -74,8 +75,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration=args.duration,
         lab_name=args.name,
         workers=args.workers,
+        influx=InfluxFlags(
+            url=args.influx_url,
+            org=args.influx_org,
+            bucket=args.influx_bucket,
+            disabled=args.no_influx,
+        ),
     )
     return run_scenario(options, out)
+
+
+# --- push --------------------------------------------------------------------------------
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from chaos.sink import InfluxFlags
+    from chaos.sink.push import push, resolve_for_run, source_of
+
+    run_dir = Path(args.run_dir)
+    source_of(run_dir, args.spool)  # a wrong path is the first thing to say
+    flags = InfluxFlags(url=args.url, org=args.org, bucket=args.bucket, token=args.token)
+    config = resolve_for_run(run_dir, flags)
+    result = push(run_dir, config, spool_only=args.spool)
+    out.print(
+        f"pushed {result.points} points from {result.source} to {config.describe()} "
+        f"in {result.seconds:.1f} s ({result.rate:,.0f} points/s)"
+    )
+    return 0
 
 
 # --- lab ---------------------------------------------------------------------------------
@@ -184,6 +210,142 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return collect_main(args.netns, args.pid, args.once, args.json, interval)
 
 
+# --- faults ------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def cmd_faults_list(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime
+
+    from chaos.faults.ledger import Ledger
+
+    ledger = Ledger()
+    entries, bad = ledger.entries()
+    if args.json:
+        rows = [{**e.to_json(), "owner_alive": e.owner_alive()} for e in entries]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif not entries:
+        out.print(f"no active faults (ledger {ledger.dir})")
+    else:
+        columns = ("id", "kind", "target", "namespace", "since", "owner")
+        table = Table(*columns, box=None, pad_edge=False)
+        for e in entries:
+            since = datetime.fromtimestamp(e.since).strftime("%H:%M:%S")
+            owner = f"{e.owner_pid} " + ("(running)" if e.owner_alive() else "[yellow](gone)[/]")
+            namespace = str(e.handle.data.get("netns") or "-")
+            table.add_row(
+                e.handle.id,
+                e.handle.kind,
+                Text(e.handle.target),  # a ROLE:PATTERN target may contain [brackets]
+                namespace,
+                f"{since} ({_age(time.time() - e.since)} ago)",
+                owner,
+            )
+        out.print(table)
+        if any(not e.owner_alive() for e in entries):
+            out.print("faults whose owner is gone are left over from a crash: `chaos revert-all`")
+    for b in bad:
+        err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error}")
+    return 1 if bad else 0
+
+
+def cmd_faults_types(args: argparse.Namespace) -> int:
+    from chaos.faults.base import REGISTRY, fault_type
+
+    fault_type("stop")  # fills the registry
+    for kind in sorted(REGISTRY):
+        cls = REGISTRY[kind]
+        notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
+        if not cls.reversible:
+            notes.append("irreversible")
+        out.print(f"[bold]{kind}[/]" + (f"  ({'; '.join(notes)})" if notes else ""))
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        table = Table("param", "type", "default", "description", box=None, pad_edge=True)
+        for name, info in cls.params_model.model_fields.items():
+            default = (
+                "required"
+                if info.is_required()
+                else repr(info.get_default(call_default_factory=True))
+            )
+            annotation = info.annotation
+            kind_text = (
+                annotation.__name__
+                if isinstance(annotation, type)
+                else str(annotation).replace("typing.", "")
+            )
+            table.add_row(name, kind_text, default, info.description or "")
+        out.print(table)
+        if doc and args.verbose:
+            out.print("  " + doc[0])
+    out.print(
+        "\nTargets: client, gateway, proxy, origin, workers, ROLE:PATTERN, pid:N. "
+        "Schedule keys: at, for, every, and params.ramp (a list of per-step overrides)."
+    )
+    return 0
+
+
+def cmd_revert_all(args: argparse.Namespace) -> int:
+    import os
+
+    from chaos.errors import FaultError, NotRootError
+    from chaos.faults.guard import revert_handle
+    from chaos.faults.ledger import Ledger
+
+    if os.geteuid() != 0:
+        raise NotRootError(
+            "reverting faults changes namespaces, nftables rules and processes: it needs root",
+            "run it as root: `sudo .venv/bin/chaos revert-all`",
+        )
+    ledger = Ledger()
+    entries, bad = ledger.entries()
+    if not entries and not bad:
+        out.print(f"nothing to revert (ledger {ledger.dir} is empty)")
+        return 0
+    failed = len(bad)
+    for e in entries:  # newest first: the reverse of the order they were applied in
+        label = f"{e.handle.id} {e.handle.kind} on {e.handle.target}"
+        try:
+            revert_handle(e.handle)
+        except (FaultError, ChaosError) as exc:
+            failed += 1
+            err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
+            continue
+        ledger.remove(e.handle.id)
+        out.print(Text.assemble(("reverted ", "green"), label))
+    for b in bad:
+        err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
+    if failed:
+        err.print(f"{failed} fault(s) not reverted; their ledger entries are kept")
+        return FaultError.exit_code
+    return 0
+
+
+# --- report and compare ------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from chaos.report import print_summary, write_report
+
+    report = write_report(Path(args.run_dir))
+    print_summary(out, report)
+    failed = report.summary["verdict"] == "FAIL"
+    return ExpectationFailed.exit_code if failed and args.check else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from chaos.report.compare import compare_runs
+
+    html = Path(args.html) if args.html else None
+    return compare_runs(Path(args.run_a), Path(args.run_b), out, html)
+
+
 # --- doctor ------------------------------------------------------------------------------
 
 
@@ -239,6 +401,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
+    influx = p.add_argument_group(
+        "InfluxDB",
+        "override sink.influxdb and INFLUXDB_V2_URL/ORG/BUCKET; the token comes from "
+        "$INFLUXDB_V2_TOKEN (or the variable sink.influxdb.token_env names)",
+    )
+    influx.add_argument("--influx-url", default=None, metavar="URL", help="e.g. http://host:8086")
+    influx.add_argument("--influx-org", default=None, metavar="ORG")
+    influx.add_argument("--influx-bucket", default=None, metavar="BUCKET")
+    influx.add_argument(
+        "--no-influx", action="store_true", help="samples.lp only, even if InfluxDB is configured"
+    )
+
+    p = add("push", cmd_push, "send a run's samples (samples.lp) to InfluxDB")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/<time>-<name>")
+    p.add_argument("--url", default=None, help="default: the run's sink.influxdb, INFLUXDB_V2_URL")
+    p.add_argument("--org", default=None, help="default: the run's, INFLUXDB_V2_ORG")
+    p.add_argument("--bucket", default=None, help="default: the run's, INFLUXDB_V2_BUCKET")
+    p.add_argument("--token", default=None, help="default: $INFLUXDB_V2_TOKEN")
+    p.add_argument(
+        "--spool", action="store_true", help="only the points the run could not deliver (spool.lp)"
+    )
 
     lab = sub.add_parser("lab", help="build, inspect and remove a lab")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
@@ -259,6 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one sample, then exit")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--interval", default="1s", help="sampling interval (default 1s)")
+
+    faults = sub.add_parser("faults", help="faults: what is active, what types exist")
+    faults_sub = faults.add_subparsers(dest="faults_command", metavar="ACTION", required=True)
+    p = add("list", cmd_faults_list, "active faults, from the ledger", faults_sub)
+    p.add_argument("--json", action="store_true")
+    p = add("types", cmd_faults_types, "every fault type with its parameters", faults_sub)
+    p.add_argument("--verbose", "-v", action="store_true", help="with each family's summary")
+    add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+
+    p = add("report", cmd_report, "write report.html and report.json for a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")
+    p.add_argument(
+        "--check", action="store_true", help="exit 10 when an expectation of the run failed"
+    )
+    p = add("compare", cmd_compare, "show two runs' signatures side by side")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--html", metavar="OUT", default=None, help="also write an HTML comparison")
 
     p = add("doctor", cmd_doctor, "show what this host supports")
     p.add_argument("--json", action="store_true")

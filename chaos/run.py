@@ -1,5 +1,9 @@
 """The one place where a run is composed: scenario → lab → load → teardown → summary.
 
+While the load runs, a sampler takes the collectors of every role namespace
+(``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
+run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
+
 Teardown runs on every exit path: a normal end, an exception, Ctrl-C and SIGTERM (turned
 into :class:`Terminated` so ``finally`` blocks run).
 """
@@ -12,13 +16,16 @@ import secrets
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect.locust_stats import LocustHistory
 from chaos.errors import ChaosError
 from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LabState
@@ -27,6 +34,7 @@ from chaos.load.runner import LoadResult, LocustRun
 from chaos.rundir import RunDir, chown_to_invoker
 from chaos.scenario import loader
 from chaos.scenario.model import Scenario, parse_duration
+from chaos.sink import InfluxConfig, InfluxFlags, Sink, resolve_influx
 
 
 class Terminated(BaseException):
@@ -58,6 +66,7 @@ class RunOptions:
     duration: str | None = None
     lab_name: str | None = None
     workers: int | None = None
+    influx: InfluxFlags = field(default_factory=InfluxFlags)
 
 
 def refuse_unsupported(scenario: Scenario) -> None:
@@ -67,8 +76,6 @@ def refuse_unsupported(scenario: Scenario) -> None:
         unsupported.append("faults")
     if scenario.expect:
         unsupported.append("expect")
-    if scenario.sink.influxdb is not None:
-        unsupported.append("sink.influxdb")
     if unsupported:
         raise ChaosError(
             f"this version cannot run scenarios that use: {', '.join(unsupported)}",
@@ -92,6 +99,7 @@ def resolve(options: RunOptions) -> Scenario:
 def run_scenario(options: RunOptions, console: Console) -> int:
     scenario = resolve(options)
     refuse_unsupported(scenario)
+    influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
     name = options.lab_name or scenario.lab.name or f"r{secrets.token_hex(3)}"
     lab.preflight(scenario, name)
     run = RunDir.create(scenario.name, options.runs_root)
@@ -103,10 +111,13 @@ def run_scenario(options: RunOptions, console: Console) -> int:
     )
     result: LoadResult | None = None
     outcome = "error"
+    sink: Sink | None = None
     try:
         with sigterm_raises():
+            sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
             state = lab.up(scenario, name, run)
-            result = drive_load(scenario, state, run, console)
+            with sampling(scenario, state, run, sink):
+                result = drive_load(scenario, state, run, console)
             outcome = "done"
     except (KeyboardInterrupt, Terminated):
         outcome = "interrupted"
@@ -114,13 +125,74 @@ def run_scenario(options: RunOptions, console: Console) -> int:
     finally:
         removed = lab.down(name)
         run.journal.event("lab.down", lab=name, removed=len(removed))
+        sink_stats = sink.close() if sink is not None else None  # journals sink.stats
         run.journal.event("run.end", outcome=outcome)
         run.close()
         chown_to_invoker(run.path)
     summary = summarize(run.path, result)
+    if sink_stats is not None:
+        summary["sink"] = sink_stats.as_dict()
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     return 0
+
+
+def open_sink(
+    scenario: Scenario, run: RunDir, influx: InfluxConfig | None, console: Console
+) -> Sink:
+    def warn(message: str) -> None:  # from the sink's writer thread; plain text, no markup
+        console.print(Text.assemble(("sink: ", "bold yellow"), message), soft_wrap=True)
+
+    sink = Sink(
+        run.path,
+        tags={"run": run.path.name, "scenario": scenario.name},
+        influx=influx,
+        journal=run.journal,
+        on_error=warn,
+    )
+    where = f" and InfluxDB at {influx.describe()}" if influx else ""
+    console.print(f"samples to {sink.path}{where}")
+    return sink
+
+
+@contextmanager
+def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> Iterator[None]:
+    """Sample every role namespace and Locust's per-second stats into ``sink`` while the
+    body runs; one last tick after it (Locust writes its last rows when it exits). The
+    collectors are closed on every path: they hold the lab's namespaces open."""
+    spec = scenario.collectors
+    refs: list[NetnsRef] = []
+    collectors: list[Collector] = []
+    sampler: Sampler | None = None
+    try:
+        for role in spec.roles:
+            namespace = state.namespaces.get(role)
+            if namespace is None:  # e.g. no proxy namespace with an external proxy
+                continue
+            refs.append(NetnsRef.named(namespace))
+            collectors += collectors_for(
+                refs[-1], tags={"role": role}, zombie_idle_s=spec.zombie_idle
+            )
+        # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
+        history = run.path / "locust" / "locust_stats_history.csv"
+        client = state.namespaces["client"]
+        collectors.append(LocustHistory(history, netns=client, tags={"role": "client"}))
+        sampler = Sampler(collectors, interval=spec.interval, on_samples=sink.write).start()
+        run.journal.event("sampler.start", collectors=len(collectors), interval=spec.interval)
+        yield
+        sampler.stop()
+        sink.write(sampler.tick())
+    finally:
+        if sampler is not None:
+            sampler.stop()
+            stats = sampler.stats
+            run.journal.event(
+                "sampler.stop", ticks=stats.ticks, skipped=stats.skipped_ticks, errors=stats.errors
+            )
+        for collector in collectors:
+            collector.close()
+        for ref in refs:
+            ref.close()
 
 
 def drive_load(scenario: Scenario, state: LabState, run: RunDir, console: Console) -> LoadResult:
@@ -177,5 +249,13 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row("origin requests served", str(origin.get("requests", "?")))
     if "proxy_logged" in summary:
         table.add_row("proxy log entries", str(summary["proxy_logged"]))
+    sink = summary.get("sink", {})
+    if sink:
+        table.add_row("samples recorded", str(sink["recorded"]))
+    if sink.get("influxdb"):
+        counts = ("written", "spooled", "replayed", "dropped", "left_in_spool")
+        table.add_row(
+            "InfluxDB points", ", ".join(f"{k.replace('_', ' ')} {sink[k]}" for k in counts)
+        )
     console.print(table)
     console.print(f"results in {summary['run_dir']}")

@@ -38,8 +38,9 @@ Stats (request_type ``TCP``):
                     request sent; close: from full response to close(), including the wait for
                     the server's FIN in the modes that wait). Fired for every
                     ``--phase-stats``-th connection (1 = all, the default; 0 = none): each
-                    event costs ~3.3 us of CPU, so the four phase events are ~13% of a
-                    connection's CPU (bench/load_churn.py: ~10.9k/s with, ~12.8k/s without).
+                    event costs ~3.3 us of CPU, so the four phase events cost ~10-15% of a
+                    connection's CPU (bench/load_churn.py, in the lab: ~8.3k connections per
+                    CPU-second with, ~9.9k without).
   ``slow_connect``  a failure entry for each successful connect slower than
                     ``--slow-connect-ms`` (port-range exhaustion shows first as connect latency).
 The ``Aggregated`` row therefore sums phases too: read counts from ``connection``.
@@ -63,7 +64,10 @@ Rate control (``--rate``, ``--rate-mode``, ``--rate-steps``, ``--rate-csv``, ...
 
 from __future__ import annotations
 
+import _socket
+import errno
 import itertools
+import os
 import socket
 import struct
 import time
@@ -83,10 +87,14 @@ from _common import (
     errno_failure,
     opt,
 )
+from gevent.socket import wait_read, wait_write
 from locust import User, events, task
 from locust.env import Environment
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+# The C socket type with a non-blocking fd from socket(): see RawTcpUser.one_connection.
+Sock = _socket.socket
+NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 LINGER_RST = struct.pack("ii", 1, 0)
 REQUEST_TYPE = "TCP"
 MODES = (
@@ -284,7 +292,7 @@ class RawTcpUser(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self._pacer = Pacer(environment)
-        self._held: deque[tuple[float, socket.socket]] = deque()
+        self._held: deque[tuple[float, Sock]] = deque()
         self._reaper: gevent.Greenlet | None = None
         self._count = 0
         self._deadline = 0.0  # perf_counter() deadline of the current blocking step, 0 = none
@@ -331,7 +339,13 @@ class RawTcpUser(User):
         nbytes = 0
         failure: TcpFailure | None = None
         stage = 0  # 0 connecting, 1 request/response, 2 teardown
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        # Why the C socket type, not gevent's: a gevent socket costs an extra ioctl (to make
+        # it non-blocking), a second connect() and two getsockopt() per connect, and Python
+        # wrappers around every call; about a fifth of a connection's CPU (bench/load_churn.py).
+        # Here the fd is non-blocking from socket(), and the greenlet waits on the hub only
+        # when the kernel says EINPROGRESS/EAGAIN (wait_read/wait_write: gevent's own, and
+        # the watchdog's throw() interrupts them like any gevent wait).
+        sock = Sock(self._family, NONBLOCK_STREAM)
         self._deadline = t0 + cfg.connect_timeout
         try:
             for level, name, value in cfg.pre_opts:
@@ -339,14 +353,21 @@ class RawTcpUser(User):
             if cfg.sources is not None:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((next(cfg.sources), 0))
-            sock.connect(self._addr)
+            err = sock.connect_ex(self._addr)
+            if err:
+                if err != errno.EINPROGRESS:
+                    raise OSError(err, os.strerror(err))
+                wait_write(sock.fileno())
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
             t1 = perf()
             stage = 1
             if cfg.idle > 0:
                 self._deadline = 0.0
                 gevent.sleep(cfg.idle)
             self._deadline = perf() + cfg.read_timeout
-            sock.sendall(self._request)
+            self._sendall(sock, self._request)
             if cfg.half_close:
                 sock.shutdown(socket.SHUT_WR)
             t2 = perf()
@@ -436,20 +457,40 @@ class RawTcpUser(User):
             context=_NO_CONTEXT,
         )
 
+    # ------------------------------------------------------------------ socket calls
+    @staticmethod
+    def _sendall(sock: Sock, data: bytes) -> None:
+        # A request fits an empty send buffer: one send() is the usual case.
+        while data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                wait_write(sock.fileno())
+                continue
+            data = data[sent:]
+
+    @staticmethod
+    def _recv_some(sock: Sock, size: int) -> bytes:
+        while True:
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                wait_read(sock.fileno())
+
     # ------------------------------------------------------------------ reading
-    def _recv(self, sock: socket.socket) -> bytes:
+    def _recv(self, sock: Sock) -> bytes:
         """One read; the read timeout counts from here (no progress for --read-timeout)."""
         cfg = self._cfg
         self._deadline = time.perf_counter() + cfg.read_timeout
         if cfg.read_rate <= 0:
-            return sock.recv(RECV_SIZE)
-        data = sock.recv(cfg.read_chunk)
+            return self._recv_some(sock, RECV_SIZE)
+        data = self._recv_some(sock, cfg.read_chunk)
         if data:
             self._deadline = 0.0  # the pause is ours, not the peer's
             gevent.sleep(len(data) / cfg.read_rate)
         return data
 
-    def _read_raw(self, sock: socket.socket) -> tuple[float, int]:
+    def _read_raw(self, sock: Sock) -> tuple[float, int]:
         """Read up to a chunk ending in a newline. Returns (first-byte time, bytes)."""
         recv = self._recv
         data = recv(sock)
@@ -464,7 +505,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total
 
-    def _read_http(self, sock: socket.socket) -> tuple[float, int, bool]:
+    def _read_http(self, sock: Sock) -> tuple[float, int, bool]:
         data = self._recv(sock)
         if not data:
             raise INCOMPLETE
@@ -498,7 +539,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total, False
 
-    def _read_to_eof(self, sock: socket.socket) -> int:
+    def _read_to_eof(self, sock: Sock) -> int:
         total = 0
         while True:
             data = self._recv(sock)
@@ -507,7 +548,7 @@ class RawTcpUser(User):
             total += len(data)
 
     # ------------------------------------------------------------------ holding
-    def _hold(self, sock: socket.socket) -> None:
+    def _hold(self, sock: Sock) -> None:
         cfg = self._cfg
         if len(self._held) >= cfg.max_held:
             sock.close()

@@ -11,6 +11,7 @@ module                      measurements                                        
 :mod:`.zombies`             tcp_zombies                                           sock_diag
 :mod:`.kernel`              tcp_counters, sockstat                                /proc/net
 :mod:`.conntrack`           conntrack                                             ctnetlink
+:mod:`.locust_stats`        locust                                                Locust's CSV
 :mod:`.sampler`             collector_cost                                        itself
 ==========================  ====================================================  ============
 
@@ -26,6 +27,7 @@ from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
+from chaos.collect.locust_stats import LocustHistory
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
 from chaos.collect.sockdiag import InetDiag
@@ -35,6 +37,7 @@ __all__ = [
     "Collector",
     "Conntrack",
     "KernelCounters",
+    "LocustHistory",
     "NetnsRef",
     "PortBudget",
     "Sample",
