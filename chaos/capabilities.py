@@ -19,6 +19,8 @@ from chaos.errors import CapabilityError
 from chaos.lab import netns
 from chaos.lab.proxies import PROXIES
 
+TC_H_ROOT = 0xFFFFFFFF  # the root qdisc's parent handle
+
 
 @dataclass(frozen=True)
 class Check:
@@ -43,7 +45,8 @@ def _netem(ns: str) -> Check:
         with netns.ipr(ns) as ipr:
             index = ipr.link_lookup(ifname="lo")[0]
             ipr.tc("add", "netem", index=index, handle="1:", delay=1000)
-            ipr.tc("del", index=index, handle="1:")
+            # Without an explicit parent the kernel answers EINVAL even where netem works.
+            ipr.tc("del", index=index, handle="1:", parent=TC_H_ROOT)
         return Check("netem", True, "sch_netem available")
     except Exception:  # any refusal means no usable netem
         return Check(

@@ -75,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration=args.duration,
         lab_name=args.name,
         workers=args.workers,
+        variant=args.variant,
+        report=not args.no_report,
         influx=InfluxFlags(
             url=args.influx_url,
             org=args.influx_org,
@@ -327,6 +329,12 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from chaos.faults.agent import serve
+
+    return serve(args.listen, args.token_file, args.allow, args.lab)
+
+
 # --- report and compare ------------------------------------------------------------------
 
 
@@ -401,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
+    p.add_argument("--variant", default=None, help="apply one of the scenario's variants")
+    p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
     influx = p.add_argument_group(
         "InfluxDB",
         "override sink.influxdb and INFLUXDB_V2_URL/ORG/BUCKET; the token comes from "
@@ -450,6 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("types", cmd_faults_types, "every fault type with its parameters", faults_sub)
     p.add_argument("--verbose", "-v", action="store_true", help="with each family's summary")
     add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+
+    p = add("agent", cmd_agent, "serve the fault types over HTTP for a remote controller")
+    p.add_argument(
+        "--listen", default="127.0.0.1:7700", metavar="HOST:PORT", help="default 127.0.0.1:7700"
+    )
+    p.add_argument(
+        "--token-file", default=None, metavar="FILE", help="the token (else $CHAOS_AGENT_TOKEN)"
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
+    )
+    p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
 
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")

@@ -1,4 +1,11 @@
-"""The one place where a run is composed: scenario → lab → load → teardown → summary.
+"""The one place where a run is composed: scenario → lab → faults + load → teardown →
+expectations → report.
+
+The fault schedule is validated once the lab exists and before the load starts (a fault
+that cannot be applied stops the run there), starts with the load (``at`` counts from the
+load's start) and is stopped, which reverts every fault, as soon as the load ends, on every
+exit path. Expectations are checked from ``samples.lp`` and the journal afterwards; any
+failure makes ``chaos run`` exit 10.
 
 While the load runs, a sampler takes the collectors of every role namespace
 (``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
@@ -25,16 +32,21 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect.escapes import EscapeCounter
 from chaos.collect.locust_stats import LocustHistory
 from chaos.errors import ChaosError
+from chaos.expect import Timeline, Verdict, evaluate
+from chaos.faults.schedule import FaultSchedule
 from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import LoadResult, LocustRun
-from chaos.rundir import RunDir, chown_to_invoker
+from chaos.report import write_report
+from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
 from chaos.scenario.model import Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, resolve_influx
+from chaos.sink.lineproto import read_points
 
 
 class Terminated(BaseException):
@@ -67,24 +79,14 @@ class RunOptions:
     lab_name: str | None = None
     workers: int | None = None
     influx: InfluxFlags = field(default_factory=InfluxFlags)
-
-
-def refuse_unsupported(scenario: Scenario) -> None:
-    """Sections this version validates but cannot act on yet stop the run, never silently."""
-    unsupported = []
-    if scenario.faults:
-        unsupported.append("faults")
-    if scenario.expect:
-        unsupported.append("expect")
-    if unsupported:
-        raise ChaosError(
-            f"this version cannot run scenarios that use: {', '.join(unsupported)}",
-            "remove those sections to run the load alone",
-        )
+    variant: str | None = None
+    report: bool = True
 
 
 def resolve(options: RunOptions) -> Scenario:
     scenario = loader.load(options.scenario)
+    if options.variant:
+        scenario = loader.with_variant(scenario, options.variant)
     updates: dict[str, Any] = {}
     if options.duration:
         try:
@@ -98,15 +100,21 @@ def resolve(options: RunOptions) -> Scenario:
 
 def run_scenario(options: RunOptions, console: Console) -> int:
     scenario = resolve(options)
-    refuse_unsupported(scenario)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
     name = options.lab_name or scenario.lab.name or f"r{secrets.token_hex(3)}"
     lab.preflight(scenario, name)
-    run = RunDir.create(scenario.name, options.runs_root)
+    label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
+    run = RunDir.create(label, options.runs_root)
     run.write_scenario(scenario)
-    run.journal.event("run.start", scenario=scenario.name, lab=name, duration=scenario.duration)
+    run.journal.event(
+        "run.start",
+        scenario=scenario.name,
+        variant=scenario.variant,
+        lab=name,
+        duration=scenario.duration,
+    )
     console.print(
-        f"run [bold]{scenario.name}[/] for {scenario.duration:g}s in lab {name}; "
+        f"run [bold]{label}[/] for {scenario.duration:g}s in lab {name}; "
         f"run directory {run.path}"
     )
     result: LoadResult | None = None
@@ -116,8 +124,12 @@ def run_scenario(options: RunOptions, console: Console) -> int:
         with sigterm_raises():
             sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
             state = lab.up(scenario, name, run)
+            schedule = FaultSchedule(
+                scenario.faults, state, run.journal, annotate=sink.annotate
+            )
+            schedule.validate()  # every fault checked before the load starts
             with sampling(scenario, state, run, sink):
-                result = drive_load(scenario, state, run, console)
+                result = drive_load(scenario, state, run, console, schedule)
             outcome = "done"
     except (KeyboardInterrupt, Terminated):
         outcome = "interrupted"
@@ -132,9 +144,46 @@ def run_scenario(options: RunOptions, console: Console) -> int:
     summary = summarize(run.path, result)
     if sink_stats is not None:
         summary["sink"] = sink_stats.as_dict()
+    verdicts = check_expectations(scenario, run.path)
+    summary["expectations"] = [v.as_dict() for v in verdicts]
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
-    return 0
+    print_verdicts(console, verdicts)
+    if options.report:
+        try:
+            report = write_report(run.path)
+            console.print(f"report: {report.html_path}")
+        except ChaosError as exc:  # the run's verdict stands without its report
+            console.print(Text(f"no report: {exc.message}", "yellow"))
+    chown_to_invoker(run.path)
+    return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
+
+
+EXIT_EXPECTATION_FAILED = 10
+
+
+def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
+    if not scenario.expect:
+        return []
+    points = read_points(run_path / "samples.lp")
+    timeline = Timeline.from_journal(read_journal(run_path / "journal.jsonl"))
+    return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
+
+
+def print_verdicts(console: Console, verdicts: list[Verdict]) -> None:
+    if not verdicts:
+        return
+    table = Table("", "expectation", "observed", box=None, pad_edge=False)
+    for v in verdicts:
+        mark = Text("PASS", "bold green") if v.passed else Text("FAIL", "bold red")
+        observed = "no data" if v.observed is None else f"{v.observed:g}"
+        table.add_row(mark, Text(v.label or v.describe()), Text(f"{observed}  ({v.detail})"))
+    console.print(table)
+    failed = sum(not v.passed for v in verdicts)
+    if failed:
+        console.print(Text(f"{failed} of {len(verdicts)} expectations failed", "bold red"))
+    else:
+        console.print(Text(f"all {len(verdicts)} expectations passed", "bold green"))
 
 
 def open_sink(
@@ -173,6 +222,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             collectors += collectors_for(
                 refs[-1], tags={"role": role}, zombie_idle_s=spec.zombie_idle
             )
+            if role == "origin":  # the lab's counter of packets that bypassed the proxy
+                collectors.append(EscapeCounter(namespace, tags={"role": role}))
         # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
         history = run.path / "locust" / "locust_stats_history.csv"
         client = state.namespaces["client"]
@@ -195,14 +246,20 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             ref.close()
 
 
-def drive_load(scenario: Scenario, state: LabState, run: RunDir, console: Console) -> LoadResult:
+def drive_load(
+    scenario: Scenario, state: LabState, run: RunDir, console: Console, schedule: FaultSchedule
+) -> LoadResult:
     load = scenario.load
     workers = load.workers or os.cpu_count() or 1
     client_ns = state.namespaces["client"]
-    host = f"tcp://{state.proxy['host']}:{state.proxy['port']}"
-    if load.user == "http":
-        host = f"http://{state.proxy['host']}:{state.proxy['port']}"
+    target = state.target or state.proxy
+    scheme = "http" if load.user == "http" else "tcp"
+    host = f"{scheme}://{target['host']}:{target['port']}"
     args = user_options(load, str(state.origin["protocol"]), state.client_addresses, workers)
+    stopped = longest_stop_of_workers(scenario)
+    if stopped:
+        # A SIGSTOPped worker misses heartbeats; the master must keep counting it.
+        args += ["--heartbeat-liveness", str(int(stopped) + 30)]
     locust = LocustRun(
         locustfile=locustfile_for(load),
         host=host,
@@ -215,12 +272,26 @@ def drive_load(scenario: Scenario, state: LabState, run: RunDir, console: Consol
         spawn=lambda argv, **kw: netns.popen(client_ns, argv, **kw),
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
+    schedule.start()
     try:
         result = locust.run()
     finally:
         locust.stop()
+        schedule.stop()  # reverts what is still applied; raises if a fault failed
     run.journal.event("load.end", connections=result.total_requests, failures=result.total_failures)
     return result
+
+
+def longest_stop_of_workers(scenario: Scenario) -> float:
+    """The longest SIGSTOP window aimed at Locust's own processes (0 when none)."""
+    return max(
+        (
+            spec.duration or scenario.duration
+            for spec in scenario.faults
+            if spec.type == "stop" and spec.target.split(":")[0] in ("workers", "client")
+        ),
+        default=0.0,
+    )
 
 
 def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:

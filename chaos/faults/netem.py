@@ -112,12 +112,12 @@ class NetemParams(Params):
     loss: Percent = Field(0, description="random loss, percent")
     loss_correlation: Correlation = 0
     gemodel: GilbertElliott | None = Field(None, description="Gilbert-Elliott loss instead")
-    duplicate: Percent = 0
+    duplicate: Percent = Field(0, description="percent of packets sent twice")
     duplicate_correlation: Correlation = 0
     reorder: Percent = Field(0, description="percent of packets sent at once (needs delay)")
     reorder_correlation: Correlation = 0
     gap: int = Field(0, ge=0, description="reorder every gap-th packet (0: as tc, 1)")
-    corrupt: Percent = 0
+    corrupt: Percent = Field(0, description="percent of packets with one bit flipped")
     corrupt_correlation: Correlation = 0
     rate_kbit: int | None = Field(None, ge=1, description="rate limit, kbit/s")
     limit: int = Field(1000, ge=1, description="netem queue length, packets")
