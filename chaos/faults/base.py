@@ -135,6 +135,12 @@ def register(cls: type[Fault]) -> type[Fault]:
 def fault_type(kind: str) -> type[Fault]:
     from chaos.faults import registry  # noqa: F401 - fills REGISTRY
 
+    if kind == "remote":
+        # A fault held by a remote agent: not a scenario type (so not in REGISTRY), but its
+        # ledger entries must revert like any other (`chaos revert-all` on the controller).
+        from chaos.faults.remote import RemoteFault
+
+        return RemoteFault
     try:
         return REGISTRY[kind]
     except KeyError:

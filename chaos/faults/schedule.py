@@ -35,6 +35,11 @@ first, journal events ``fault.apply`` / ``fault.revert`` (with ``spec``, ``step`
 ``window`` and ``at``), and the optional ``annotate`` callback for the sink. A fault that
 fails to apply stops the schedule; ``error`` holds it and ``stop()`` raises it after
 reverting everything.
+
+A target ``http://HOST:PORT/TARGET`` is a fault on a remote agent (:mod:`chaos.faults.remote`):
+the agent validates it before the run, applies and reverts it, and holds it under a lease this
+process renews (``params.lease``, ``params.token_env``). A lease that lapses (the agent
+reverted the fault early) stops the schedule like a failed apply.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle, Target, fault_type
 from chaos.faults.guard import Annotate, EventLog, FaultGuard
 from chaos.faults.ledger import Ledger
-from chaos.faults.targets import resolve
+from chaos.faults.remote import validate_remote
+from chaos.faults.targets import is_agent_url, resolve
 from chaos.lab.topology import LabState
 from chaos.scenario.model import FaultSpec
 
@@ -146,10 +152,18 @@ class FaultSchedule:
         for index, spec in enumerate(self.specs):
             where = f"faults[{index}] ({spec.type} on {spec.target})"
             try:
-                cls = fault_type(spec.type)
-                if spec.target not in targets:
-                    targets[spec.target] = resolve(spec.target, self.lab_state)
-                steps = [cls.validate(targets[spec.target], p) for p in _step_params(spec)]
+                if is_agent_url(spec.target):
+                    # The agent checks type, target and params (and the token) for us.
+                    steps = [
+                        validate_remote(spec.type, spec.target, p, self._lease_lost)
+                        for p in _step_params(spec)
+                    ]
+                    cls = type(steps[0])
+                else:
+                    cls = fault_type(spec.type)
+                    if spec.target not in targets:
+                        targets[spec.target] = resolve(spec.target, self.lab_state)
+                    steps = [cls.validate(targets[spec.target], p) for p in _step_params(spec)]
                 _check_timing(spec, cls.reversible, len(steps))
             except FaultError as exc:
                 problems.append(f"{where}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
@@ -232,6 +246,17 @@ class FaultSchedule:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+
+    def _lease_lost(self, message: str) -> None:
+        """A remote fault's lease could not be renewed: the agent reverted it early, so the
+        run no longer has the fault it asked for. Stop the schedule, as a failed apply does."""
+        self._event("fault.lease.lost", error=message)
+        if self.error is None:
+            self.error = FaultError(
+                message,
+                "check the network between the controller and the agent, or raise params.lease",
+            )
+        self._stop.set()
 
     @property
     def active(self) -> list[Handle]:

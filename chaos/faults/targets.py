@@ -12,8 +12,9 @@ Target forms::
     pid:N                               process N, which must live in one of the lab's
                                         namespaces (never the host's)
 
-Agent URLs (``http://...``) are served by the remote agent, which this module does not
-handle: they are refused with a clear error.
+Agent URLs (``http://HOST:PORT/TARGET``) name a target on a remote agent: the schedule
+hands them to :mod:`chaos.faults.remote` (see :func:`is_agent_url`); ``resolve`` refuses
+them. The agent itself resolves ``TARGET`` with ``resolve`` against its allow-list.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def _unknown(target: str, state: LabState, why: str) -> FaultError:
     )
 
 
-def _links(namespace: str) -> tuple[str, ...]:
+def is_agent_url(target: str) -> bool:
+    return target.strip().startswith(("http://", "https://"))
+
+
+def links_of(namespace: str | None) -> tuple[str, ...]:
+    """The interfaces of ``namespace`` (None: the host's), without loopback."""
     with netns.ipr(namespace) as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     return tuple(name for name in names if name != "lo")
@@ -59,7 +65,7 @@ def _role_target(name: str, role: str, state: LabState, pattern: str | None) -> 
         )
     # Only live processes whose start time still matches the record: a reused pid is not ours.
     pids = tuple(p.pid for p in state.processes if p.role == role and p.alive())
-    return Target(name, namespace, _links(namespace), () if pattern else pids, pattern)
+    return Target(name, namespace, links_of(namespace), () if pattern else pids, pattern)
 
 
 def _namespace_of_pid(pid: int, state: LabState) -> str | None:
@@ -79,10 +85,10 @@ def _namespace_of_pid(pid: int, state: LabState) -> str | None:
 def resolve(target: str, state: LabState) -> Target:
     """Turn a target string into a Target; FaultError (with the valid forms) otherwise."""
     text = target.strip()
-    if text.startswith(("http://", "https://")):
+    if is_agent_url(text):
         raise FaultError(
-            f"fault target {text!r}: remote agents are not supported by this controller yet",
-            "aim the fault at a role of the local lab (client, gateway, proxy, origin)",
+            f"fault target {text!r}: an agent URL is for remote agents, not the local lab",
+            "agent targets are applied through chaos.faults.remote (the fault schedule does)",
         )
     if text in state.namespaces:
         return _role_target(text, text, state, None)
@@ -98,7 +104,7 @@ def resolve(target: str, state: LabState) -> Target:
         namespace = _namespace_of_pid(pid, state)
         if namespace is None:
             raise _unknown(text, state, f"process {pid} is not in lab {state.name}'s namespaces")
-        return Target(text, namespace, _links(namespace), (pid,))
+        return Target(text, namespace, links_of(namespace), (pid,))
     if sep and kind in state.namespaces:
         try:
             re.compile(rest)

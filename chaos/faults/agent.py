@@ -1,0 +1,611 @@
+"""``chaos agent``: serve the fault types over HTTP, for faults on another host or container.
+
+A controller (see :mod:`chaos.faults.remote`) asks the agent to apply a fault; the agent
+validates and applies it through the same :class:`~chaos.faults.guard.FaultGuard` and
+on-disk ledger as a local run, and holds it under a **lease** that the controller renews.
+When a lease lapses (the controller died, or the network between them was cut) the agent
+reverts the fault by itself. On SIGTERM or Ctrl-C it reverts everything and exits; after a
+SIGKILL, ``chaos revert-all`` on the agent's host (same ``CHAOS_LEDGER_DIR``) restores
+everything from the ledger, and the next agent started on that ledger reverts what the dead
+one left.
+
+Security: every request carries ``Authorization: Bearer <token>`` (``--token-file`` or
+``$CHAOS_AGENT_TOKEN``; no token, no agent); the agent binds to 127.0.0.1 unless
+``--listen`` says otherwise; and it touches only the targets on its allow-list.
+
+Targets. ``--allow`` (repeated) names what the agent may touch:
+
+- a role of the lab given by ``--lab NAME`` (``client``, ``gateway``, ``proxy``,
+  ``origin``), resolved through the lab's state file exactly as a local run does: the role's
+  namespace, links and recorded processes; ``ROLE:PATTERN`` and ``workers`` (the client
+  role) work too;
+- a network namespace by name (``ip netns`` name): its links; processes by ``NS:PATTERN``;
+- ``host``: the agent's own network namespace (most fault types refuse it by themselves).
+
+``pid:N`` is accepted when process N lives in an allowed namespace. Anything else is 403.
+
+API (JSON in and out; errors are ``{"error": ..., "hint": ...}`` with a 4xx status)::
+
+    GET    /v1/health               agent, allow-list, active and failed faults
+    GET    /v1/types                fault types, their params (JSON Schema), reversible
+    GET    /v1/faults               active faults with the seconds left on their lease
+    POST   /v1/validate             {type, target, params, lease_s}: check, change nothing
+    POST   /v1/faults               same body (+ optional id) → 201 {id, expires_in, ...}
+    GET    /v1/faults/ID            one active fault
+    POST   /v1/faults/ID/renew      {lease_s?} → {id, expires_in}
+    DELETE /v1/faults/ID            revert now → {id, reverted: true}
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chaos import capabilities
+from chaos.errors import ChaosError, FaultError, NotRootError
+from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
+from chaos.faults.guard import FaultGuard, revert_handle
+from chaos.faults.ledger import Ledger
+from chaos.faults.targets import links_of, resolve
+from chaos.lab import netns, processes
+from chaos.lab.topology import LabState
+
+API = "/v1"
+TOKEN_ENV = "CHAOS_AGENT_TOKEN"
+DEFAULT_PORT = 7700
+DEFAULT_LEASE = 10.0
+MAX_LEASE = 3600.0
+MIN_TOKEN = 16
+MAX_BODY = 64 * 1024
+#: How often the reaper looks for lapsed leases: the revert comes at most this late.
+REAP_EVERY = 0.1
+TOKEN_HINT = "generate one with `openssl rand -hex 32` and pass --token-file FILE"
+
+
+class ApiError(Exception):
+    """A request the agent refuses: an HTTP status and a message with a fix."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.hint = status, message, hint
+
+    @classmethod
+    def of(cls, status: int, exc: ChaosError) -> ApiError:
+        return cls(status, exc.message, exc.hint)
+
+
+class FaultRequest(BaseModel):
+    """The body of POST /v1/faults and /v1/validate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    lease_s: float = Field(default=DEFAULT_LEASE, gt=0, le=MAX_LEASE)
+    #: chosen by the controller, so its own ledger names the fault before the apply
+    id: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,32}$")
+
+
+class RenewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lease_s: float | None = Field(default=None, gt=0, le=MAX_LEASE)
+
+
+def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ApiError(
+            400, f"invalid request: {problems}", f"see {API}/types and the README"
+        ) from None
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def read_token(token_file: str | None) -> str:
+    """The token from ``token_file`` or $CHAOS_AGENT_TOKEN; refuse to run without one."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise FaultError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        source = token_file
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        source = f"${TOKEN_ENV}"
+        if not token:
+            raise FaultError(
+                "chaos agent needs a token: none given (--token-file FILE or $CHAOS_AGENT_TOKEN)",
+                TOKEN_HINT,
+            )
+    if len(token) < MIN_TOKEN:
+        raise FaultError(
+            f"the agent token from {source} is too short ({len(token)} < {MIN_TOKEN} characters)",
+            TOKEN_HINT,
+        )
+    return token
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FaultError(f"--listen {text!r}: expected HOST:PORT", "e.g. --listen 198.18.3.2:7700")
+    return host.strip("[]"), int(port)
+
+
+class Scope:
+    """The allow-list, and how target strings resolve against it."""
+
+    def __init__(self, allow: list[str], lab: str | None) -> None:
+        if not allow:
+            raise FaultError(
+                "chaos agent needs an allow-list: it touches only the targets named by --allow",
+                "e.g. --lab mylab --allow origin, or --allow NETNS, or --allow host",
+            )
+        self.lab = lab
+        state = self._lab_state() if lab else None
+        roles = state.namespaces if state else {}
+        self.roles: dict[str, str] = {}
+        self.plain: list[str] = []
+        self.host = False
+        for name in dict.fromkeys(allow):
+            if name == "host":
+                self.host = True
+            elif name in roles:
+                self.roles[name] = roles[name]
+            elif netns.exists(name):
+                self.plain.append(name)
+            else:
+                where = f"lab {lab} has roles {', '.join(sorted(roles))}; " if state else ""
+                raise FaultError(
+                    f"--allow {name!r}: not a role of the lab, a network namespace, or host",
+                    f"{where}`ip netns list` shows the namespaces",
+                )
+        self.allow = list(dict.fromkeys(allow))
+
+    def _lab_state(self) -> LabState:
+        assert self.lab is not None
+        state = LabState.load(self.lab)
+        if state is None:
+            raise FaultError(
+                f"lab {self.lab!r} does not exist on this host (no state file)",
+                "bring it up first (`chaos lab up`), or check the name with `chaos lab status`",
+            )
+        return state
+
+    def resolve(self, text: str) -> Target:
+        """The Target for ``text``: 403 when it is not on the allow-list, 404 when unknown."""
+        text = text.strip()
+        base, sep, rest = text.partition(":")
+        if text == "host" and self.host:
+            return Target("host", None, links_of(None))
+        if base == "workers" and not sep:
+            base = "client"  # the Locust workers live in the client namespace
+        if base != "pid" and base not in self.roles and base not in self.plain:
+            raise ApiError(
+                403,
+                f"target {text!r} is not on this agent's allow-list ({', '.join(self.allow)})",
+                "restart the agent with --allow for it, or aim the fault at an allowed target",
+            )
+        # One LabState over exactly the allowed namespaces: targets.resolve then handles
+        # roles, workers, NS:PATTERN and pid:N as in a local run, and nothing else exists.
+        lab = self._lab_state() if self.roles else None
+        state = LabState(
+            name=self.lab or "agent",
+            namespaces={**{ns: ns for ns in self.plain}, **self.roles},
+            processes=[p for p in (lab.processes if lab else []) if p.role in self.roles],
+        )
+        try:
+            return resolve(text, state)
+        except FaultError as exc:
+            if base == "pid" and rest.isdigit() and processes.state_of(int(rest)) is not None:
+                raise ApiError(
+                    403,
+                    f"target {text!r}: process {rest} is not in a namespace on this agent's "
+                    f"allow-list ({', '.join(self.allow)})",
+                    "aim the fault at a process inside an allowed namespace",
+                ) from None
+            raise ApiError.of(404, exc) from None
+
+
+# --- the agent ---------------------------------------------------------------------------
+
+
+class JsonLog:
+    """The guard's journal: one JSON line per event on the agent's stderr."""
+
+    def event(self, name: str, /, **fields: Any) -> None:
+        line = {"t": round(time.time(), 3), "event": name, **fields}
+        print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+
+
+@dataclass
+class Lease:
+    id: str
+    handle: Handle
+    request: FaultRequest
+    lease_s: float
+    expires: float  # time.monotonic()
+    since: float  # wall clock
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.request.type,
+            "target": self.request.target,
+            "params": self.request.params,
+            "lease_s": self.lease_s,
+            "expires_in": round(max(0.0, self.expires - time.monotonic()), 3),
+            "since": self.since,
+            "handle": self.handle.id,
+        }
+
+
+class Agent:
+    def __init__(self, token: str, scope: Scope, ledger: Ledger | None = None) -> None:
+        self.token = token.encode()
+        self.scope = scope
+        self.log = JsonLog()
+        self.guard = FaultGuard(self.log, ledger)
+        self.leases: dict[str, Lease] = {}
+        # _leases guards the dict (renewals are quick); _changes serialises applies and
+        # reverts, so a DELETE and a lapsing lease never revert the same fault twice.
+        self._leases = threading.Lock()
+        self._changes = threading.Lock()
+        self._stop = threading.Event()
+        self.failed: list[str] = []
+
+    # --- requests -------------------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, given = (header or "").partition(" ")
+        # compare_digest: the time taken does not reveal how much of the token matched.
+        given_token = given.strip().encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_token, self.token)
+
+    def check(self, request: FaultRequest) -> Fault:
+        """type → target → params → kernel features; every failure is an ApiError."""
+        try:
+            cls = fault_type(request.type)
+        except FaultError as exc:
+            raise ApiError.of(404, exc) from None
+        target = self.scope.resolve(request.target)
+        try:
+            fault = cls.validate(target, request.params)
+            capabilities.require(set(cls.features))
+        except ChaosError as exc:
+            raise ApiError.of(400, exc) from None
+        return fault
+
+    def apply(self, request: FaultRequest) -> dict[str, Any]:
+        with self._changes:
+            if self._stop.is_set():
+                raise ApiError(503, "the agent is shutting down", "start it again")
+            if request.id is not None and request.id in self.leases:
+                raise ApiError(409, f"fault {request.id} is already active", "use a new id")
+            fault = self.check(request)
+            try:
+                handle = self.guard.apply(
+                    fault, api_id=request.id, lease_s=request.lease_s, via="agent"
+                )
+            except ChaosError as exc:
+                # The guard already reverted what the failed apply left.
+                raise ApiError.of(409, exc) from None
+            fault_id = request.id or handle.id
+            body = {"id": fault_id, "type": handle.kind, "target": handle.target}
+            if not type(fault).reversible:
+                return {**body, "reversible": False, "expires_in": None}
+            lease = Lease(
+                fault_id,
+                handle,
+                request,
+                request.lease_s,
+                time.monotonic() + request.lease_s,
+                time.time(),
+            )
+            with self._leases:
+                self.leases[fault_id] = lease
+            return {
+                **body,
+                "reversible": True,
+                "lease_s": lease.lease_s,
+                "expires_in": lease.lease_s,
+            }
+
+    def renew(self, fault_id: str, request: RenewRequest) -> dict[str, Any]:
+        with self._leases:
+            lease = self._lease(fault_id)
+            if request.lease_s is not None:
+                lease.lease_s = request.lease_s
+            lease.expires = time.monotonic() + lease.lease_s
+            return {"id": fault_id, "expires_in": lease.lease_s}
+
+    def show(self, fault_id: str) -> dict[str, Any]:
+        with self._leases:
+            return self._lease(fault_id).to_json()
+
+    def revert(self, fault_id: str, why: str = "request") -> dict[str, Any]:
+        with self._changes:
+            with self._leases:
+                lease = self._lease(fault_id)
+                del self.leases[fault_id]
+            self.log.event("agent.revert", id=fault_id, why=why)
+            try:
+                self.guard.revert(lease.handle)
+            except FaultError as exc:
+                # Ledger entry kept; the guard retries at shutdown, `chaos revert-all` after.
+                self.failed.append(f"{fault_id}: {exc.message}")
+                raise ApiError.of(500, exc) from None
+        return {"id": fault_id, "reverted": True}
+
+    def _lease(self, fault_id: str) -> Lease:
+        lease = self.leases.get(fault_id)
+        if lease is None:
+            raise ApiError(
+                404,
+                f"no active fault {fault_id!r} on this agent (reverted, or its lease lapsed)",
+                f"GET {API}/faults lists the active faults",
+            )
+        return lease
+
+    def health(self) -> dict[str, Any]:
+        with self._leases:
+            active = len(self.leases)
+        return {
+            "ok": not self.failed,
+            "api": API,
+            "pid": os.getpid(),
+            "lab": self.scope.lab,
+            "allow": self.scope.allow,
+            "active": active,
+            "failed_reverts": self.failed,
+            "ledger": str(self.guard.ledger.dir),
+        }
+
+    def faults(self) -> dict[str, Any]:
+        with self._leases:
+            return {"faults": [lease.to_json() for lease in self.leases.values()]}
+
+    @staticmethod
+    def types() -> dict[str, Any]:
+        fault_type("stop")  # fills the registry
+        return {
+            "types": [
+                {
+                    "type": kind,
+                    "reversible": cls.reversible,
+                    "features": list(cls.features),
+                    "params": cls.params_model.model_json_schema(),
+                }
+                for kind, cls in sorted(REGISTRY.items())
+            ]
+        }
+
+    # --- leases and lifetime --------------------------------------------------------------
+    def reap(self) -> None:
+        """Revert every fault whose lease lapsed, until stopped."""
+        while not self._stop.wait(REAP_EVERY):
+            now = time.monotonic()
+            with self._leases:
+                lapsed = [i for i, lease in self.leases.items() if lease.expires <= now]
+            for fault_id in lapsed:
+                try:
+                    self.revert(fault_id, why="lease lapsed")
+                except ApiError:
+                    continue  # renewed or deleted meanwhile, or a failed revert (recorded)
+
+    def revert_leftovers(self) -> None:
+        """Revert what a dead agent (or controller) left in this ledger: its leases lapsed."""
+        ledger = self.guard.ledger
+        for entry in ledger.entries()[0]:
+            if entry.owner_alive():
+                continue
+            try:
+                revert_handle(entry.handle)
+            except FaultError as exc:
+                self.log.event("agent.leftover.failed", id=entry.handle.id, error=exc.message)
+                continue
+            ledger.remove(entry.handle.id)
+            self.log.event("agent.leftover.reverted", id=entry.handle.id, kind=entry.handle.kind)
+
+    def shutdown(self) -> None:
+        """Stop reaping and revert everything still applied (newest first)."""
+        self._stop.set()
+        with self._changes, self._leases:
+            self.leases.clear()
+        self.guard.revert_all()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "chaos-agent/1"
+    server: _Server
+
+    routes: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+        (method, re.compile(f"^{API}{path}$"), name)
+        for method, path, name in (
+            ("GET", "/health", "health"),
+            ("GET", "/types", "types"),
+            ("GET", "/faults", "faults"),
+            ("POST", "/faults", "apply"),
+            ("POST", "/validate", "validate"),
+            ("GET", "/faults/(?P<id>[^/]+)", "show"),
+            ("POST", "/faults/(?P<id>[^/]+)/renew", "renew"),
+            ("DELETE", "/faults/(?P<id>[^/]+)", "revert"),
+        )
+    )
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def _serve(self, method: str) -> None:
+        agent = self.server.agent
+        try:
+            if not agent.authorized(self.headers.get("Authorization")):
+                raise ApiError(
+                    401,
+                    "missing or wrong token",
+                    "send `Authorization: Bearer <token>` with the agent's token",
+                )
+            status, body = self._route(method, agent)
+        except ApiError as exc:
+            status, body = exc.status, {"error": exc.message, "hint": exc.hint}
+        except Exception as exc:  # a bug: the log gets the traceback, the client a message
+            traceback.print_exc(file=sys.stderr)
+            status = 500
+            body = {
+                "error": f"internal error: {type(exc).__name__}: {exc}",
+                "hint": "see the agent's log",
+            }
+        self._send(status, body)
+
+    def _route(self, method: str, agent: Agent) -> tuple[int, dict[str, Any]]:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        matched = [(m, match, name) for m, rx, name in self.routes if (match := rx.match(path))]
+        if not matched:
+            raise ApiError(404, f"no endpoint {path}", f"the API is under {API}/ (see README)")
+        route = next(((match, name) for m, match, name in matched if m == method), None)
+        if route is None:
+            allowed = ", ".join(sorted({m for m, _, _ in matched}))
+            raise ApiError(
+                405, f"{method} is not allowed on {path}", f"use {allowed} (see the README)"
+            )
+        match, name = route
+        fault_id = match.groupdict().get("id")
+        if name == "health":
+            return 200, agent.health()
+        if name == "types":
+            return 200, agent.types()
+        if name == "faults":
+            return 200, agent.faults()
+        if name == "show":
+            return 200, agent.show(fault_id)
+        if name == "revert":
+            return 200, agent.revert(fault_id)
+        body = self._body()
+        if name == "renew":
+            return 200, agent.renew(fault_id, _parse(RenewRequest, body))
+        request: FaultRequest = _parse(FaultRequest, body)
+        if name == "validate":
+            fault = agent.check(request)
+            return 200, {
+                "ok": True,
+                "type": request.type,
+                "target": request.target,
+                "reversible": type(fault).reversible,
+            }
+        return 201, agent.apply(request)
+
+    def _body(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ApiError(
+                400, "invalid Content-Length", "send the body's length in bytes"
+            ) from None
+        if length > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes", "send a smaller request")
+        raw = self.rfile.read(length) if length else b"{}"
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON: {exc}", "send a JSON object") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", "send {...}")
+        return body
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, default=str).encode()
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        self.agent = agent
+        super().__init__(address, _Handler)
+
+
+def serve(listen: str, token_file: str | None, allow: list[str], lab: str | None) -> int:
+    """Run the agent until SIGTERM or Ctrl-C; then revert everything. Returns an exit code."""
+    if os.geteuid() != 0:
+        raise NotRootError(
+            "the agent applies faults in namespaces: it needs root",
+            "run it as root: `sudo .venv/bin/chaos agent ...`",
+        )
+    token = read_token(token_file)
+    host, port = parse_listen(listen)
+    agent = Agent(token, Scope(allow, lab))
+    agent.revert_leftovers()
+    try:
+        server = _Server((host, port), agent)
+    except OSError as exc:
+        raise FaultError(
+            f"the agent cannot listen on {host}:{port}: {exc.strerror}",
+            "choose an address of this host (or namespace) and a free port with --listen",
+        ) from None
+    owner = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked helper (pyroute2) inherited this handler
+            os._exit(128 + signum)
+        # shutdown() waits for serve_forever, which runs in this (main) thread: not here.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    reaper = threading.Thread(target=agent.reap, name="lease-reaper", daemon=True)
+    reaper.start()
+    bound_host, bound_port = server.server_address[:2]
+    print(
+        f"chaos agent listening on http://{bound_host}:{bound_port}{API} "
+        f"(allow: {', '.join(agent.scope.allow)}; ledger: {agent.guard.ledger.dir})",
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        active = len(agent.guard.active)
+        agent.shutdown()  # raises FaultError (exit 7) if a revert failed
+        reaper.join(timeout=5)
+        print(f"chaos agent stopped; reverted {active} fault(s)", flush=True)
+    return 0

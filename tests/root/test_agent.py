@@ -1,0 +1,529 @@
+"""The remote fault agent for real: `chaos agent` runs as its own process in the origin
+namespace of a small lab, bound to the lab address, and is spoken to over the lab network
+from the client namespace (by plain HTTP, and by a controller process running a schedule)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fault_lab import NFT, ORIGIN_IP, MiniLab, http_get, mini_lab, nft_ruleset, spawn_sleeper
+
+from chaos.errors import FaultError
+from chaos.faults.ledger import Ledger
+from chaos.faults.schedule import FaultSchedule
+from chaos.lab import netns, topology
+from chaos.lab.processes import state_of
+from chaos.rundir import read_journal
+from chaos.scenario.model import FaultSpec
+
+CHAOS = str(Path(sys.executable).parent / "chaos")
+CONTROLLER = Path(__file__).resolve().parent.parent / "agent_controller.py"
+TOKEN = "t0k3n-for-the-agent-tests-0123456789"
+FIN = "net.ipv4.tcp_fin_timeout"
+REJECT_8080 = {"action": "reject", "reject_with": "tcp-reset", "dport": 8080}
+
+
+@dataclass
+class RunningAgent:
+    proc: subprocess.Popen
+    url: str  # http://198.18.1.2:PORT
+    ledger: Path
+    log: Path
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out
+
+
+def _readline(pipe: Any, timeout: float) -> str:
+    ready, _, _ = select.select([pipe], [], [], timeout)
+    return pipe.readline() if ready else ""
+
+
+@pytest.fixture
+def lab(lab_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MiniLab]:
+    # The agent resolves roles through the lab's state file, in a directory of this test.
+    monkeypatch.setattr(topology, "STATE_DIR", tmp_path / "labs")
+    monkeypatch.setenv("CHAOS_STATE_DIR", str(tmp_path / "labs"))
+    monkeypatch.delenv("CHAOS_AGENT_TOKEN", raising=False)
+    with mini_lab(lab_name, tmp_path) as made:
+        made.state.save()
+        yield made
+
+
+@pytest.fixture
+def start_agent(lab: MiniLab, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
+    started: list[RunningAgent] = []
+    (tmp_path / "token").write_text(TOKEN + "\n")
+
+    def start(
+        *args: str, listen: str | None = f"{ORIGIN_IP}:0", ledger: Path | None = None
+    ) -> RunningAgent:
+        own_ledger, log = (
+            tmp_path / f"agent{len(started)}-ledger",
+            tmp_path / f"agent{len(started)}.log",
+        )
+        ledger = ledger or own_ledger
+        argv = [CHAOS, "agent", "--token-file", str(tmp_path / "token"), "--lab", lab.state.name]
+        argv += [*(["--listen", listen] if listen else []), *(args or ("--allow", "origin"))]
+        with open(log, "w") as err:
+            proc = netns.popen(
+                lab.origin,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "CHAOS_LEDGER_DIR": str(ledger)},
+            )
+        agent = RunningAgent(proc, "", ledger, log)
+        started.append(agent)
+        line = _readline(proc.stdout, 20)
+        assert "listening on http://" in line, f"{line!r}; log: {log.read_text()}"
+        agent.url = line.split("listening on ")[1].split("/v1")[0]
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.stop()
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+                agent.proc.wait(timeout=10)
+            # Whatever a failed test left applied, revert it from the agent's ledger.
+            subprocess.run(
+                [CHAOS, "revert-all"],
+                capture_output=True,
+                timeout=60,
+                env={**os.environ, "CHAOS_LEDGER_DIR": str(agent.ledger)},
+            )
+
+
+def call(
+    lab: MiniLab,
+    method: str,
+    url: str,
+    body: Any = None,
+    token: str | None = TOKEN,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """One HTTP request from the client namespace, over the lab network."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+    def request() -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    return netns.run_in(lab.client, request)
+
+
+def fault(kind: str, params: dict[str, Any], target: str = "origin", **extra: Any) -> dict:
+    return {"type": kind, "target": target, "params": params, **extra}
+
+
+def observe(lab: MiniLab) -> tuple[bool, str, str]:
+    """(a chaos nft table in the origin namespace, its tcp_fin_timeout, client → origin)."""
+    return (
+        "chaos_" in nft_ruleset(lab.origin),
+        netns.sysctl_get(lab.origin, FIN),
+        http_get(lab.client, timeout=2),
+    )
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``check()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+# --- starting ----------------------------------------------------------------------------
+
+
+def test_agent_needs_a_token_and_binds_to_loopback_by_default(lab, start_agent, chaos_cli):
+    result = chaos_cli("agent", "--allow", "host")
+    assert result.returncode == 7
+    assert "needs a token" in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    agent = start_agent("--allow", "origin", listen=None)
+    assert agent.url == "http://127.0.0.1:7700"
+    # Not on the lab address: the client namespace cannot reach it.
+    with pytest.raises(urllib.error.URLError):
+        call(lab, "GET", f"http://{ORIGIN_IP}:7700/v1/health")
+    returncode, out = agent.stop()
+    assert returncode == 0 and "reverted 0 fault(s)" in out
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+def test_requests_are_authenticated_allow_listed_and_checked(lab, start_agent):
+    agent = start_agent()
+    faults = f"{agent.url}/v1/faults"
+    sleeper = spawn_sleeper(lab.client)
+    try:
+        cases: list[tuple[tuple, int, str]] = [
+            (("GET", f"{agent.url}/v1/health", None, None), 401, "missing or wrong token"),
+            (("GET", f"{agent.url}/v1/health", None, "wrong-token"), 401, "wrong token"),
+            (
+                ("POST", faults, fault("sysctl", {"values": {FIN: 9}}, "client")),
+                403,
+                "not on this agent's allow-list (origin)",
+            ),
+            (
+                ("POST", faults, fault("stop", {}, f"pid:{sleeper.pid}")),
+                403,
+                f"process {sleeper.pid} is not in a namespace on this agent's allow-list",
+            ),
+            (("POST", faults, fault("stop", {}, "elsewhere")), 403, "allow-list"),
+            (("POST", faults, fault("no-such", {})), 404, "unknown fault type 'no-such'"),
+            (
+                ("POST", faults, fault("nft-filter", {"tcp_flags": "bogus"})),
+                400,
+                "invalid params: tcp_flags",
+            ),
+            (
+                ("POST", faults, fault("sysctl", {"values": {"kernel.pid_max": 1}})),
+                400,
+                "invalid params",
+            ),
+            (("POST", faults, {"type": "stop"}), 400, "target: Field required"),
+            (("POST", faults, fault("stop", {}, lease_s=0)), 400, "lease_s"),
+            (("POST", faults, [1, 2]), 400, "must be a JSON object"),
+            (("POST", f"{faults}/0123456789ab/renew", {}), 404, "no active fault"),
+            (("DELETE", f"{faults}/0123456789ab"), 404, "no active fault"),
+            (("GET", f"{agent.url}/v2/faults"), 404, "no endpoint"),
+            (("PUT", faults, {}), 405, "PUT is not allowed on /v1/faults"),
+        ]
+        for args, status, message in cases:
+            method, url, *rest = args
+            body = rest[0] if rest else None
+            token = rest[1] if len(rest) > 1 else TOKEN
+            got, answer = call(lab, method, url, body, token=token)
+            assert (got, message in answer.get("error", "")) == (status, True), (args, answer)
+            assert answer.get("hint"), answer
+        got, answer = call(lab, "POST", faults, raw=b'{"type": "stop",')
+        assert got == 400 and answer["error"].startswith("malformed JSON"), answer
+        # The validate endpoint checks everything an apply would, and changes nothing.
+        got, answer = call(lab, "POST", f"{agent.url}/v1/validate", fault("stop", {}))
+        assert (got, answer["reversible"]) == (200, True), answer
+        got, answer = call(lab, "GET", f"{agent.url}/v1/types")
+        assert {"nft-filter", "sysctl", "stop", "kill"} <= {t["type"] for t in answer["types"]}
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    assert "Traceback" not in agent.log.read_text()
+    assert observe(lab)[:2] == (False, netns.sysctl_get(lab.client, FIN))
+    assert Ledger(agent.ledger).entries() == ([], [])
+
+
+def test_apply_is_visible_in_the_kernel_and_delete_reverts_it(lab, start_agent, chaos_cli):
+    agent = start_agent()
+    before = observe(lab)
+    assert before[0] is False and before[2] == "ok"
+    faults = f"{agent.url}/v1/faults"
+    status, nft = call(lab, "POST", faults, fault("nft-filter", REJECT_8080, lease_s=30))
+    assert status == 201 and 29 < nft["expires_in"] <= 30, nft
+    status, fin = call(lab, "POST", faults, fault("sysctl", {"values": {FIN: 9}}, lease_s=30))
+    assert status == 201, fin
+    # Visible in the kernel of the agent's namespace, and in the traffic through it.
+    assert observe(lab) == (True, "9", "ECONNREFUSED")
+    listed = call(lab, "GET", faults)[1]["faults"]
+    assert sorted(f["id"] for f in listed) == sorted([nft["id"], fin["id"]])
+    entries = chaos_cli("faults", "list", "--json").stdout
+    assert len(Ledger(agent.ledger).entries()[0]) == 2, entries
+
+    for applied in (fin, nft):
+        assert call(lab, "DELETE", f"{faults}/{applied['id']}") == (
+            200,
+            {"id": applied["id"], "reverted": True},
+        )
+    assert observe(lab) == before
+    assert call(lab, "DELETE", f"{faults}/{nft['id']}")[0] == 404  # a second revert: unknown
+    assert Ledger(agent.ledger).entries() == ([], [])
+
+
+def test_a_lease_that_is_not_renewed_lapses_and_the_agent_reverts(lab, start_agent):
+    agent = start_agent()
+    original = netns.sysctl_get(lab.origin, FIN)
+    faults = f"{agent.url}/v1/faults"
+    status, applied = call(lab, "POST", faults, fault("sysctl", {"values": {FIN: 13}}, lease_s=1))
+    assert status == 201, applied
+    # Renewed three times, it outlives its lease twice over...
+    for _ in range(3):
+        time.sleep(0.6)
+        assert call(lab, "POST", f"{faults}/{applied['id']}/renew", {})[0] == 200
+    time.sleep(0.4)
+    assert netns.sysctl_get(lab.origin, FIN) == "13"
+    # ...and without renewals it is reverted once the lease (1 s) lapses, not much later.
+    elapsed = wait_for(lambda: netns.sysctl_get(lab.origin, FIN) == original, timeout=5)
+    assert 0.5 < elapsed < 1.0 + 0.8, elapsed
+    status, answer = call(lab, "POST", f"{faults}/{applied['id']}/renew", {})
+    assert status == 404 and "lease lapsed" in answer["error"]
+    assert Ledger(agent.ledger).entries() == ([], [])
+    assert '"why": "lease lapsed"' in agent.log.read_text()
+
+
+# --- the agent's own death ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL", "SIGKILL, restart"])
+def test_agent_death_leaves_nothing_behind(how, lab, start_agent, tmp_path):
+    agent = start_agent()
+    before = observe(lab)
+    faults = f"{agent.url}/v1/faults"
+    for body in (
+        fault("nft-filter", REJECT_8080, lease_s=60),
+        fault("sysctl", {"values": {FIN: 17}}, lease_s=60),
+        fault("stop", {}, lease_s=60),  # the origin and its two workers
+    ):
+        status, answer = call(lab, "POST", faults, body)
+        assert status == 201, answer
+    assert all(state_of(pid) == "T" for pid in lab.origin_pids)
+    assert "chaos_" in nft_ruleset(lab.origin) and netns.sysctl_get(lab.origin, FIN) == "17"
+
+    returncode, out = agent.stop(getattr(signal, how.split(",")[0]))
+    if how == "SIGKILL, restart":
+        # The next agent on the same ledger reverts what the dead one left: its leases lapsed.
+        assert all(state_of(pid) == "T" for pid in lab.origin_pids)
+        start_agent(ledger=agent.ledger)
+        assert "agent.leftover.reverted" in (tmp_path / "agent1.log").read_text()
+    elif how == "SIGKILL":
+        assert returncode == -signal.SIGKILL
+        assert all(state_of(pid) == "T" for pid in lab.origin_pids)  # still applied...
+        env = {**os.environ, "CHAOS_LEDGER_DIR": str(agent.ledger), "COLUMNS": "200"}
+        listed = subprocess.run(
+            [CHAOS, "faults", "list"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert listed.stdout.count("(gone)") == 3, listed.stdout
+        # ...until revert-all on the agent's host, from the agent's ledger alone.
+        result = subprocess.run(
+            [CHAOS, "revert-all"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        kinds = [ln.split()[2] for ln in result.stdout.splitlines() if "reverted" in ln]
+        assert kinds == ["stop", "sysctl", "nft-filter"]  # newest first
+    else:
+        assert returncode == 0 and "reverted 3 fault(s)" in out, out
+    assert all(state_of(pid) not in ("T", None) for pid in lab.origin_pids)
+    assert observe(lab) == before
+    assert Ledger(agent.ledger).entries() == ([], [])
+
+
+# --- the controller's side ----------------------------------------------------------------
+
+
+def spec(**fields: Any) -> FaultSpec:
+    return FaultSpec.model_validate(fields)
+
+
+def test_schedule_validation_asks_the_agent_before_the_run(lab, start_agent, monkeypatch):
+    agent = start_agent()
+    monkeypatch.setenv("CHAOS_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("WRONG_TOKEN", "not-the-token-at-all")
+    host, port = agent.url.removeprefix("http://").split(":")
+    origin = f"{agent.url}/origin"
+    specs = [
+        spec(type="sysctl", target=origin, params={"values": {FIN: 5}}),  # valid
+        spec(type="sysctl", target=origin, params={"values": {FIN: 5}, "token_env": "WRONG_TOKEN"}),
+        spec(type="sysctl", target=origin, params={"values": {FIN: 5}, "token_env": "UNSET_VAR"}),
+        spec(type="stop", target=f"http://{host}:{int(port) + 1}/origin"),
+        spec(type="nft-filter", target=origin, params={"tcp_flags": "bogus"}),
+        spec(type="stop", target=f"{agent.url}/client"),
+        spec(type="no-such", target=origin),
+        spec(type="kill", target=origin, **{"for": 1}),  # irreversible, says the agent
+        spec(type="stop", target="http://no-target-here:7700"),
+    ]
+    with pytest.raises(FaultError) as info:
+        netns.run_in(lab.client, FaultSchedule(specs, lab.state).validate)
+    message = info.value.message
+    assert message.startswith("8 problem(s) in the faults"), message
+    for text in (
+        "faults[1] (sysctl on http://",
+        "missing or wrong token (HTTP 401)",
+        "faults[2]",
+        "$UNSET_VAR is not set",
+        "faults[3]",
+        "is unreachable",
+        "faults[4]",
+        "invalid params: tcp_flags",
+        "faults[5]",
+        "not on this agent's allow-list",
+        "faults[6]",
+        "unknown fault type 'no-such' (HTTP 404)",
+        "faults[7]",
+        "kill cannot be reverted",
+        "faults[8]",
+        "expected http://HOST:PORT/TARGET",
+    ):
+        assert text in message
+    assert "faults[0]" not in message
+    assert observe(lab)[:2] == (False, netns.sysctl_get(lab.client, FIN))
+    assert call(lab, "GET", f"{agent.url}/v1/faults")[1] == {"faults": []}
+
+
+@contextlib.contextmanager
+def controller(
+    lab: MiniLab, specs: list[dict[str, Any]], tmp_path: Path
+) -> Iterator[subprocess.Popen]:
+    """The controller process, in the client namespace: it reaches the agent over the lab."""
+    env = {
+        **os.environ,
+        "CHAOS_AGENT_TOKEN": TOKEN,
+        "CHAOS_LEDGER_DIR": str(tmp_path / "controller-ledger"),
+    }
+    proc = netns.popen(
+        lab.client,
+        [sys.executable, str(CONTROLLER), json.dumps(specs), str(tmp_path / "journal.jsonl")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = _readline(proc.stdout, 30)
+        assert line.strip() == "started", line + (proc.stderr.read() if proc.poll() else "")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate("stop\n", timeout=60)
+    return proc.returncode, out + err
+
+
+def test_schedule_applies_renews_and_reverts_through_the_agent(lab, start_agent, tmp_path):
+    agent = start_agent()
+    before = observe(lab)
+    origin = f"{agent.url}/origin"
+    specs = [
+        # A 2 s window under a 1 s lease: it lasts only if the controller renews it.
+        {
+            "type": "nft-filter",
+            "target": origin,
+            "at": 0.2,
+            "for": 2.0,
+            "params": {**REJECT_8080, "lease": 1},
+        },
+        {"type": "sysctl", "target": origin, "params": {"values": {FIN: 21}, "lease": "1s"}},
+    ]
+    with controller(lab, specs, tmp_path) as proc:
+        t0 = time.monotonic()
+        wait_for(lambda: observe(lab) == (True, "21", "ECONNREFUSED"), timeout=2)
+        time.sleep(max(0.0, t0 + 1.8 - time.monotonic()))
+        assert observe(lab) == (True, "21", "ECONNREFUSED")  # past its 1 s lease: renewed
+        wait_for(lambda: not observe(lab)[0], timeout=2.5)  # the window's end
+        assert observe(lab) == (False, "21", "ok")
+        returncode, out = finish(proc)
+    assert returncode == 0 and "stopped" in out, out
+    assert observe(lab) == before
+    assert Ledger(agent.ledger).entries() == ([], [])
+    assert Ledger(tmp_path / "controller-ledger").entries() == ([], [])
+    events = [e["event"] for e in read_journal(tmp_path / "journal.jsonl")]
+    assert sorted(events) == ["fault.apply"] * 2 + ["fault.revert"] * 2, events
+    assert "lease lapsed" not in agent.log.read_text()
+
+
+def test_a_cut_network_lapses_the_lease_and_the_controller_reports_it(lab, start_agent, tmp_path):
+    agent = start_agent()
+    original = netns.sysctl_get(lab.origin, FIN)
+    port = agent.url.rsplit(":", 1)[1]
+    specs = [
+        {
+            "type": "sysctl",
+            "target": f"{agent.url}/origin",
+            "params": {"values": {FIN: 23}, "lease": 1},
+        }
+    ]
+    cut = (
+        "table inet agentcut {\n  chain output {\n"
+        "    type filter hook output priority filter; policy accept;\n"
+        f"    ip daddr {ORIGIN_IP} tcp dport {port} drop\n  }}\n}}\n"
+    )
+    try:
+        with controller(lab, specs, tmp_path) as proc:
+            wait_for(lambda: netns.sysctl_get(lab.origin, FIN) == "23", timeout=2)
+            time.sleep(1.5)
+            assert netns.sysctl_get(lab.origin, FIN) == "23"  # renewed meanwhile
+            assert netns.run(lab.client, [NFT, "-f", "-"], input=cut).returncode == 0
+            elapsed = wait_for(lambda: netns.sysctl_get(lab.origin, FIN) == original, timeout=5)
+            # At most a lease (and one renewal interval before the cut) plus the reaper.
+            assert elapsed < 1.0 + 1.0, elapsed
+            netns.run(lab.client, [NFT, "delete", "table", "inet", "agentcut"])
+            returncode, out = finish(proc)
+    finally:
+        netns.run(lab.client, [NFT, "delete", "table", "inet", "agentcut"])
+    assert returncode == 7 and "was lost" in out and "the agent reverted it" in out, out
+    assert '"why": "lease lapsed"' in agent.log.read_text()
+    assert Ledger(agent.ledger).entries() == ([], [])
+    assert Ledger(tmp_path / "controller-ledger").entries() == ([], [])
+    events = [e["event"] for e in read_journal(tmp_path / "journal.jsonl")]
+    assert events == ["fault.apply", "fault.lease.lost", "fault.revert"], events
+
+
+def test_revert_all_on_the_controller_reverts_remote_faults_through_the_agent(
+    lab, start_agent, tmp_path
+):
+    agent = start_agent()
+    original = netns.sysctl_get(lab.origin, FIN)
+    specs = [
+        {
+            "type": "sysctl",
+            "target": f"{agent.url}/origin",
+            "params": {"values": {FIN: 27}, "lease": 60},
+        }
+    ]
+    env = {
+        **os.environ,
+        "CHAOS_AGENT_TOKEN": TOKEN,
+        "COLUMNS": "200",
+        "CHAOS_LEDGER_DIR": str(tmp_path / "controller-ledger"),
+    }
+    with controller(lab, specs, tmp_path) as proc:
+        wait_for(lambda: netns.sysctl_get(lab.origin, FIN) == "27", timeout=2)
+        proc.kill()  # the controller dies; its 60 s lease would hold the fault for a minute
+        proc.wait(timeout=10)
+    entries = Ledger(tmp_path / "controller-ledger").entries()[0]
+    assert [e.handle.kind for e in entries] == ["remote"]
+    result = netns.popen(
+        lab.client,
+        [CHAOS, "revert-all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out, err = result.communicate(timeout=60)
+    assert result.returncode == 0 and "reverted" in out, out + err
+    assert netns.sysctl_get(lab.origin, FIN) == original  # at once, not after the lease
+    assert Ledger(agent.ledger).entries() == ([], [])
