@@ -131,13 +131,16 @@ def uses_baseline(expectation: Expectation) -> bool:
 
 @dataclass(frozen=True)
 class FaultWindow:
+    """One window of one scheduled fault (``spec``: its index in ``faults:``)."""
+
+    spec: int
     applied: float
     reverted: float
 
 
 @dataclass(frozen=True)
 class Timeline:
-    """Wall-clock seconds of the load phase and of each fault (in scenario order)."""
+    """Wall-clock seconds of the load phase and of each fault window, in time order."""
 
     start: float
     end: float
@@ -145,10 +148,14 @@ class Timeline:
 
     @classmethod
     def from_journal(cls, events: Iterable[Mapping[str, Any]]) -> Timeline:
+        """Windows from ``fault.apply``/``fault.revert``: the steps of a ramp form one
+        window; an irreversible fault (kill) is an instant; one never reverted lasts to the
+        end of the load."""
         start = end = None
-        applied: dict[str, float] = {}
-        order: list[str] = []
-        reverted: dict[str, float] = {}
+        applied: dict[tuple[int, int], float] = {}
+        reverted: dict[tuple[int, int], float] = {}
+        instant: set[tuple[int, int]] = set()
+        window_of: dict[str, tuple[int, int]] = {}
         for event in events:
             name, ts = event.get("event"), float(event.get("ts", 0.0))
             if name == "load.start":
@@ -156,23 +163,29 @@ class Timeline:
             elif name == "load.end":
                 end = ts
             elif name == "fault.apply":
-                applied[event["id"]] = ts
-                order.append(event["id"])
-            elif name == "fault.revert":
-                reverted.setdefault(event["id"], ts)
+                key = (int(event.get("spec", 0)), int(event.get("window", 0)))
+                window_of[event["id"]] = key
+                began = ts - float(event.get("apply_ms", 0.0)) / 1000
+                applied[key] = min(applied.get(key, began), began)
+                if event.get("reversible") is False:
+                    instant.add(key)
+            elif name == "fault.revert" and event.get("id") in window_of:
+                key = window_of[event["id"]]
+                reverted[key] = max(reverted.get(key, ts), ts)
         if start is None:
             raise ValueError("the journal has no load.start event")
         end = end if end is not None else max([start, *applied.values(), *reverted.values()])
-        windows = tuple(FaultWindow(applied[i], reverted.get(i, end)) for i in order)
-        return cls(start, end, windows)
+        windows = [
+            FaultWindow(key[0], at, at if key in instant else reverted.get(key, end))
+            for key, at in applied.items()
+        ]
+        return cls(start, end, tuple(sorted(windows, key=lambda w: w.applied)))
 
 
 def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
     """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline."""
     end = math.nextafter(timeline.end, math.inf)  # the run's last sample belongs to it
-    faults = list(timeline.faults)
-    if exp.fault is not None:
-        faults = faults[exp.fault : exp.fault + 1]
+    faults = [w for w in timeline.faults if exp.fault is None or w.spec == exp.fault]
     if exp.when == "end":
         return [(timeline.start, end)]
     if not faults:

@@ -151,7 +151,13 @@ class FaultGuard:
                 ) from exc
             raise
         latency = round((time.monotonic() - started) * 1000, 3)
-        self._event("fault.apply", apply_ms=latency, params=fault.params.model_dump(), **fields)
+        self._event(
+            "fault.apply",
+            apply_ms=latency,
+            reversible=reversible,
+            params=fault.params.model_dump(),
+            **fields,
+        )
         self._annotate("apply", **fields)
         return handle
 

@@ -206,12 +206,13 @@ class HAProxy(Proxy):
                 lines.append("    option http-server-close")
         ka = spec.keepalive
         if ka.enabled:
-            lines += [
-                "    option clitcpka",
-                f"    clitcpka-idle {_whole_seconds(ka.idle)}s",
-                f"    clitcpka-intvl {_whole_seconds(ka.interval)}s",
-                f"    clitcpka-cnt {ka.count}",
-            ]
+            for side in ("cli", "srv"):  # both legs: either peer can vanish
+                lines += [
+                    f"    option {side}tcpka",
+                    f"    {side}tcpka-idle {_whole_seconds(ka.idle)}s",
+                    f"    {side}tcpka-intvl {_whole_seconds(ka.interval)}s",
+                    f"    {side}tcpka-cnt {ka.count}",
+                ]
         defer = " defer-accept" if spec.defer_accept else ""
         lines += [
             "",

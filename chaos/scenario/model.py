@@ -140,7 +140,8 @@ class ProxySpec(Strict):
         default=False, description="TCP_DEFER_ACCEPT on the listener (seed 004)"
     )
     keepalive: Keepalive = Field(
-        default_factory=Keepalive, description="TCP keepalive on client-side connections"
+        default_factory=Keepalive,
+        description="TCP keepalive on both legs (HAProxy cli/srvtcpka; nginx: client side)",
     )
     sysctls: Sysctls = Field(default_factory=dict)
 
@@ -360,6 +361,53 @@ class Variant(Strict):
     patch: dict[str, object] = Field(default_factory=dict)
 
 
+# --- remote: run against a compose stack or real hosts -----------------------------------
+
+Role = Literal["client", "gateway", "proxy", "origin"]
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+def _agent_base(value: str) -> str:
+    # The agent serves plain HTTP; the role's target is appended by the run.
+    scheme, sep, rest = value.partition("://")
+    if scheme != "http" or not sep or not rest or "/" in rest.rstrip("/"):
+        raise ValueError(f"{value!r} is not an agent URL such as http://HOST:7700")
+    return value.rstrip("/")
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+AgentBase = Annotated[str, AfterValidator(_agent_base)]
+
+
+class RemoteSpec(Strict):
+    """Run against machines that already exist (the compose stack, or real hosts) instead of
+    a namespace lab: the load goes to ``target``, faults aimed at a role go to that role's
+    agent (``chaos agent``), and each host's ``chaos collect --sink`` writes its own samples.
+    """
+
+    target: HostPort = Field(description="HOST:PORT the load connects to: the proxy under test")
+    protocol: Literal["http", "raw"] = Field(default="http", description="the origin's protocol")
+    agents: dict[Role, AgentBase] = Field(
+        default_factory=dict,
+        description="agent base URL per role; a fault's target ROLE[:PATTERN] goes there",
+    )
+    workers: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1, description="Locust workers that join the run's master (other processes)"
+    )
+    master_bind: HostPort = Field(
+        default="0.0.0.0:5557", description="where the Locust master listens for workers"
+    )
+    wait: Duration = Field(
+        default=60.0, description="how long to wait for agents, target and workers at start"
+    )
+
+
 # --- the scenario ------------------------------------------------------------------------
 
 
@@ -375,6 +423,9 @@ class Scenario(Strict):
     expect: list[Expectation] = Field(default_factory=list)
     variants: list[Variant] = Field(default_factory=list)
     variant: str = Field(default="", description="set by --variant: the variant applied")
+    remote: RemoteSpec | None = Field(
+        default=None, description="run against existing hosts (agents, a proxy) instead of a lab"
+    )
 
     @field_validator("duration")
     @classmethod
@@ -396,6 +447,33 @@ class Scenario(Strict):
         if self.lab.gateway.intercept and proxy.kind == "external":
             raise ValueError("lab.gateway.intercept needs the lab's own proxy (no gateway with "
                              "proxy.kind external)")
+        return self
+
+    @model_validator(mode="after")
+    def _remote_is_consistent(self) -> Scenario:
+        remote = self.remote
+        if remote is None:
+            return self
+        if "lab" in self.model_fields_set:
+            raise ValueError("a scenario with remote: builds no lab: remove the lab section")
+        if self.load.user == "http" and remote.protocol != "http":
+            raise ValueError("load.user http needs remote.protocol http")
+        for i, spec in enumerate(self.faults):
+            role = spec.target.split(":", 1)[0]
+            if role in ("http", "https"):
+                continue  # an agent URL of its own
+            if role not in remote.agents:
+                raise ValueError(
+                    f"faults[{i}].target {spec.target!r}: remote runs reach a role through its "
+                    f"agent; add remote.agents.{role}, or give an agent URL"
+                )
+        for i, exp in enumerate(self.expect):
+            # Collectors on the remote hosts write to InfluxDB, not to this run's samples.lp.
+            if not exp.metric.startswith("locust."):
+                raise ValueError(
+                    f"expect[{i}]: a remote run checks only locust.* metrics (the collectors' "
+                    "samples go from each host to InfluxDB)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ T0 = 1_700_000_000.0
 def journal(apply_at: float = 10, revert_at: float = 20, end: float = 40) -> list[dict]:
     return [
         {"ts": T0, "event": "load.start"},
-        {"ts": T0 + apply_at, "event": "fault.apply", "id": "f1", "kind": "stop"},
+        {"ts": T0 + apply_at, "event": "fault.apply", "id": "f1", "kind": "stop", "spec": 0},
         {"ts": T0 + revert_at, "event": "fault.revert", "id": "f1", "kind": "stop"},
         {"ts": T0 + end, "event": "load.end"},
     ]
@@ -132,3 +132,27 @@ expect:
     value: "ports * 2"
 """, "<t>")
     assert "unknown name 'ports'" in str(err.value)
+
+
+def test_timeline_kill_is_an_instant_and_ramp_steps_one_window():
+    events = [
+        {"ts": T0, "event": "load.start"},
+        # a ramp: two steps of spec 0, window 0
+        {"ts": T0 + 5, "event": "fault.apply", "id": "a", "spec": 0, "window": 0, "step": 0,
+         "apply_ms": 1000.0},
+        {"ts": T0 + 10, "event": "fault.revert", "id": "a"},
+        {"ts": T0 + 10, "event": "fault.apply", "id": "b", "spec": 0, "window": 0, "step": 1},
+        {"ts": T0 + 15, "event": "fault.revert", "id": "b"},
+        # a kill: irreversible, no revert event
+        {"ts": T0 + 20, "event": "fault.apply", "id": "k", "spec": 1, "window": 0,
+         "reversible": False},
+        # never reverted
+        {"ts": T0 + 25, "event": "fault.apply", "id": "n", "spec": 2, "window": 0},
+        {"ts": T0 + 40, "event": "load.end"},
+    ]
+    timeline = Timeline.from_journal(events)
+    assert [(w.spec, w.applied - T0, w.reverted - T0) for w in timeline.faults] == [
+        (0, 4.0, 15.0),  # the apply began apply_ms before its event
+        (1, 20.0, 20.0),
+        (2, 25.0, 40.0),
+    ]
