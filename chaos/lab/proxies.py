@@ -204,6 +204,8 @@ class HAProxy(Proxy):
                 # The server side is closed after every response; who sends the first FIN
                 # then depends on the origin (close: server) or on HAProxy.
                 lines.append("    option http-server-close")
+        if spec.linger_zero:
+            lines.append("    option nolinger")
         ka = spec.keepalive
         if ka.enabled:
             for side in ("cli", "srv"):  # both legs: either peer can vanish
@@ -283,6 +285,7 @@ class Nginx(Proxy):
                 f"    uwsgi_temp_path {base}/tmp-uwsgi;",
                 f"    scgi_temp_path {base}/tmp-scgi;",
                 f"    keepalive_timeout {_ms(t.http_keep_alive)};",
+                *(["    reset_timedout_connection on;"] if spec.linger_zero else []),
                 "    upstream origin {",
                 f"        server {ep.origin_host}:{ep.origin_port};",
                 *(["        keepalive 64;"] if keepalive else []),

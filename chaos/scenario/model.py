@@ -139,6 +139,13 @@ class ProxySpec(Strict):
     defer_accept: bool = Field(
         default=False, description="TCP_DEFER_ACCEPT on the listener (seed 004)"
     )
+    linger_zero: bool = Field(
+        default=False,
+        description=(
+            "abortive close (RST, no FIN_WAIT): HAProxy option nolinger on every close; "
+            "nginx reset_timedout_connection, on timeouts only"
+        ),
+    )
     keepalive: Keepalive = Field(
         default_factory=Keepalive,
         description="TCP keepalive on both legs (HAProxy cli/srvtcpka; nginx: client side)",
@@ -155,8 +162,10 @@ class ProxySpec(Strict):
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
         elif self.address:
             raise ValueError("address is only for kind: external")
-        if self.defer_accept and self.kind == "nginx" and self.mode == "tcp":
-            raise ValueError("nginx's stream module has no deferred accept: use kind haproxy")
+        if self.kind == "nginx" and self.mode == "tcp":
+            for option in ("defer_accept", "linger_zero"):
+                if getattr(self, option):
+                    raise ValueError(f"nginx's stream module has no {option}: use kind haproxy")
         if self.upstream == "keep-alive" and self.mode == "tcp":
             raise ValueError("upstream: keep-alive needs mode: http (tcp mode pairs connections)")
         return self
