@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         variant=args.variant,
         report=not args.no_report,
+        progress=not args.no_progress,
         influx=InfluxFlags(
             url=args.influx_url,
             org=args.influx_org,
@@ -85,6 +86,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     return run_scenario(options, out)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from chaos.run import RunOptions
+    from chaos.scenario.model import parse_duration
+    from chaos.sink import InfluxFlags
+    from chaos.sweep import SweepOptions, parse_rates, run_sweep
+
+    rates = parse_rates(args.rates, args.rate_from, args.rate_to, args.rate_step)
+    try:
+        step_duration = parse_duration(args.step_duration)
+    except ValueError as exc:
+        raise ChaosError(f"--step-duration {args.step_duration!r}: {exc}", "e.g. 20s") from None
+    options = RunOptions(
+        scenario=args.scenario,
+        runs_root=Path(args.runs_dir),
+        lab_name=args.name,
+        workers=args.workers,
+        variant=args.variant,
+        report=not args.no_report,
+        progress=not args.no_progress,
+        influx=InfluxFlags(
+            url=args.influx_url,
+            org=args.influx_org,
+            bucket=args.influx_bucket,
+            disabled=args.no_influx,
+        ),
+    )
+    return run_sweep(SweepOptions(options, rates, step_duration), out)
 
 
 # --- push --------------------------------------------------------------------------------
@@ -209,7 +239,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
         interval = parse_duration(args.interval)
     except ValueError as exc:
         raise ChaosError(f"--interval {args.interval!r}: {exc}") from None
-    return collect_main(args.netns, args.pid, args.once, args.json, interval)
+    from chaos.sink import InfluxFlags
+
+    influx = InfluxFlags(
+        url=args.influx_url, org=args.influx_org, bucket=args.influx_bucket, disabled=args.no_influx
+    )
+    sink = Path(args.sink) if args.sink else None
+    return collect_main(
+        args.netns, args.pid, args.once, args.json, interval, sink, args.role, influx
+    )
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -375,6 +413,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------
 
 
+def add_influx_flags(p: argparse.ArgumentParser) -> None:
+    influx = p.add_argument_group(
+        "InfluxDB",
+        "override sink.influxdb and INFLUXDB_V2_URL/ORG/BUCKET; the token comes from "
+        "$INFLUXDB_V2_TOKEN (or the variable sink.influxdb.token_env names)",
+    )
+    influx.add_argument("--influx-url", default=None, metavar="URL", help="e.g. http://host:8086")
+    influx.add_argument("--influx-org", default=None, metavar="ORG")
+    influx.add_argument("--influx-bucket", default=None, metavar="BUCKET")
+    influx.add_argument(
+        "--no-influx", action="store_true", help="samples.lp only, even if InfluxDB is configured"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaos",
@@ -411,17 +463,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
     p.add_argument("--variant", default=None, help="apply one of the scenario's variants")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
-    influx = p.add_argument_group(
-        "InfluxDB",
-        "override sink.influxdb and INFLUXDB_V2_URL/ORG/BUCKET; the token comes from "
-        "$INFLUXDB_V2_TOKEN (or the variable sink.influxdb.token_env names)",
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no live progress line (off a terminal: a compact line every 10 s)",
     )
-    influx.add_argument("--influx-url", default=None, metavar="URL", help="e.g. http://host:8086")
-    influx.add_argument("--influx-org", default=None, metavar="ORG")
-    influx.add_argument("--influx-bucket", default=None, metavar="BUCKET")
-    influx.add_argument(
-        "--no-influx", action="store_true", help="samples.lp only, even if InfluxDB is configured"
-    )
+    add_influx_flags(p)
+
+    p = add("sweep", cmd_sweep, "step the connection rate up: the knee and what ran out first")
+    p.add_argument("scenario", metavar="SCENARIO", help="built-in name or YAML file")
+    p.add_argument("--rates", default=None, metavar="LIST", help="e.g. 500,1000,2000")
+    p.add_argument("--from", dest="rate_from", type=float, default=None, metavar="R0")
+    p.add_argument("--to", dest="rate_to", type=float, default=None, metavar="R1")
+    p.add_argument("--step", dest="rate_step", type=float, default=None, metavar="S")
+    p.add_argument("--step-duration", default="20s", help="seconds per rate step (default 20s)")
+    p.add_argument("--variant", default=None, help="apply one of the scenario's variants")
+    p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
+    p.add_argument("--name", default=None, help="lab name (namespace prefix)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go")
+    p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_influx_flags(p)
 
     p = add("push", cmd_push, "send a run's samples (samples.lp) to InfluxDB")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/<time>-<name>")
@@ -452,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one sample, then exit")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--interval", default="1s", help="sampling interval (default 1s)")
+    p.add_argument(
+        "--sink",
+        default=None,
+        metavar="DIR",
+        help="write samples to DIR/samples.lp and to InfluxDB ($INFLUXDB_V2_URL, ORG, BUCKET, "
+        "TOKEN, or the flags below) until SIGTERM, instead of printing",
+    )
+    p.add_argument("--role", default=None, help="a role tag on every sample, e.g. proxy")
+    add_influx_flags(p)
 
     faults = sub.add_parser("faults", help="faults: what is active, what types exist")
     faults_sub = faults.add_subparsers(dest="faults_command", metavar="ACTION", required=True)

@@ -21,8 +21,11 @@ import json
 import os
 import secrets
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +36,23 @@ from rich.text import Text
 
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.escapes import EscapeCounter
-from chaos.collect.locust_stats import LocustHistory
+from chaos.collect.locust_stats import LocustFailures, LocustHistory
+from chaos.collect.process import ProcessCpu
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
+from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.faults.schedule import FaultSchedule
+from chaos.faults.targets import is_agent_url
 from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options
-from chaos.load.runner import LoadResult, LocustRun
+from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.progress import Progress, live_progress
 from chaos.report import write_report
 from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
-from chaos.scenario.model import Scenario, parse_duration
-from chaos.sink import InfluxConfig, InfluxFlags, Sink, resolve_influx
+from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
+from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
 from chaos.sink.lineproto import read_points
 
 
@@ -81,6 +88,7 @@ class RunOptions:
     influx: InfluxFlags = field(default_factory=InfluxFlags)
     variant: str | None = None
     report: bool = True
+    progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
 
 
 def resolve(options: RunOptions) -> Scenario:
@@ -98,8 +106,17 @@ def resolve(options: RunOptions) -> Scenario:
     return scenario.model_copy(update=updates) if updates else scenario
 
 
-def run_scenario(options: RunOptions, console: Console) -> int:
-    scenario = resolve(options)
+def run_scenario(
+    options: RunOptions,
+    console: Console,
+    scenario: Scenario | None = None,
+    on_done: Callable[[Path, int], int] | None = None,
+) -> int:
+    """``scenario`` overrides the one ``options`` names (``chaos sweep`` passes its rate
+    steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code."""
+    scenario = scenario or resolve(options)
+    if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
+        return run_remote(options, scenario, console)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
     name = options.lab_name or scenario.lab.name or f"r{secrets.token_hex(3)}"
     lab.preflight(scenario, name)
@@ -128,7 +145,10 @@ def run_scenario(options: RunOptions, console: Console) -> int:
                 scenario.faults, state, run.journal, annotate=sink.annotate
             )
             schedule.validate()  # every fault checked before the load starts
-            with sampling(scenario, state, run, sink):
+            with (
+                run_progress(options, scenario, sink, console, schedule),
+                sampling(scenario, state, run, sink),
+            ):
                 result = drive_load(scenario, state, run, console, schedule)
             outcome = "done"
     except (KeyboardInterrupt, Terminated):
@@ -141,21 +161,34 @@ def run_scenario(options: RunOptions, console: Console) -> int:
         run.journal.event("run.end", outcome=outcome)
         run.close()
         chown_to_invoker(run.path)
-    summary = summarize(run.path, result)
+    code = conclude(options, scenario, run.path, result, sink_stats, console)
+    return on_done(run.path, code) if on_done else code
+
+
+def conclude(
+    options: RunOptions,
+    scenario: Scenario,
+    run_path: Path,
+    result: LoadResult | None,
+    sink_stats: SinkStats | None,
+    console: Console,
+) -> int:
+    """After the run: summary.json, verdicts, report; the exit code."""
+    summary = summarize(run_path, result)
     if sink_stats is not None:
         summary["sink"] = sink_stats.as_dict()
-    verdicts = check_expectations(scenario, run.path)
+    verdicts = check_expectations(scenario, run_path)
     summary["expectations"] = [v.as_dict() for v in verdicts]
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
     if options.report:
         try:
-            report = write_report(run.path)
+            report = write_report(run_path)
             console.print(f"report: {report.html_path}")
         except ChaosError as exc:  # the run's verdict stands without its report
             console.print(Text(f"no report: {exc.message}", "yellow"))
-    chown_to_invoker(run.path)
+    chown_to_invoker(run_path)
     return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
 
 
@@ -209,26 +242,45 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
     """Sample every role namespace and Locust's per-second stats into ``sink`` while the
     body runs; one last tick after it (Locust writes its last rows when it exits). The
     collectors are closed on every path: they hold the lab's namespaces open."""
+    from chaos.collect import peers_from_rules
+    from chaos.lab.topology import Plan
+
     spec = scenario.collectors
-    refs: list[NetnsRef] = []
+    refs: dict[str, NetnsRef] = {}  # role (or "host") -> its namespace, opened once
     collectors: list[Collector] = []
     sampler: Sampler | None = None
+    # zombies are confirmed against the namespace at the other end of each connection
+    peer_rules = Plan(state.name, scenario.lab).peer_rules()
+
+    def ref_of(role: str) -> NetnsRef | None:
+        if role not in refs:
+            if role == "host":
+                refs[role] = NetnsRef.host()
+            elif role in state.namespaces:
+                refs[role] = NetnsRef.named(state.namespaces[role])
+            else:
+                return None
+        return refs[role]
+
     try:
         for role in spec.roles:
-            namespace = state.namespaces.get(role)
-            if namespace is None:  # e.g. no proxy namespace with an external proxy
+            ref = ref_of(role)
+            if ref is None:  # e.g. no proxy namespace with an external proxy
                 continue
-            refs.append(NetnsRef.named(namespace))
             collectors += collectors_for(
-                refs[-1], tags={"role": role}, zombie_idle_s=spec.zombie_idle
+                ref,
+                tags={"role": role},
+                zombie_idle_s=spec.zombie_idle,
+                zombie_peers=peers_from_rules(role, peer_rules, ref_of),
             )
             if role == "origin":  # the lab's counter of packets that bypassed the proxy
-                collectors.append(EscapeCounter(namespace, tags={"role": role}))
+                collectors.append(EscapeCounter(ref.label, tags={"role": role}))
         # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
-        history = run.path / "locust" / "locust_stats_history.csv"
-        client = state.namespaces["client"]
-        collectors.append(LocustHistory(history, netns=client, tags={"role": "client"}))
-        sampler = Sampler(collectors, interval=spec.interval, on_samples=sink.write).start()
+        collectors += locust_collectors(run.path, state.namespaces["client"])
+        collectors += process_collectors(state)
+        sampler = Sampler(
+            collectors, interval=spec.interval, on_samples=sink.write, controller=True
+        ).start()
         run.journal.event("sampler.start", collectors=len(collectors), interval=spec.interval)
         yield
         sampler.stop()
@@ -242,8 +294,48 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             )
         for collector in collectors:
             collector.close()
-        for ref in refs:
-            ref.close()
+        for opened in refs.values():
+            opened.close()
+
+
+def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
+    """Locust's per-second stats and failures, tailed from the files LocustRun writes
+    (--csv <run>/locust/locust --csv-full-history, and our locustfiles' --failures-csv)."""
+    history = run_path / "locust" / "locust_stats_history.csv"
+    failures = history.with_name(FAILURES_CSV)
+    return [
+        LocustHistory(history, netns=netns_label, tags={"role": "client"}),
+        LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
+    ]
+
+
+def process_collectors(state: LabState) -> list[Collector]:
+    """CPU of the proxy and origin processes the lab started (none for an external proxy):
+    a capacity sweep tells a saturated proxy from exhausted ports by it."""
+    return [
+        ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
+        for role in ("proxy", "origin")
+        if (record := state.process(role)) is not None
+    ]
+
+
+def run_progress(
+    options: RunOptions,
+    scenario: Scenario,
+    sink: Sink,
+    console: Console,
+    schedule: FaultSchedule,
+) -> AbstractContextManager[Progress]:
+    """Live progress fed by the samples the sink gets; enter it before :func:`sampling`."""
+    load = scenario.load
+    progress = Progress(
+        scenario.duration,
+        rate_steps=load.rate_steps,
+        step_duration=load.step_duration,
+        rate=load.rate,
+        active_faults=lambda: len(schedule.active),
+    )
+    return live_progress(sink, console, progress, enabled=options.progress)
 
 
 def drive_load(
@@ -270,6 +362,7 @@ def drive_load(
         run_dir=run.path,
         user_args=args,
         spawn=lambda argv, **kw: netns.popen(client_ns, argv, **kw),
+        rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
     schedule.start()
@@ -330,3 +423,205 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(f"results in {summary['run_dir']}")
+
+
+# --- remote runs: the compose stack, or real hosts -----------------------------------------
+#
+# No lab is built. The load goes from this process's Locust master (workers on other hosts
+# join it) to ``remote.target``; faults aimed at a role go to that role's agent; the
+# collectors run on each host (``chaos collect --sink``) and write to InfluxDB themselves, so
+# this run's samples.lp holds the Locust stats and the fault annotations.
+
+#: what the Locust master logs when the workers are in and the test starts (runners.py)
+LOCUST_STARTED = b"Sending spawn jobs"
+
+
+def remote_faults(scenario: Scenario) -> list[FaultSpec]:
+    """Each fault with its ``ROLE[:PATTERN]`` target turned into ``AGENT_URL/ROLE[:PATTERN]``
+    (the model checked that every role has an agent)."""
+    remote = scenario.remote
+    assert remote is not None
+    specs = []
+    for spec in scenario.faults:
+        role = spec.target.split(":", 1)[0]
+        if role in remote.agents:
+            spec = spec.model_copy(update={"target": f"{remote.agents[role]}/{spec.target}"})
+        specs.append(spec)
+    return specs
+
+
+def _wait_for(what: str, probe: Callable[[], None], deadline: float, hint: str) -> None:
+    """Call ``probe`` until it does not raise OSError/AgentUnreachable, or until deadline."""
+    while True:
+        try:
+            probe()
+            return
+        except (OSError, AgentUnreachable) as exc:
+            if time.monotonic() > deadline:
+                raise ChaosError(f"{what} did not answer in time: {exc}", hint) from None
+        time.sleep(0.5)
+
+
+def wait_ready(
+    remote: RemoteSpec, faults: list[FaultSpec], influx: InfluxConfig | None, console: Console
+) -> None:
+    """Wait (up to ``remote.wait``) for the proxy, every agent the faults use, and InfluxDB:
+    in a compose stack they start in any order."""
+    deadline = time.monotonic() + remote.wait
+    host, _, port = remote.target.rpartition(":")
+
+    def connect() -> None:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+
+    _wait_for(
+        f"the target {remote.target}",
+        connect,
+        deadline,
+        "is the proxy up and remote.target right (HOST:PORT from this host)?",
+    )
+    agents: dict[str, str] = {}
+    for spec in faults:
+        if is_agent_url(spec.target):
+            token_env = str(spec.params.get("token_env", DEFAULT_TOKEN_ENV))
+            agents.setdefault(AgentTarget.parse(spec.target).base, token_env)
+    for base, token_env in agents.items():
+        client = AgentClient(base, os.environ.get(token_env, ""))
+        _wait_for(
+            f"agent {base}",
+            lambda client=client: client.expect("GET", "/health"),  # type: ignore[misc]
+            deadline,
+            "is `chaos agent` running there with --listen on an address this host reaches?",
+        )
+    if influx is not None:
+        url = f"{influx.url}/health"
+        _wait_for(
+            f"InfluxDB at {influx.url}",
+            lambda: urllib.request.urlopen(url, timeout=2).close(),
+            deadline,
+            "is InfluxDB up, and INFLUXDB_V2_URL right from this host?",
+        )
+    console.print(f"target {remote.target}, {len(agents)} agent(s) and the sink answer")
+
+
+def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int:
+    """Run ``scenario`` against existing hosts (``scenario.remote``): wait for them, open
+    the sink, validate the faults with their agents, then drive the load and the schedule."""
+    remote = scenario.remote
+    assert remote is not None
+    influx = resolve_influx(scenario.sink.influxdb, options.influx)
+    faults = remote_faults(scenario)
+    label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
+    run = RunDir.create(label, options.runs_root)
+    run.write_scenario(scenario)
+    run.journal.event(
+        "run.start",
+        scenario=scenario.name,
+        variant=scenario.variant,
+        remote=remote.target,
+        duration=scenario.duration,
+    )
+    console.print(
+        f"run [bold]{label}[/] for {scenario.duration:g}s against {remote.target} "
+        f"({remote_workers(scenario)} Locust worker(s) to join on {remote.master_bind}); "
+        f"run directory {run.path}"
+    )
+    result: LoadResult | None = None
+    outcome = "error"
+    sink: Sink | None = None
+    sink_stats: SinkStats | None = None
+    try:
+        with sigterm_raises():
+            wait_ready(remote, faults, influx, console)
+            sink = open_sink(scenario, run, influx, console)
+            # Remote faults never touch a local namespace: an empty lab state suffices.
+            schedule = FaultSchedule(
+                faults, LabState(name="remote", namespaces={}), run.journal, sink.annotate
+            )
+            schedule.validate()  # every agent checks its faults before the load starts
+            with remote_sampling(scenario, run, sink):
+                result = drive_remote_load(scenario, run, console, schedule)
+            outcome = "done"
+    except (KeyboardInterrupt, Terminated):
+        outcome = "interrupted"
+        raise KeyboardInterrupt from None
+    finally:
+        sink_stats = sink.close() if sink is not None else None
+        run.journal.event("run.end", outcome=outcome)
+        run.close()
+        chown_to_invoker(run.path)
+    return conclude(options, scenario, run.path, result, sink_stats, console)
+
+
+@contextmanager
+def remote_sampling(scenario: Scenario, run: RunDir, sink: Sink) -> Iterator[None]:
+    """Locust's per-second stats into the sink (the hosts' collectors write the rest)."""
+    collectors = locust_collectors(run.path, "controller")
+    sampler = Sampler(collectors, interval=scenario.collectors.interval, on_samples=sink.write)
+    sampler.start()
+    try:
+        yield
+        sampler.stop()
+        sink.write(sampler.tick())  # Locust writes its last rows when it exits
+    finally:
+        sampler.stop()
+        for collector in collectors:
+            collector.close()
+
+
+def drive_remote_load(
+    scenario: Scenario, run: RunDir, console: Console, schedule: FaultSchedule
+) -> LoadResult:
+    remote, load = scenario.remote, scenario.load
+    assert remote is not None
+    workers = remote_workers(scenario)
+    bind_host, _, bind_port = remote.master_bind.rpartition(":")
+    scheme = "http" if load.user == "http" else "tcp"
+    locust = LocustRun(
+        locustfile=locustfile_for(load),
+        host=f"{scheme}://{remote.target}",
+        users=load.users,
+        spawn_rate=load.spawn_rate,
+        run_time=scenario.duration,
+        workers=workers,
+        local_workers=0,
+        master_bind_host=bind_host.strip("[]"),
+        master_port=int(bind_port),
+        start_timeout=remote.wait,
+        run_dir=run.path,
+        user_args=user_options(load, remote.protocol, [], workers),
+    )
+    run.journal.event("load.start", workers=workers, users=load.users, host=locust.host)
+    try:
+        locust.start()
+        # `at` counts from the load's start: wait for the workers to join first.
+        started = wait_for_ramp(locust, remote.wait)
+        schedule.start()
+        if started:
+            console.print(f"{workers} worker(s) joined; load and faults started")
+        result = locust.wait()
+    finally:
+        locust.stop()
+        schedule.stop()  # reverts what is still applied; raises if a fault failed
+    run.journal.event("load.end", connections=result.total_requests, failures=result.total_failures)
+    return result
+
+
+def remote_workers(scenario: Scenario) -> int:
+    """How many workers join: ``chaos run --workers`` (load.workers), else remote.workers."""
+    assert scenario.remote is not None
+    return scenario.load.workers or scenario.remote.workers
+
+
+def wait_for_ramp(locust: LocustRun, timeout: float) -> bool:
+    """Until the master logs the start of the test (workers joined); False when the master
+    exited or the time ran out (locust.wait() then says why)."""
+    log = locust.logs_dir / "locust-master.log"
+    deadline = time.monotonic() + timeout + 5
+    while time.monotonic() < deadline:
+        if log.exists() and LOCUST_STARTED in log.read_bytes():
+            return True
+        master = locust.master
+        if master is None or master.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False

@@ -1,5 +1,5 @@
 """Shared by the locustfiles: rate control (pacing, shared token bucket, step ramps), the
-per-second rate CSV, and failure classes whose ``repr`` is a short class name.
+per-second rate and failure-class CSVs, and failure classes whose ``repr`` is a short class name.
 
 Standalone on purpose: no import of the ``chaos`` package (locust monkey-patches the process
 with gevent before this module is imported). Locust skips files starting with ``_`` when it is
@@ -21,6 +21,9 @@ Options registered here (shared by every locustfile that imports this module):
 ``--rate-csv PATH``      master/local only: one row per second
                          ``time,elapsed_s,target_rate,achieved_rate,failures,users``
 ``--rate-entry NAME``    stats entry counted as "achieved" (default ``connection``; empty = all)
+``--failures-csv PATH``  master/local only: failures per error class and second, one row per
+                         class and second once the class has appeared:
+                         ``time,elapsed_s,class,count,total``
 ``--http-path PATH``     request path of the HTTP users (here because both locustfiles use it)
 """
 
@@ -37,7 +40,7 @@ import gevent
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
-from locust.stats import StatsCSVFileWriter
+from locust.stats import StatsCSVFileWriter, StatsError
 
 log = logging.getLogger("locustfiles")
 
@@ -126,6 +129,11 @@ def _add_rate_arguments(parser: Any) -> None:
     )
     group.add_argument(
         "--rate-csv", default="", help="master/local: per-second target and achieved rate CSV"
+    )
+    group.add_argument(
+        "--failures-csv",
+        default="",
+        help="master/local: failures per error class and second (CSV)",
     )
     group.add_argument("--http-path", default="/", help="HTTP request path (raw http, http_user)")
     group.add_argument(
@@ -238,9 +246,10 @@ class RateControl:
 class _State:
     """Per-process state shared by all users of a locustfile."""
 
-    rate: RateControl | None = None
-    rate_logger: gevent.Greenlet | None = None
-    rate_writer: RateCsvWriter | None = None
+    def __init__(self) -> None:
+        self.rate: RateControl | None = None
+        # option name -> its per-second CSV writer and the greenlet running it
+        self.csv_writers: dict[str, tuple[PerSecondCsv, gevent.Greenlet]] = {}
 
 
 STATE = _State()
@@ -292,47 +301,89 @@ class Pacer:
         return slot - now
 
 
-# --------------------------------------------------------------------------- rate CSV
-class RateCsvWriter:
-    """Writes one row per wall-clock second: target beside achieved rate.
+# --------------------------------------------------------------------------- per-second CSVs
+class PerSecondCsv:
+    """A CSV with rows per wall-clock second, written by a greenlet on the master (or the
+    local process).
 
-    Achieved counts come from the stats entry's per-second buckets, which workers report with
+    Per-second counts come from stats entries' per-second buckets, which workers report with
     their own timestamps and the master merges; rows are therefore written with a lag (a bit
     more than Locust's 3 s worker report interval on a master) so that each second is complete.
     """
 
-    FIELDS = ("time", "elapsed_s", "target_rate", "achieved_rate", "failures", "users")
+    FIELDS: tuple[str, ...] = ()
 
     def __init__(self, environment: Environment, path: str) -> None:
         self.environment = environment
-        self.control = RateControl(environment)
-        self.entry = str(opt(environment, "rate_entry", "connection") or "")
         self.lag = 5 if isinstance(environment.runner, MasterRunner) else 1
         self.first = int(time.time())
         self.next = self.first
-        self.users: dict[int, int] = {}  # second -> running users, sampled by run()
-        self.last_users = 0
         self.file = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
         self.writer = csv.writer(self.file)
         self.writer.writerow(self.FIELDS)
         self.file.flush()
 
-    def _stats_entry(self) -> Any:
-        stats = self.environment.stats
-        if not self.entry:
-            return stats.total
-        for (name, _method), entry in stats.entries.items():
-            if name == self.entry:
-                return entry
-        return None
+    def new_test(self, environment: Environment) -> None:
+        """A new test in the same process (web UI): keep appending to the same file."""
+        self.environment = environment
 
-    def sample_users(self) -> None:
+    def tick(self) -> None:
+        """Called once a second before the flush (sample what has no per-second bucket)."""
+
+    def write_seconds(self, upto: int, final: bool) -> None:
+        """Write the rows of seconds ``self.next .. upto`` and advance ``self.next``."""
+        raise NotImplementedError
+
+    def flush(self, upto: int, final: bool = False) -> None:
+        self.write_seconds(upto, final)
+        self.file.flush()
+
+    def run(self) -> None:
+        while True:
+            self.tick()
+            gevent.sleep(1.0)
+            self.flush(int(time.time()) - self.lag)
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.flush(int(time.time()), final=True)  # called at quitting: counts are final
+            self.file.close()
+
+
+def find_entry(environment: Environment, name: str) -> Any:
+    """The stats entry named ``name`` (any method); ``stats.total`` for an empty name."""
+    stats = environment.stats
+    if not name:
+        return stats.total
+    for (entry_name, _method), entry in stats.entries.items():
+        if entry_name == name:
+            return entry
+    return None
+
+
+class RateCsvWriter(PerSecondCsv):
+    """One row per second: target beside achieved rate."""
+
+    FIELDS = ("time", "elapsed_s", "target_rate", "achieved_rate", "failures", "users")
+
+    def __init__(self, environment: Environment, path: str) -> None:
+        super().__init__(environment, path)
+        self.control = RateControl(environment)
+        self.entry = str(opt(environment, "rate_entry", "connection") or "")
+        self.users: dict[int, int] = {}  # second -> running users, sampled by tick()
+        self.last_users = 0
+
+    def new_test(self, environment: Environment) -> None:
+        super().new_test(environment)
+        self.control = RateControl(environment)
+
+    def tick(self) -> None:
         runner = self.environment.runner
         if runner is not None and runner.state not in ("stopping", "stopped"):
             self.users[int(time.time())] = runner.user_count
 
-    def flush(self, upto: int) -> None:
-        entry = self._stats_entry()
+    def write_seconds(self, upto: int, final: bool) -> None:
+        entry = find_entry(self.environment, self.entry)
         reqs = entry.num_reqs_per_sec if entry is not None else {}
         fails = entry.num_fail_per_sec if entry is not None else {}
         while self.next <= upto:
@@ -349,39 +400,203 @@ class RateCsvWriter:
                 )
             )
             self.next += 1
-        self.file.flush()
 
-    def run(self) -> None:
-        while True:
-            self.sample_users()
-            gevent.sleep(1.0)
-            self.flush(int(time.time()) - self.lag)
+
+def share_out(count: int, pool: dict[str, int]) -> dict[str, int]:
+    """Split ``count`` (at most the pool's sum) over the pool's classes in proportion to what
+    each holds, in whole numbers (largest remainder), never more than a class holds."""
+    held = sum(pool.values())
+    count = min(count, held)
+    if count <= 0:
+        return {}
+    if count == held:
+        return dict(pool)
+    exact = {name: count * n / held for name, n in pool.items()}
+    out = {name: int(share) for name, share in exact.items()}
+    left = count - sum(out.values())
+    for name in sorted(exact, key=lambda c: out[c] - exact[c])[:left]:
+        out[name] += 1
+    return out
+
+
+# error class -> [failures not yet placed, first second seen, last second seen]
+ClassWindows = dict[str, list[int]]
+
+
+def place_failures(failed: dict[int, int], classes: ClassWindows) -> dict[int, dict[str, int]]:
+    """Split one entry's failures per second (no class) into classes (no second) for one
+    batch of failures (one worker report).
+
+    Each second takes failures from the classes seen in that second, those whose window ends
+    first before the others (so a class is not starved later), classes with the same end in
+    proportion. Exact when the classes' windows do not overlap, which is the usual case: a
+    fault changes how connections fail. What no second could take (counts that disagree)
+    goes to the class's last second, so every failure is placed once. ``classes`` is used up.
+    """
+    out: dict[int, dict[str, int]] = {}
+    for second in sorted(failed):
+        need = failed[second]
+        seen = [c for c, (n, first, last) in classes.items() if n and first <= second <= last]
+        for end in sorted({classes[c][2] for c in seen}):
+            if need <= 0:
+                break
+            group = {c: classes[c][0] for c in seen if classes[c][2] == end}
+            for name, n in share_out(need, group).items():
+                row = out.setdefault(second, {})
+                row[name] = row.get(name, 0) + n
+                classes[name][0] -= n
+                need -= n
+    for name, (n, _first, last) in classes.items():
+        if n:
+            row = out.setdefault(last, {})
+            row[name] = row.get(name, 0) + n
+            classes[name][0] = 0
+    return out
+
+
+class FailureCsvWriter(PerSecondCsv):
+    """One row per error class and second: failures of that class in that second, and the
+    class's running total. A class gets a row every second from its first failure on (count 0
+    when it had none), so a plot of it drops to zero rather than interpolating over gaps.
+
+    Why not the request event: on a master it never fires (workers send aggregates), and a
+    listener on every request of a worker costs CPU in the hot path. Each worker report
+    carries, per entry, failures per second (no class) and, per class, occurrences with the
+    first and last time seen (no per-second split); :func:`place_failures` puts the two
+    together, once per report. A local run has no reports: each second, the growth of
+    ``stats.errors`` and of the entries' per-second failures since the last second is one
+    batch. Totals equal Locust's failures CSV (every reported failure is placed once);
+    nothing here runs per request.
+    """
+
+    FIELDS = ("time", "elapsed_s", "class", "count", "total")
+
+    def __init__(self, environment: Environment, path: str) -> None:
+        super().__init__(environment, path)
+        self.placed: dict[int, dict[str, int]] = {}  # second -> class -> failures
+        self.totals: dict[str, int] = {}  # class -> failures written, by first appearance
+        self.master = isinstance(environment.runner, MasterRunner)
+        if self.master:
+            environment.events.worker_report.add_listener(self._on_worker_report)
+        # local runs: what the last batch already took
+        self._last_tick = time.time()
+        self._seen_errors: dict[str, int] = {}  # StatsError key -> occurrences
+        self._seen_fails: dict[tuple[str, str], dict[int, int]] = {}  # entry -> second -> n
+
+    def new_test(self, environment: Environment) -> None:
+        super().new_test(environment)
+        self._seen_errors, self._seen_fails = {}, {}  # the new test's stats start at 0
+
+    def _add_batch(
+        self, failed: dict[tuple[str, str], dict[int, int]], errors: dict[Any, ClassWindows]
+    ) -> None:
+        for key, classes in errors.items():
+            for second, counts in place_failures(failed.get(key, {}), classes).items():
+                # A second already written (a late report) goes into the next one to write.
+                row = self.placed.setdefault(max(second, self.next), {})
+                for name, n in counts.items():
+                    row[name] = row.get(name, 0) + n
+
+    def _on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[Any, ClassWindows] = {}
+        for error in (data.get("errors") or {}).values():
+            first = int(error.get("first_seen") or 0) or int(time.time())
+            last = int(error.get("last_seen") or 0) or first
+            classes = errors.setdefault((error["name"], error["method"]), {})
+            window = classes.setdefault(error["error"], [0, first, last])
+            window[0] += error["occurrences"]
+            window[1], window[2] = min(window[1], first), max(window[2], last)
+        if not errors:
+            return
+        failed = {
+            (entry["name"], entry["method"]): {
+                int(second): n for second, n in (entry.get("num_fail_per_sec") or {}).items()
+            }
+            for entry in data.get("stats") or ()
+            if (entry["name"], entry["method"]) in errors
+        }
+        self._add_batch(failed, errors)
+
+    def _local_batch(self) -> None:
+        stats = self.environment.stats
+        since, self._last_tick = int(self._last_tick), time.time()
+        errors: dict[Any, ClassWindows] = {}
+        for key, error in stats.errors.items():
+            new = error.occurrences - self._seen_errors.get(key, 0)
+            if new <= 0:  # none, or reset_all() cleared the stats (new counts start at 0)
+                self._seen_errors[key] = error.occurrences
+                continue
+            self._seen_errors[key] = error.occurrences
+            first = max(int(error.first_seen or since), since)
+            last = max(int(error.last_seen or first), first)
+            classes = errors.setdefault((error.name, error.method), {})
+            classes[StatsError.parse_error(error.error)] = [new, first, last]
+        failed: dict[tuple[str, str], dict[int, int]] = {}
+        for key in errors:
+            entry = stats.entries.get(key)
+            if entry is None:
+                continue
+            seen = self._seen_fails.setdefault(key, {})
+            # Only seconds from the last batch's on can have grown; older ones are done.
+            for second in [s for s in seen if s < since]:
+                del seen[second]
+            buckets = entry.num_fail_per_sec
+            for second in range(since, int(self._last_tick) + 1):
+                new = buckets.get(second, 0) - seen.get(second, 0)
+                if new > 0:
+                    failed.setdefault(key, {})[second] = new
+                    seen[second] = buckets[second]
+        self._add_batch(failed, errors)
+
+    def write_seconds(self, upto: int, final: bool) -> None:
+        if not self.master:
+            self._local_batch()
+        if final:  # everything placed, to its last second
+            upto = max(upto, self.next, *self.placed)
+        while self.next <= upto:
+            second = self.next
+            counts = self.placed.pop(second, {})
+            for name in counts:
+                self.totals.setdefault(name, 0)
+            for name, total in self.totals.items():
+                count = counts.get(name, 0)
+                self.totals[name] = total = total + count
+                self.writer.writerow((second, second - self.first, name, count, total))
+            self.next += 1
 
     def close(self) -> None:
-        if not self.file.closed:
-            self.flush(int(time.time()))  # called at quitting: every count is final
-            self.file.close()
+        if self.master:
+            self.environment.events.worker_report.remove_listener(self._on_worker_report)
+        super().close()
 
 
-def _start_rate_csv(environment: Environment) -> None:
-    path = str(opt(environment, "rate_csv", "") or "")
-    if not path or isinstance(environment.runner, WorkerRunner):
+# option -> its writer; both are master/local only (workers send their counts to the master)
+CSV_WRITERS: dict[str, type[PerSecondCsv]] = {
+    "rate_csv": RateCsvWriter,
+    "failures_csv": FailureCsvWriter,
+}
+
+
+def _start_csv_writers(environment: Environment) -> None:
+    if isinstance(environment.runner, WorkerRunner):
         return
-    if STATE.rate_writer is not None:
-        # A new test in the same process (web UI): keep appending to the same file.
-        STATE.rate_writer.control = RateControl(environment)
-        return
-    writer = STATE.rate_writer = RateCsvWriter(environment, path)
-    STATE.rate_logger = gevent.spawn(writer.run)
+    for option, kind in CSV_WRITERS.items():
+        path = str(opt(environment, option, "") or "")
+        if not path:
+            continue
+        running = STATE.csv_writers.get(option)
+        if running is not None:
+            running[0].new_test(environment)
+            continue
+        writer = kind(environment, path)
+        STATE.csv_writers[option] = (writer, gevent.spawn(writer.run))
 
 
-def _stop_rate_csv() -> None:
-    if STATE.rate_logger is not None:
-        STATE.rate_logger.kill(block=False)
-        STATE.rate_logger = None
-    if STATE.rate_writer is not None:
-        STATE.rate_writer.close()
-        STATE.rate_writer = None
+def _stop_csv_writers() -> None:
+    for writer, greenlet in STATE.csv_writers.values():
+        greenlet.kill(block=False)
+        writer.close()
+    STATE.csv_writers.clear()
 
 
 @events.test_start.add_listener
@@ -391,13 +606,13 @@ def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
         # Fires before the master dispatches the spawn messages, which carry these options.
         setattr(environment.parsed_options, WORKERS_ATTR, max(runner.worker_count, 1))
     STATE.rate = RateControl(environment)
-    _start_rate_csv(environment)
+    _start_csv_writers(environment)
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     # At quitting, the master has the workers' final reports: the last rows are complete.
-    _stop_rate_csv()
+    _stop_csv_writers()
 
 
 # --------------------------------------------------------------------------- final CSV rows

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -25,19 +29,33 @@ from chaos.collect.kernel import NOTABLE
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
 from chaos.collect.sockdiag import STATE_NAMES
+from chaos.errors import SinkError
+from chaos.sink import InfluxFlags, Sink, resolve_influx
 
 TEARDOWN_ROWS = ("fin_wait1", "fin_wait2", "close_wait", "last_ack", "closing")
 HANDSHAKE_ROWS = ("syn_sent", "syn_recv")
 
 
 def collect_main(
-    netns: str | None, pid: int | None, once: bool, as_json: bool, interval: float
+    netns: str | None,
+    pid: int | None,
+    once: bool,
+    as_json: bool,
+    interval: float,
+    sink_dir: Path | None = None,
+    role: str | None = None,
+    influx: InfluxFlags | None = None,
 ) -> int:
-    """Sample one namespace (name, pid's, or the host's) and print; returns the exit code."""
+    """Sample one namespace (name, pid's, or the host's) and print, or, with ``sink_dir``,
+    write to a sink (``samples.lp`` there, and InfluxDB when configured) until SIGTERM or
+    Ctrl-C; returns the exit code."""
     ns = NetnsRef.resolve(netns, pid)
-    collectors = collectors_for(ns, census_mode="auto", cumulative_counters=once)
+    tags = {"role": role} if role else None
+    collectors = collectors_for(ns, tags=tags, census_mode="auto", cumulative_counters=once)
     console = Console()
     try:
+        if sink_dir is not None:
+            return _to_sink(console, collectors, sink_dir, influx, interval, once)
         if once:
             now = time.time()
             samples: list[Sample] = []
@@ -55,6 +73,53 @@ def collect_main(
         for collector in collectors:
             collector.close()
         ns.close()
+
+
+def _to_sink(
+    console: Console,
+    collectors: list[Collector],
+    directory: Path,
+    flags: InfluxFlags | None,
+    interval: float,
+    once: bool,
+) -> int:
+    """Every tick into a Sink, as ``chaos run`` does; the sink's ``host`` tag tells the
+    machines (or containers) of a distributed setup apart."""
+    influx = resolve_influx(None, flags or InfluxFlags())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(
+            f"cannot create the sink directory {directory}: {exc.strerror}",
+            "give --sink a directory this user can write to",
+        ) from None
+    sink = Sink(directory, tags={"host": socket.gethostname()}, influx=influx, on_error=print_warn)
+    where = f" and InfluxDB at {influx.describe()}" if influx else ""
+    console.print(f"samples to {sink.path}{where}", highlight=False)
+    sampler = Sampler(collectors, interval=interval, on_samples=sink.write)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` sends SIGTERM
+    try:
+        if once:
+            sink.write(sampler.tick())
+            return 0
+        sampler.start()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sampler.stop()
+        stats = sink.close()
+        console.print(f"sink: {stats.recorded} points recorded, {stats.written} written")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def print_warn(message: str) -> None:
+    print(f"sink: {message}", file=sys.stderr, flush=True)
 
 
 def _live(console: Console, collectors: list[Collector], as_json: bool, interval: float) -> int:

@@ -1,4 +1,5 @@
-"""Locust's per-second stats as samples: tails ``<prefix>_stats_history.csv``.
+"""Locust's per-second stats as samples: tails ``<prefix>_stats_history.csv`` (measurement
+``locust``) and our locustfiles' ``--failures-csv`` file (measurement ``locust_failures``).
 
 The Locust master (started with ``--csv PREFIX --csv-full-history``, see
 :mod:`chaos.load.runner`) appends one row per second for every entry (our raw TCP user's
@@ -7,7 +8,12 @@ phases ``connection``, ``connect``, ``first_byte``, ``response``, ``close``, and
 each point carries its row's own timestamp, not the time it was read. Only complete lines
 are parsed; a partial last line waits for the next sample.
 
-This module reads a file; it never imports locust (gevent would patch the controller).
+The failures file (``locust/failures_per_second.csv`` under ``chaos run``, written by
+``locustfiles/_common.py``) has one row per error class and second,
+``time,elapsed_s,class,count,total``; the master writes each second's rows about 5 s late,
+once its workers have reported that second.
+
+This module reads files; it never imports locust (gevent would patch the controller).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import BinaryIO
 from chaos.collect.base import FieldValue, Sample
 
 MEASUREMENT = "locust"
+FAILURES_MEASUREMENT = "locust_failures"
 
 # column -> (field, type); percentile columns ("50%", "99.9%") are handled by name
 _COLUMNS: dict[str, tuple[str, type]] = {
@@ -49,14 +56,16 @@ def _number(text: str, kind: type) -> int | float | None:
     return int(value) if kind is int else value
 
 
-class LocustHistory:
-    """A collector (``name`` ``locust``) over one Locust stats-history CSV file.
+class CsvTail:
+    """Follows a CSV file that another process appends to; a collector base.
 
-    ``netns`` labels where the load ran (the client namespace); ``tags`` (e.g. ``role``) go
-    on every sample. A missing file is not an error: Locust creates it when it starts.
+    Each ``sample`` parses the complete lines added since the last one (the first line is the
+    header) and turns each row into samples with ``_to_samples``. ``netns`` labels where the
+    writer ran; ``tags`` (e.g. ``role``) go on every sample. A missing file is not an error:
+    the writer creates it when it starts.
     """
 
-    name = "locust"
+    name = "csv"
 
     def __init__(
         self,
@@ -74,31 +83,58 @@ class LocustHistory:
         self._partial = b""
         self._header: list[str] | None = None
 
-    def sample(self, now: float) -> list[Sample]:
+    def rows(self) -> list[dict[str, str]]:
+        """The complete rows appended since the last call, as column -> text."""
         if self._fh is None:
             try:
                 self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open between samples
             except FileNotFoundError:
                 return []
         data = self._partial + self._fh.read()
+        # A line without its newline yet is half-written: keep it for the next read.
         *complete, self._partial = data.split(b"\n")
-        rows = csv.reader(line.decode("utf-8", "replace").rstrip("\r") for line in complete)
         out = []
-        for row in rows:
+        for row in csv.reader(line.decode("utf-8", "replace").rstrip("\r") for line in complete):
             if not row:
                 continue
             if self._header is None:
                 self._header = row
                 continue
-            sample = self._to_sample(dict(zip(self._header, row, strict=False)))
-            if sample is not None:
-                out.append(sample)
+            out.append(dict(zip(self._header, row, strict=False)))
         return out
 
+    def sample(self, now: float) -> list[Sample]:
+        return [sample for row in self.rows() for sample in self._to_samples(row)]
+
+    def _to_samples(self, row: dict[str, str]) -> list[Sample]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _stamp_ns(text: str | None) -> int | None:
+    """Whole unix seconds (as written by Locust and our locustfiles) in nanoseconds."""
+    try:
+        return int(float(text)) * 1_000_000_000  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+class LocustHistory(CsvTail):
+    """A collector (``name`` ``locust``) over one Locust stats-history CSV file."""
+
+    name = "locust"
+
+    def _to_samples(self, row: dict[str, str]) -> list[Sample]:
+        sample = self._to_sample(row)
+        return [] if sample is None else [sample]
+
     def _to_sample(self, row: dict[str, str]) -> Sample | None:
-        try:
-            stamp = int(float(row["Timestamp"])) * 1_000_000_000
-        except (KeyError, ValueError):
+        stamp = _stamp_ns(row.get("Timestamp"))
+        if stamp is None:
             return None
         fields: dict[str, FieldValue] = {}
         for column, text in row.items():
@@ -118,7 +154,19 @@ class LocustHistory:
             tags["type"] = row["Type"]
         return Sample(MEASUREMENT, tags, fields, stamp)
 
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+
+class LocustFailures(CsvTail):
+    """A collector (``name`` ``locust_failures``) over our locustfiles' ``--failures-csv``:
+    one point per error class and second, tag ``class``, fields ``count`` (failures in that
+    second) and ``total`` (the class's running total), at the row's own second."""
+
+    name = "locust_failures"
+
+    def _to_samples(self, row: dict[str, str]) -> list[Sample]:
+        stamp = _stamp_ns(row.get("time"))
+        name = row.get("class", "")
+        count, total = _number(row.get("count", ""), int), _number(row.get("total", ""), int)
+        if stamp is None or not name or count is None or total is None:
+            return []
+        tags = {**self.tags, "netns": self.netns, "class": name}
+        return [Sample(FAILURES_MEASUREMENT, tags, {"count": count, "total": total}, stamp)]

@@ -10,6 +10,9 @@
   time spent inside sock_diag dumps.
 * A collector that raises does not stop the loop: the error is counted, logged once per
   distinct message, and reported in ``collector_cost``.
+* The controller process itself (the one running the sampler) is measured every tick as a
+  ``controller`` point: resident memory, CPU seconds, threads and open files, so a soak run
+  can show that none of them grows (``controller=True``; ``chaos run`` turns it on).
 * Samples go to ``on_samples`` (called in the sampler thread: it must not block, e.g. it puts
   them on a queue) or, without one, to a bounded buffer emptied by :meth:`Sampler.drain`
   (oldest dropped first, counted).
@@ -21,15 +24,17 @@ The sampler thread holds the GIL while it digests records, in short slices betwe
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chaos.collect.base import Collector, Sample, time_ns_of
+from chaos.collect.base import Collector, FieldValue, Sample, time_ns_of
 
 log = logging.getLogger(__name__)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Sampler:
         tags: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        controller: bool = False,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -71,6 +77,8 @@ class Sampler:
         self._last_run: dict[int, float] = {}
         self._pending_skipped = 0
         self._errors_seen: set[str] = set()
+        self.controller = controller
+        self._last_cpu: tuple[float, float] | None = None  # (monotonic, process CPU s)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -199,7 +207,29 @@ class Sampler:
         }
         self._pending_skipped = 0
         out.append(Sample("collector_cost", {**self.tags, "collector": "sampler"}, total, stamp))
+        if self.controller:
+            tags = {"netns": "host", **self.tags}  # the controller runs in the host namespace
+            out.append(Sample("controller", tags, self._controller_fields(mono), stamp))
         return out
+
+    def _controller_fields(self, mono: float) -> dict[str, FieldValue]:
+        """This process's RSS, CPU (all threads), threads and open files: what a soak
+        run must see stay flat. /proc/self/statm and os.times() cost microseconds."""
+        times = os.times()
+        cpu = times.user + times.system
+        fields: dict[str, FieldValue] = {"cpu_s": round(cpu, 3)}
+        try:
+            with open("/proc/self/statm") as fh:
+                fields["rss_bytes"] = int(fh.read().split()[1]) * _PAGE
+            fields["fds"] = len(os.listdir("/proc/self/fd"))
+        except OSError:  # not Linux: CPU only
+            pass
+        fields["threads"] = threading.active_count()
+        if self._last_cpu is not None and mono > self._last_cpu[0]:
+            pct = 100.0 * (cpu - self._last_cpu[1]) / (mono - self._last_cpu[0])
+            fields["cpu_pct"] = round(pct, 2)
+        self._last_cpu = (mono, cpu)
+        return fields
 
     def close_collectors(self) -> None:
         for collector in self.collectors:

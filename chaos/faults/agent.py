@@ -170,7 +170,10 @@ class Scope:
         self.plain: list[str] = []
         self.host = False
         for name in dict.fromkeys(allow):
-            if name == "host":
+            role, sep, path = name.partition("=")
+            if sep:
+                self.roles[role] = self._namespace_file(name, role, path)
+            elif name == "host":
                 self.host = True
             elif name in roles:
                 self.roles[name] = roles[name]
@@ -183,6 +186,20 @@ class Scope:
                     f"{where}`ip netns list` shows the namespaces",
                 )
         self.allow = list(dict.fromkeys(allow))
+
+    @staticmethod
+    def _namespace_file(text: str, role: str, path: str) -> str:
+        """``ROLE=PATH``: the namespace whose file is PATH, named ROLE (e.g. a container's
+        own, ``proxy=/proc/self/ns/net``: faults then change the namespace the agent runs in,
+        which on a real host is the host's network)."""
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", role) or not path.startswith("/"):
+            raise FaultError(
+                f"--allow {text!r}: expected ROLE=PATH with an absolute namespace file",
+                "e.g. --allow proxy=/proc/self/ns/net (the agent's own namespace)",
+            )
+        if not os.path.exists(path):
+            raise FaultError(f"--allow {text!r}: {path} does not exist", "give a netns file")
+        return path
 
     def _lab_state(self) -> LabState:
         assert self.lab is not None
@@ -210,7 +227,7 @@ class Scope:
             )
         # One LabState over exactly the allowed namespaces: targets.resolve then handles
         # roles, workers, NS:PATTERN and pid:N as in a local run, and nothing else exists.
-        lab = self._lab_state() if self.roles else None
+        lab = self._lab_state() if self.lab else None
         state = LabState(
             name=self.lab or "agent",
             namespaces={**{ns: ns for ns in self.plain}, **self.roles},

@@ -39,7 +39,19 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def path_of(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
+    """``/run/netns/NAME``, or NAME itself when it is a path (``/proc/PID/ns/net``, e.g. a
+    remote agent's ``--allow proxy=/proc/self/ns/net``)."""
+    return name if name.startswith("/") else os.path.join(NETNS_DIR, name)
+
+
+def is_current(name: str) -> bool:
+    """Whether ``name`` is the calling thread's own namespace. Entering it would change
+    nothing, but setns() needs CAP_SYS_ADMIN, which an agent in a container lacks."""
+    try:
+        there, here = os.stat(path_of(name)), os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
 def list_namespaces() -> list[str]:
@@ -173,7 +185,7 @@ def _open_ns(name: str) -> int:
 
 def run_in(name: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` in a thread that has entered namespace ``name`` (``None``: the host's)."""
-    if name is None:
+    if name is None or is_current(name):
         return fn(*args, **kwargs)
     fd = _open_ns(name)
     try:
@@ -199,7 +211,7 @@ def popen(
     **kwargs: Any,
 ) -> subprocess.Popen:
     """Start a process inside namespace ``name``; ``prepare`` runs in the child before exec."""
-    fd = _open_ns(name) if name is not None else -1
+    fd = _open_ns(name) if name is not None and not is_current(name) else -1
 
     def in_child() -> None:
         if fd >= 0:
@@ -238,7 +250,7 @@ def run(
 def ipr(name: str | None) -> Iterator[IPRoute]:
     """An rtnetlink handle inside ``name``; netlink errors become LabError."""
     try:
-        handle = IPRoute(netns=name, flags=0) if name else IPRoute()
+        handle = IPRoute(netns=name, flags=0) if name and not is_current(name) else IPRoute()
     except FileNotFoundError:
         _open_ns(name or "")  # raises the LabError with its hint
         raise

@@ -215,15 +215,18 @@ class HAProxy(Proxy):
                     f"    {side}tcpka-intvl {_whole_seconds(ka.interval)}s",
                     f"    {side}tcpka-cnt {ka.count}",
                 ]
-        defer = " defer-accept" if spec.defer_accept else ""
+        bind_options = (" defer-accept" if spec.defer_accept else "") + (
+            " transparent" if spec.transparent else ""
+        )
         lines += [
             "",
             "frontend fe",
-            f"    bind {ep.listen_host}:{ep.listen_port}{defer}",
+            f"    bind {ep.listen_host}:{ep.listen_port}{bind_options}",
             "    default_backend origin",
             "",
             "backend origin",
             f"    server origin {ep.origin_host}:{ep.origin_port}",
+            *(["    source 0.0.0.0 usesrc client"] if spec.transparent else []),
             "",
         ]
         return "\n".join(lines)

@@ -40,6 +40,8 @@ PROXY_NET = "198.18.2"
 ORIGIN_NET = "198.18.3"
 FIRST_CLIENT_HOST = 10
 LAB_TABLE = "chaos_lab"
+TPROXY_MARK = 1
+TPROXY_TABLE = 100
 ESCAPE_COUNTER = "escaped"
 
 
@@ -53,6 +55,21 @@ class Link:
     ns_b: str
     if_b: str
     ip_b: list[str]
+
+
+@dataclass(frozen=True)
+class PeerRule:
+    """Connections of ``role`` whose remote address lies in ``remote`` end in ``peer``.
+
+    ``peer`` is a role, or ``"host"`` (an external proxy runs in the controller's namespace).
+    ``nat`` is set where the lab rewrites an address on the way (the gateway's DNAT): an
+    endpoint ``(address, port)`` that ``role`` knows as the first and ``peer`` as the second.
+    """
+
+    role: str
+    remote: str  # a network, e.g. "198.18.1.0/24"
+    peer: str
+    nat: tuple[tuple[str, int], tuple[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ class Plan:
     @property
     def client_target(self) -> tuple[str, int]:
         """Where clients connect: the proxy, or the origin through an intercepting gateway."""
-        if self.spec.gateway.intercept:
+        if self.spec.gateway.intercept or self.spec.proxy.transparent:
             return self.origin_address, self.spec.origin.port
         return self.proxy_address, self.proxy_port
 
@@ -112,6 +129,34 @@ class Plan:
     def proxy_upstream_address(self) -> str:
         """The proxy's own address on the origin side (its source toward the origin)."""
         return f"{ORIGIN_NET}.1"
+
+    def peer_rules(self) -> list[PeerRule]:
+        """Where the other end of each role's connections lives, by remote address.
+
+        Read by the zombie scan to confirm a silent connection against the right namespace:
+        the proxy talks to clients (their subnet) and to the origin; with ``intercept`` the
+        client dials the origin's address and the gateway's DNAT hands it to the proxy.
+        """
+        if self.external:
+            # the user's proxy runs on the host, on the host ends of both links
+            return [
+                PeerRule("client", f"{self.proxy_address}/32", "host"),
+                PeerRule("origin", f"{ORIGIN_NET}.1/32", "host"),
+            ]
+        origin = f"{self.origin_address}/32"
+        rules = [
+            PeerRule("client", f"{self.proxy_address}/32", "proxy"),
+            PeerRule("proxy", f"{CLIENT_NET}.0/24", "client"),
+            PeerRule("proxy", origin, "origin"),
+            PeerRule("origin", f"{self.proxy_upstream_address}/32", "proxy"),
+        ]
+        if self.spec.gateway.intercept:
+            # the clients dial the origin's address; the gateway hands that to the proxy
+            dialled = (self.origin_address, self.spec.origin.port)
+            proxy = (self.proxy_address, self.proxy_port)
+            rules[1] = PeerRule("proxy", f"{CLIENT_NET}.0/24", "client", (proxy, dialled))
+            rules.insert(0, PeerRule("client", origin, "proxy", (dialled, proxy)))
+        return rules
 
     def links(self) -> list[Link]:
         ns = self.namespace
@@ -203,6 +248,20 @@ class Plan:
                 f"    ip saddr {CLIENT_NET}.0/24 ip daddr {self.origin_address} "
                 f"tcp dport {self.spec.origin.port} "
                 f"dnat to {self.proxy_address}:{self.proxy_port}\n"
+                "  }\n}\n"
+            )
+        if self.spec.proxy.transparent:
+            # SYNs to the origin go to HAProxy's transparent listener; packets of existing
+            # transparent sockets (both legs) are delivered locally by mark. Anything else,
+            # e.g. a late FIN whose proxy socket is gone, is forwarded as it is (seed 000).
+            rulesets["proxy"] = (
+                f"table inet {LAB_TABLE} {{\n"
+                "  chain divert {\n"
+                "    type filter hook prerouting priority mangle; policy accept;\n"
+                f"    meta l4proto tcp socket transparent 1 meta mark set {TPROXY_MARK} accept\n"
+                f"    ip daddr {self.origin_address} tcp dport {self.spec.origin.port} "
+                f"tcp flags & (syn | ack) == syn meta mark set {TPROXY_MARK} "
+                f"tproxy ip to {self.proxy_address}:{self.proxy_port}\n"
                 "  }\n}\n"
             )
         return rulesets
@@ -383,6 +442,17 @@ def build(plan: Plan, state: LabState) -> None:
         apply_sysctls(plan.namespace(role), values)
     for role, ruleset in plan.nft_rulesets().items():
         load_nft(plan.namespace(role), ruleset)
+    if plan.spec.proxy.transparent:
+        _local_delivery_by_mark(plan.namespace("proxy"))
+
+
+def _local_delivery_by_mark(namespace: str) -> None:
+    """Marked packets are for local (transparent) sockets: ``ip rule fwmark → local``."""
+    with netns.ipr(namespace) as ipr:
+        ipr.rule("add", fwmark=TPROXY_MARK, table=TPROXY_TABLE, priority=100)
+        lo = ipr.link_lookup(ifname="lo")[0]
+        # "ip route add local 0.0.0.0/0 dev lo table 100"
+        ipr.route("add", dst="0.0.0.0", dst_len=0, table=TPROXY_TABLE, type=2, scope=254, oif=lo)
 
 
 def nft_binary() -> str | None:

@@ -18,6 +18,8 @@ Files, under ``run_dir``::
     locust/locust_stats.csv, _failures.csv, _stats_history.csv, _exceptions.csv
     locust/report.html
     locust/rate.csv                                        with rate_csv=True (our locustfiles)
+    locust/failures_per_second.csv                         failures per class and second
+                                                           (our locustfiles: see failures_csv)
 
 The master port is picked free in the controller's namespace unless given; a spawn into a
 fresh namespace sees all ports free anyway (its loopback must be up: the lab's job).
@@ -56,6 +58,8 @@ PERCENTILE_KEYS = (
     "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
 )  # fmt: skip
 LOG_TAIL_LINES = 25
+# Written by our locustfiles' --failures-csv; read by chaos.collect.locust_stats.LocustFailures.
+FAILURES_CSV = "failures_per_second.csv"
 
 
 def locust_executable() -> Path:
@@ -311,8 +315,11 @@ class LocustRun:
         kill_after: float = 5.0,
         primary_entry: str = "connection",
         rate_csv: bool = False,
+        failures_csv: bool | None = None,
         locust_bin: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        master_bind_host: str = "127.0.0.1",
+        local_workers: int | None = None,
     ) -> None:
         """
         ``run_time`` is seconds of test after all workers connected (rounded up to whole
@@ -321,7 +328,9 @@ class LocustRun:
         it 0 on distributed runs, since a master gives workers only 0.5 s for their final
         report. ``start_timeout`` bounds the wait for workers (--expect-workers-max-wait);
         ``exit_grace`` is how long after the planned end the master may take to exit.
-        ``rate_csv`` adds ``--rate-csv`` (an option of our locustfiles) on the master.
+        ``rate_csv`` adds ``--rate-csv`` (an option of our locustfiles) on the master;
+        ``failures_csv`` adds ``--failures-csv``, by default (None) when the locustfile is one
+        of ours, i.e. sits next to ``_common.py`` (another locustfile would refuse the option).
         """
         if users < 1:
             raise LoadError(f"users must be at least 1, got {users}")
@@ -339,6 +348,10 @@ class LocustRun:
         self.master_args = list(master_args)
         self.spawn: Spawn = spawn or subprocess.Popen
         self.master_port = master_port
+        # A remote run's workers are other hosts' processes: the master listens for them on
+        # master_bind_host and starts local_workers (default: all of them) itself.
+        self.master_bind_host = master_bind_host
+        self.local_workers = self.workers if local_workers is None else local_workers
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.exit_grace = exit_grace
@@ -352,6 +365,9 @@ class LocustRun:
         self.csv_prefix = self.out_dir / "locust"
         self.html_path = self.out_dir / "report.html"
         self.rate_csv_path = self.out_dir / "rate.csv" if rate_csv else None
+        if failures_csv is None:
+            failures_csv = (self.locustfile.parent / "_common.py").is_file()
+        self.failures_csv_path = self.out_dir / FAILURES_CSV if failures_csv else None
         self._procs: list[_Proc] = []
         self._started_at: float | None = None
         self._stopped = False
@@ -367,7 +383,7 @@ class LocustRun:
                 "--master",
                 "--expect-workers", str(self.workers),
                 "--expect-workers-max-wait", str(max(1, math.ceil(self.start_timeout))),
-                "--master-bind-host", "127.0.0.1",
+                "--master-bind-host", self.master_bind_host,
                 "--master-bind-port", str(self.master_port),
             ]  # fmt: skip
         argv += [
@@ -387,6 +403,8 @@ class LocustRun:
         ]  # fmt: skip
         if self.rate_csv_path is not None:
             argv += ["--rate-csv", str(self.rate_csv_path)]
+        if self.failures_csv_path is not None:
+            argv += ["--failures-csv", str(self.failures_csv_path)]
         return argv + self.master_args + self.user_args
 
     def worker_argv(self) -> list[str]:
@@ -435,7 +453,7 @@ class LocustRun:
         self._started_at = time.monotonic()
         try:
             self._start_one("master", self.master_argv())
-            for index in range(self.workers):
+            for index in range(self.local_workers):
                 self._start_one(f"worker-{index}", self.worker_argv())
         except BaseException:
             self.stop()

@@ -235,21 +235,21 @@ def rate_plot(run: RunData) -> Plot:
 def errors_plot(run: RunData) -> Plot:
     classes = run.load.classes
     totals = run.failures_by_class
+    total_text = "totals: " + (
+        ", ".join(f"{k} {v:,}" for k, v in sorted(totals.items(), key=lambda i: -i[1])) or "none"
+    )
     if classes:
         ordered = sorted(classes, key=lambda c: -totals.get(c, 0))
         lines = [
             Line(name, classes[name], PALETTE[(i + 1) % len(PALETTE)])
             for i, name in enumerate(ordered)
         ]
-        note = "failures per second by class"
+        note = "failures per second by class; " + total_text
     else:
         # Locust's CSVs give per-class totals only: draw all failures over time and name the
         # classes with their totals.
         lines = [Line("all failures/s", run.load.failures, FAILURE_COLOR)] if totals else []
-        note = "per-class split over time not recorded; totals: " + (
-            ", ".join(f"{k} {v:,}" for k, v in sorted(totals.items(), key=lambda i: -i[1]))
-            or "none"
-        )
+        note = "per-class split over time not recorded; " + total_text
     return Plot(
         "errors",
         "errors",

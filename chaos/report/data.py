@@ -8,8 +8,10 @@ not one the report can say anything about):
   :func:`chaos.sink.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
   points when the journal has none.
 * Load over time: the ``locust`` measurement when the run wrote one, else Locust's own CSVs
-  (``locust/locust_stats_history.csv``, ``locust/rate.csv``); error classes from
-  ``locust/locust_failures.csv`` when the samples do not split failures by class.
+  (``locust/locust_stats_history.csv``, ``locust/rate.csv``).
+* Failures by class over time: the ``locust_failures`` measurement, else our locustfiles'
+  ``locust/failures_per_second.csv``; with neither, only per-class totals, from
+  ``locust/locust_failures.csv``.
 * ``summary.json``: totals of the load and expectation results, when ``chaos run`` wrote it.
 
 Times are kept as seconds since the run started (``t0``): every plot shares that x axis.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.errors import SinkError
+from chaos.load.runner import FAILURES_CSV
 from chaos.sink.lineproto import ParseStats, Point, read_points
 
 ROLE_ORDER = ("client", "gateway", "proxy", "origin")
@@ -191,6 +194,7 @@ def load_run(path: str | Path) -> RunData:
     )
     run.faults = _faults_from_journal(journal, t0) or _faults_from_events(run)
     run.load = _load_from_samples(run) or _load_from_csv(run)
+    run.load.classes = _classes_over_time(run) or run.load.classes
     run.failures_by_class = _failures_by_class(run)
     return run
 
@@ -497,6 +501,23 @@ def _load_from_csv(run: RunData) -> LoadSeries:
         if not any(v for _, v in load.target):
             load.target = []
     return load
+
+
+def _classes_over_time(run: RunData) -> dict[str, XY]:
+    """Failures per second per error class: the ``locust_failures`` points (field ``count``),
+    else the CSV the collector tails. Summed per class and second, in case several series
+    (e.g. two load namespaces) name the same class."""
+    by_class: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for point in run.measurement("locust_failures"):
+        name, count = point.tags.get("class"), point.fields.get("count")
+        if name and _is_number(count):
+            by_class[name][run.seconds(point)] += float(count)  # type: ignore[arg-type]
+    if not by_class:
+        for row in _csv_rows(run.path / "locust" / FAILURES_CSV):
+            stamp, count, name = _num(row.get("time")), _num(row.get("count")), row.get("class")
+            if name and stamp is not None and count is not None:
+                by_class[name][stamp - run.t0] += count
+    return {name: sorted(xy.items()) for name, xy in by_class.items()}
 
 
 def _failures_by_class(run: RunData) -> dict[str, int]:

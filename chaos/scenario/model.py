@@ -139,6 +139,14 @@ class ProxySpec(Strict):
     defer_accept: bool = Field(
         default=False, description="TCP_DEFER_ACCEPT on the listener (seed 004)"
     )
+    transparent: bool = Field(
+        default=False,
+        description=(
+            "a transparent proxy (seed 000): clients connect to the origin's address, the "
+            "proxy namespace diverts their SYNs with nftables TPROXY, and HAProxy connects "
+            "upstream from the client's own address and port (usesrc client)"
+        ),
+    )
     linger_zero: bool = Field(
         default=False,
         description=(
@@ -162,6 +170,8 @@ class ProxySpec(Strict):
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
         elif self.address:
             raise ValueError("address is only for kind: external")
+        if self.transparent and self.kind != "haproxy":
+            raise ValueError("transparent needs kind haproxy (usesrc client)")
         if self.kind == "nginx" and self.mode == "tcp":
             for option in ("defer_accept", "linger_zero"):
                 if getattr(self, option):
@@ -453,6 +463,8 @@ class Scenario(Strict):
             )
         if self.load.user == "http" and origin.protocol != "http":
             raise ValueError("load.user http needs lab.origin.protocol http")
+        if self.lab.gateway.intercept and proxy.transparent:
+            raise ValueError("use either lab.gateway.intercept or lab.proxy.transparent")
         if self.lab.gateway.intercept and proxy.kind == "external":
             raise ValueError("lab.gateway.intercept needs the lab's own proxy (no gateway with "
                              "proxy.kind external)")

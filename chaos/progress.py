@@ -1,0 +1,204 @@
+"""Live progress of a run: elapsed and remaining time, rate, errors and key socket counts.
+
+Fed by the samples that already flow into the sink (a tap on ``Sink.write``), so it adds no
+collector and no sampling cost. On a terminal it is one status line refreshed every second
+(rich ``Live``, removed at the end); elsewhere (CI logs, pipes) a compact line is printed
+every ``every`` seconds instead, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from chaos.collect.base import Sample
+
+ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
+
+
+def _si(value: float) -> str:
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return (
+        f"{seconds // 60}:{seconds % 60:02d}"
+        if seconds < 3600
+        else (f"{seconds // 3600}h{seconds % 3600 // 60:02d}m")
+    )
+
+
+class Progress:
+    """The latest value of each key count, updated from the sampler thread."""
+
+    def __init__(
+        self,
+        duration: float,
+        rate_steps: list[float] | None = None,
+        step_duration: float = 0.0,
+        rate: float | None = None,
+        active_faults: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.duration = duration
+        self.rate_steps = list(rate_steps or [])
+        self.step_duration = step_duration
+        self.rate = rate
+        self.active_faults = active_faults
+        self._clock = clock
+        self.started = clock()
+        self._lock = threading.Lock()
+        self.load: dict[str, dict[str, Any]] = {}  # Locust's latest row per entry
+        self.failure_classes: dict[str, int] = {}  # error class -> running total
+        self.states: dict[tuple[str, str], float] = {}  # (role, state) -> count
+        self.zombies: dict[str, float] = {}
+        self.ports = 0.0
+        self.proxy_busy: float | None = None
+        self.rss: float | None = None
+
+    # --- fed by the sink tap (sampler thread) ----------------------------------------------
+
+    def observe(self, samples: list[Sample]) -> None:
+        with self._lock:
+            ports = None
+            for s in samples:
+                m, tags, fields = s.measurement, s.tags, s.fields
+                role = tags.get("role", "")
+                if m == "locust" and tags.get("name") in ("connection", "Aggregated"):
+                    self.load[tags["name"]] = fields
+                elif m == "locust_failures" and "total" in fields:
+                    name = tags.get("class", "")  # rows come per second, each with its total
+                    total = int(fields["total"])  # type: ignore[arg-type]
+                    self.failure_classes[name] = max(total, self.failure_classes.get(name, 0))
+                elif m == "tcp_states" and tags.get("family") == "all":
+                    for state in ("time_wait", "close_wait", "established"):
+                        if state in fields:
+                            self.states[(role, state)] = float(fields[state])  # type: ignore[arg-type]
+                elif m == "tcp_zombies" and "candidates" in fields:
+                    self.zombies[role] = float(fields["candidates"])  # type: ignore[arg-type]
+                elif m == "port_budget_summary" and "max_utilisation" in fields:
+                    value = float(fields["max_utilisation"])  # type: ignore[arg-type]
+                    ports = value if ports is None else max(ports, value)
+                elif m == "process" and role == "proxy" and "busy" in fields:
+                    self.proxy_busy = float(fields["busy"])  # type: ignore[arg-type]
+                elif m == "controller" and "rss_bytes" in fields:
+                    self.rss = float(fields["rss_bytes"])  # type: ignore[arg-type]
+            if ports is not None:
+                self.ports = ports
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def target(self, elapsed: float) -> float | None:
+        if self.rate_steps:
+            index = min(int(elapsed / max(self.step_duration, 1e-9)), len(self.rate_steps) - 1)
+            return self.rate_steps[max(index, 0)]
+        return self.rate
+
+    def counts(self) -> tuple[float, int, int]:
+        """(rate, connections, failures): the raw user's per-attempt "connection" entry,
+        else Locust's Aggregated row (the HTTP user)."""
+        row = self.load.get("connection") or self.load.get("Aggregated") or {}
+        return float(row.get("rps", 0.0)), int(row.get("requests", 0)), int(row.get("failures", 0))
+
+    def line(self) -> Text:
+        with self._lock:
+            rps, requests, failures = self.counts()
+            elapsed = self._clock() - self.started
+            text = Text()
+            text.append(f"{_clock(elapsed)}/{_clock(self.duration)}", "bold")
+            text.append(f" (-{_clock(self.duration - elapsed)})")
+            target = self.target(elapsed)
+            text.append("  rate ")
+            text.append(f"{rps:,.0f}/s", "bold")
+            if target:
+                text.append(f" of {target:g}")
+            text.append(f"  conns {requests:,}")
+            text.append("  errors ")
+            text.append(f"{failures:,}", "bold red" if failures else "green")
+            classes = sorted(self.failure_classes.items(), key=lambda kv: -kv[1])[:3]
+            if classes:
+                text.append(" (" + ", ".join(f"{k} {_si(v)}" for k, v in classes) + ")")
+            for state, label in (("time_wait", "TW"), ("close_wait", "CW")):
+                per_role = [
+                    f"{ROLE_LETTERS.get(r, r)}{_si(v)}"
+                    for (r, s), v in sorted(self.states.items())
+                    if s == state and v
+                ]
+                text.append(f"  {label} " + (" ".join(per_role) if per_role else "0"))
+            zombies = [
+                f"{ROLE_LETTERS.get(r, r)}{_si(v)}" for r, v in sorted(self.zombies.items()) if v
+            ]
+            text.append("  zombies " + (" ".join(zombies) if zombies else "0"))
+            text.append(f"  ports {self.ports:.0%}")
+            if self.proxy_busy is not None:
+                text.append(f"  proxy cpu {self.proxy_busy:.0%}")
+            if self.active_faults is not None:
+                text.append(f"  faults {self.active_faults()}")
+            if self.rss is not None:
+                text.append(f"  rss {self.rss / 1048576:.0f}M", "dim")
+            return text
+
+
+@contextmanager
+def live_progress(
+    sink: Any,
+    console: Console,
+    progress: Progress,
+    *,
+    every: float = 10.0,
+    enabled: bool = True,
+) -> Iterator[Progress]:
+    """Show ``progress`` while the body runs, fed by a tap on ``sink.write``.
+
+    Enter it before the sampler is built (the sampler binds ``sink.write`` when it starts);
+    the tap is removed on exit. A failing tap never loses samples: the sink gets them first.
+    """
+    if not enabled:
+        yield progress
+        return
+    write = sink.write
+
+    def tap(samples: list[Sample]) -> None:
+        write(samples)
+        with contextlib.suppress(Exception):  # a display bug must not stop sampling
+            progress.observe(samples)
+
+    sink.write = tap  # an instance attribute shadows the method until the finally below
+    stop = threading.Event()
+    try:
+        if console.is_terminal:
+            from rich.live import Live
+
+            with Live(
+                get_renderable=progress.line,
+                console=console,
+                refresh_per_second=1,
+                transient=True,
+            ):
+                yield progress
+        else:
+
+            def lines() -> None:
+                while not stop.wait(every):
+                    console.print(progress.line(), soft_wrap=True)
+
+            thread = threading.Thread(target=lines, name="chaos-progress", daemon=True)
+            thread.start()
+            try:
+                yield progress
+            finally:
+                stop.set()
+                thread.join(2)
+    finally:
+        del sink.write

@@ -1,0 +1,103 @@
+"""Checks of the docker compose stack's files, shared by tests/unit/test_deploy.py and
+tests/root/test_compose_stack.py: `docker-compose config`, and the measurements and fields
+the Grafana dashboard's queries name."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "chaos.json"
+SERVICES = {
+    "influxdb", "grafana", "origin", "haproxy", "proxy-agent", "origin-agent",
+    "proxy-collector", "origin-collector", "controller", "worker",
+}  # fmt: skip
+
+
+def compose_config(*extra: str) -> dict:
+    """`docker-compose config` with .env.example: it interpolates and validates the file
+    against the compose schema shipped in the package, and needs no engine."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed (Debian package; scripts/setup installs it)")
+    proc = subprocess.run(
+        [binary, "--env-file", str(REPO / ".env.example"), "-f", str(REPO / "docker-compose.yml"),
+         "config", *extra],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout) if proc.stdout.strip() else {}
+
+
+
+def documented_fields() -> dict[str, set[str]]:
+    """measurement -> field names (or regexes for `<state>` templates), from docs/metrics.md:
+    the backticked names in the first column of every `| field |` table of a section."""
+    fields: dict[str, set[str]] = {}
+    measurements: list[str] = []
+    in_fields = False
+    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
+        if line.startswith("## "):
+            measurements = re.findall(r"`(\w+)`", line)
+            in_fields = False
+        elif line.startswith("| field |"):
+            in_fields = True
+        elif in_fields and line.startswith("|"):
+            first = line.split("|")[1]
+            for name in re.findall(r"`([\w<>]+)`", first):
+                for m in measurements:
+                    fields.setdefault(m, set()).add(re.sub(r"<\w+>", r"\\w+", name))
+        else:
+            in_fields = False
+    return fields
+
+
+def kernel_counters() -> set[str]:
+    """tcp_counters carries every TcpExt and Tcp counter of the kernel, by the kernel's names."""
+    names: set[str] = set()
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        for line in Path(path).read_text().splitlines()[::2]:
+            group, _, rest = line.partition(":")
+            if group in ("TcpExt", "Tcp"):
+                names.update(rest.split())
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    queries = [t["query"] for p in board["panels"] for t in p["targets"]]
+    return queries + [a["target"]["query"] for a in board["annotations"]["list"]]
+
+
+def query_refs(query: str) -> tuple[list[str], list[str]]:
+    return re.findall(r'r\._measurement == "(\w+)"', query), re.findall(
+        r'r\._field == "(\w+)"', query
+    )
+
+
+def check_query(query: str, known: dict[str, set[str]]) -> list[str]:
+    measurements, fields = query_refs(query)
+    if len(measurements) != 1 or not fields:
+        return [f"query names no single measurement and field: {query!r}"]
+    patterns = known.get(measurements[0])
+    if patterns is None:
+        return [f"unknown measurement {measurements[0]!r}"]
+    return [
+        f"{measurements[0]}.{f} is not written by the collectors"
+        for f in fields
+        if not any(re.fullmatch(p, f) for p in patterns)
+    ]
+
+
+def known_fields() -> dict[str, set[str]]:
+    known = documented_fields()
+    known["tcp_counters"] = kernel_counters()
+    return known

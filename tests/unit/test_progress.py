@@ -1,0 +1,52 @@
+"""The live progress line: fed by sink writes, printed as compact lines off a terminal."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from rich.console import Console
+
+from chaos.collect.base import Sample
+from chaos.progress import Progress, live_progress
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.got: list[Sample] = []
+
+    def write(self, samples: list[Sample]) -> None:
+        self.got.extend(samples)
+
+
+def test_line_shows_rate_errors_states_and_targets() -> None:
+    now = [100.0]
+    progress = Progress(60, rate_steps=[50, 100], step_duration=10, clock=lambda: now[0])
+    progress.observe([
+        Sample("locust", {"name": "connection"}, {"rps": 48.0, "requests": 900, "failures": 7}, 0),
+        Sample("locust", {"name": "Aggregated"}, {"rps": 99.0, "requests": 1, "failures": 0}, 0),
+        Sample("locust_failures", {"class": "EADDRNOTAVAIL"}, {"count": 2, "total": 7}, 0),
+        Sample("tcp_states", {"family": "all", "role": "proxy"}, {"time_wait": 1500}, 0),
+        Sample("tcp_zombies", {"role": "origin"}, {"candidates": 3}, 0),
+        Sample("port_budget_summary", {"role": "proxy"}, {"max_utilisation": 0.5}, 0),
+        Sample("controller", {}, {"rss_bytes": 64 * 2**20}, 0),
+    ])  # fmt: skip
+    now[0] += 12
+    text = progress.line().plain
+    assert text.startswith("0:12/1:00 (-0:48)")
+    assert "rate 48/s of 100" in text and "conns 900" in text  # the connection row wins
+    assert "errors 7 (EADDRNOTAVAIL 7)" in text
+    assert "TW p1.5k" in text and "zombies o3" in text and "ports 50%" in text
+    assert "rss 64M" in text
+
+
+def test_off_a_terminal_lines_are_printed_and_the_tap_removed() -> None:
+    sink, buffer = _Sink(), io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=200)
+    progress = Progress(10)
+    with live_progress(sink, console, progress, every=0.05):
+        sink.write([Sample("locust", {"name": "connection"}, {"rps": 5.0, "requests": 3}, 0)])
+        time.sleep(0.2)
+    assert len(sink.got) == 1  # the sink got the samples first
+    assert "write" not in vars(sink)  # the method is back
+    assert "conns 3" in buffer.getvalue()

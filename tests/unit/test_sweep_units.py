@@ -1,0 +1,60 @@
+"""Sweep arithmetic without a lab: rates, and the knee and first exhausted resource."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.errors import ChaosError
+from chaos.sweep import Step, _exhausted, conclude, parse_rates
+
+
+def test_rates_from_a_list_or_a_range() -> None:
+    assert parse_rates("500, 1000,2000", None, None, None) == [500, 1000, 2000]
+    assert parse_rates(None, 100, 400, 100) == [100, 200, 300, 400]
+    assert parse_rates(None, 100, 350, 100) == [100, 200, 300]
+    for bad in (("1,x", None, None, None), ("2,1", None, None, None), (None, 5, 1, 1),
+                (None, 1, 5, None), ("1", 1, 5, 1), (None, 1, 1000, 1)):  # fmt: skip
+        with pytest.raises(ChaosError) as info:
+            parse_rates(*bad)
+        assert info.value.hint
+
+
+def step(target: float, **kw: object) -> Step:
+    s = Step(target=target, start=0, end=1, seconds=1, achieved=target)
+    for key, value in kw.items():
+        setattr(s, key, value)
+    s.exhausted = _exhausted(s)
+    s.passed = not (s.failures or s.achieved < 0.9 * target)
+    s.why = "" if s.passed else "broke"
+    return s
+
+
+def test_knee_is_the_last_step_before_the_first_break() -> None:
+    steps = [
+        step(100, ports=0.2),
+        step(200, ports=0.6, tw_overflow=3),
+        step(400, ports=1.0, failures=10, classes={"EADDRNOTAVAIL": 10}),
+        step(800),
+    ]
+    result = conclude("s", 5, steps, 0)
+    assert result.knee == 200
+    # TIME_WAIT buckets overflowed first (at 200, still sustained), before ports ran out
+    assert result.first_exhausted == "time_wait_buckets"
+
+
+def test_no_indicator_and_a_short_rate_is_the_origin() -> None:
+    result = conclude("s", 5, [step(100), step(200, achieved=120.0)], 0)
+    assert (result.knee, result.first_exhausted) == (100, "origin")
+
+
+def test_no_knee_when_the_first_step_breaks_or_none_does() -> None:
+    assert conclude("s", 5, [step(100, failures=1)], 0).knee is None
+    held = conclude("s", 5, [step(100), step(200)], 0)
+    assert held.knee is None and "above 200" in held.verdict
+
+
+def test_cpu_and_conntrack_indicators() -> None:
+    assert _exhausted(step(1, proxy_cpu=0.95)) == ["proxy_cpu"]
+    assert _exhausted(step(1, conntrack=0.2, conntrack_errors=4)) == ["conntrack"]
+    assert _exhausted(step(1, origin_cpu=0.97)) == ["origin"]
+    assert _exhausted(step(1, classes={"SlowConnect": 3})) == ["ports"]
