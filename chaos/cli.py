@@ -8,12 +8,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
+
+if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
+    from chaos.run import RunOptions
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -65,14 +69,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from chaos.run import RunOptions, run_scenario
+def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
+    """RunOptions from the flags `chaos run` and `chaos sweep` share."""
+    from chaos.run import RunOptions
     from chaos.sink import InfluxFlags
 
-    options = RunOptions(
+    fields: dict[str, object] = dict(
         scenario=args.scenario,
         runs_root=Path(args.runs_dir),
-        duration=args.duration,
         lab_name=args.name,
         workers=args.workers,
         variant=args.variant,
@@ -85,13 +89,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             disabled=args.no_influx,
         ),
     )
-    return run_scenario(options, out)
+    return RunOptions(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from chaos.run import run_scenario
+
+    return run_scenario(_run_options(args, duration=args.duration), out)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from chaos.run import RunOptions
     from chaos.scenario.model import parse_duration
-    from chaos.sink import InfluxFlags
     from chaos.sweep import SweepOptions, parse_rates, run_sweep
 
     rates = parse_rates(args.rates, args.rate_from, args.rate_to, args.rate_step)
@@ -99,22 +107,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         step_duration = parse_duration(args.step_duration)
     except ValueError as exc:
         raise ChaosError(f"--step-duration {args.step_duration!r}: {exc}", "e.g. 20s") from None
-    options = RunOptions(
-        scenario=args.scenario,
-        runs_root=Path(args.runs_dir),
-        lab_name=args.name,
-        workers=args.workers,
-        variant=args.variant,
-        report=not args.no_report,
-        progress=not args.no_progress,
-        influx=InfluxFlags(
-            url=args.influx_url,
-            org=args.influx_org,
-            bucket=args.influx_bucket,
-            disabled=args.no_influx,
-        ),
-    )
-    return run_sweep(SweepOptions(options, rates, step_duration), out)
+    return run_sweep(SweepOptions(_run_options(args), rates, step_duration), out)
 
 
 # --- push --------------------------------------------------------------------------------

@@ -158,7 +158,8 @@ class Timeline:
         window_of: dict[str, tuple[int, int]] = {}
         for event in events:
             name, ts = event.get("event"), float(event.get("ts", 0.0))
-            if name == "load.start":
+            # load.ramp (the workers joined) is where the load really starts
+            if (name == "load.start" and start is None) or name == "load.ramp":
                 start = ts
             elif name == "load.end":
                 end = ts

@@ -365,9 +365,22 @@ def drive_load(
         rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
-    schedule.start()
+    return load_with_faults(locust, schedule, run, wait=locust.start_timeout)
+
+
+def load_with_faults(
+    locust: LocustRun, schedule: FaultSchedule, run: RunDir, wait: float
+) -> LoadResult:
+    """Start Locust, start the faults once its workers joined (``at`` counts from the
+    load's real start), wait for the end; Locust stopped and faults reverted on every
+    path."""
     try:
-        result = locust.run()
+        locust.start()
+        joined = wait_for_ramp(locust, wait)
+        schedule.start()
+        if joined:
+            run.journal.event("load.ramp", workers=locust.workers)
+        result = locust.wait()
     finally:
         locust.stop()
         schedule.stop()  # reverts what is still applied; raises if a fault failed
@@ -591,19 +604,8 @@ def drive_remote_load(
         user_args=user_options(load, remote.protocol, [], workers),
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=locust.host)
-    try:
-        locust.start()
-        # `at` counts from the load's start: wait for the workers to join first.
-        started = wait_for_ramp(locust, remote.wait)
-        schedule.start()
-        if started:
-            console.print(f"{workers} worker(s) joined; load and faults started")
-        result = locust.wait()
-    finally:
-        locust.stop()
-        schedule.stop()  # reverts what is still applied; raises if a fault failed
-    run.journal.event("load.end", connections=result.total_requests, failures=result.total_failures)
-    return result
+    console.print(f"waiting up to {remote.wait:g}s for {workers} worker(s) to join")
+    return load_with_faults(locust, schedule, run, wait=remote.wait)
 
 
 def remote_workers(scenario: Scenario) -> int:

@@ -18,7 +18,7 @@ import json
 from chaos.collect.base import Sample, time_ns_of
 from chaos.errors import LabError
 from chaos.lab import netns
-from chaos.lab.topology import ESCAPE_COUNTER, LAB_TABLE, nft_binary
+from chaos.lab.topology import ESCAPE_COUNTER, LAB_TABLE
 
 
 class EscapeCounter:
@@ -26,10 +26,7 @@ class EscapeCounter:
     period = 0.0
 
     def __init__(self, namespace: str, *, tags: dict[str, str] | None = None) -> None:
-        nft = nft_binary()
-        if nft is None:
-            raise LabError("nft is not installed: lab_escapes cannot be read",
-                           "apt-get install nftables")
+        nft = netns.nft_binary()
         self.netns = namespace
         self.tags = {"netns": namespace, **(tags or {})}
         self._argv = [nft, "-j", "list", "counter", "inet", LAB_TABLE, ESCAPE_COUNTER]

@@ -34,13 +34,12 @@ must be the ones set (``"ack,fin ack"``: ACK set, FIN clear).
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import subprocess
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from chaos.errors import CapabilityError, FaultError
+from chaos.errors import FaultError
 from chaos.faults.base import Fault, Handle, Params, register
 from chaos.lab import netns
 
@@ -210,26 +209,11 @@ def table_script(table: str, params: MatchParams) -> str:
     return f"table {FAMILY} {table} {{\n{chains}}}\n"
 
 
-def nft_binary() -> str:
-    found = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
-    if found is None:
-        raise CapabilityError("nft is not installed", "apt-get install nftables")
-    return found
-
-
 def run_nft(namespace: str | None, script: str, check_only: bool = False) -> None:
     """Run an nft script in ``namespace``; FaultError with nft's own message on failure."""
-    argv = [nft_binary(), *(["-c"] if check_only else []), "-f", "-"]
-    proc = netns.popen(
-        namespace,
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _out, err = proc.communicate(script, timeout=30)
-    if proc.returncode != 0:
+    result = netns.nft(namespace, script, check_only)
+    if result.returncode != 0:
+        err = result.stderr
         first = next((line for line in err.splitlines() if "Error" in line), err.strip())
         raise FaultError(
             f"nft in {namespace or 'the host'} refused the ruleset: {first}",
@@ -240,7 +224,7 @@ def run_nft(namespace: str | None, script: str, check_only: bool = False) -> Non
 def table_exists(namespace: str, table: str) -> bool:
     proc = netns.popen(
         namespace,
-        [nft_binary(), "list", "table", FAMILY, table],
+        [netns.nft_binary(), "list", "table", FAMILY, table],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from chaos.errors import LabError, NotRootError, SysctlError
+from chaos.errors import CapabilityError, LabError, NotRootError, SysctlError
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -244,6 +245,19 @@ def run(
         proc.kill()
         out, err = proc.communicate()
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def nft_binary() -> str:
+    found = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+    if found is None:
+        raise CapabilityError("nft is not installed", "apt-get install nftables")
+    return found
+
+
+def nft(name: str | None, script: str, check_only: bool = False) -> subprocess.CompletedProcess:
+    """Load (or with ``check_only`` only check, ``nft -c``) an nft script inside ``name``."""
+    argv = [nft_binary(), *(["-c"] if check_only else []), "-f", "-"]
+    return run(name, argv, input=script)
 
 
 @contextlib.contextmanager

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos.errors import CapabilityError, LabError, NotRootError
+from chaos.errors import LabError, NotRootError
 from chaos.lab import netns, processes
 from chaos.lab.processes import ProcessRecord
 from chaos.scenario.model import LabSpec, Scenario
@@ -455,20 +454,13 @@ def _local_delivery_by_mark(namespace: str) -> None:
         ipr.route("add", dst="0.0.0.0", dst_len=0, table=TPROXY_TABLE, type=2, scope=254, oif=lo)
 
 
-def nft_binary() -> str | None:
-    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
-
-
 def load_nft(namespace: str, ruleset: str) -> None:
-    nft = nft_binary()
-    if nft is None:
-        raise CapabilityError("nft is not installed; the lab needs nftables",
-                              "apt-get install nftables")
-    result = netns.run(namespace, [nft, "-f", "-"], input=ruleset)
+    result = netns.nft(namespace, ruleset)
     if result.returncode != 0:
-        raise LabError(f"nftables refused the lab's rules in {namespace}: "
-                       f"{result.stderr.strip()}",
-                       "check `chaos doctor` for nftables support")
+        raise LabError(
+            f"nftables refused the lab's rules in {namespace}: {result.stderr.strip()}",
+            "check `chaos doctor` for nftables support",
+        )
 
 
 # --- teardown ----------------------------------------------------------------------------
