@@ -1,6 +1,7 @@
 """Benchmark: the sock_diag census against ss, /proc/net/tcp and psutil, at scale.
 
     .venv/bin/python bench/sampling.py [--sizes 100000,250000] [--repeat 5] [--profile]
+        [--budget-every 5]
 
 For each size it builds a throw-away namespace holding that many TCP sockets, half
 ESTABLISHED (client/server pairs over loopback, held by helper processes because
@@ -15,8 +16,11 @@ first; timewait sockets hold no file descriptor), then times, median of ``--repe
 * ``psutil.net_connections('tcp')`` (in a helper process inside the namespace, timed
   in-process, so interpreter start and imports are not counted).
 
-It prints the census / ss-time-wait ratio (target at 250k: <= 0.25) and checks that memory
-stays flat over repeated samples (tracemalloc and RSS). TIME_WAIT sockets live 60 s, so the
+It prints the census / ss-time-wait ratio of one full sample (target at 250k: <= 0.25), and
+the amortised cost of a tick when the port budget runs every ``--budget-every``-th tick
+(``PortBudget(period=...)``, ``collectors_for(budget_period=...)``), and checks that memory
+stays flat over repeated samples (tracemalloc and RSS). The sockets are made with the
+tests' own helpers (``tests/sockets.py``). TIME_WAIT sockets live 60 s, so the
 measurements of one size must finish within that; the population is verified at the end.
 Everything is removed on exit (namespace, helper processes), also on errors and Ctrl-C.
 """
@@ -42,8 +46,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import psutil
+from sockets import listener, make_time_wait, sockstat_tw  # test infrastructure, chaos-free
 
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
@@ -55,7 +61,6 @@ from chaos.lab import netns
 TW_PORTS = range(600, 608)  # server ports of the TIME_WAIT half, outside the ephemeral range
 EST_PORT_BASE = 700  # one server port per helper process
 SOURCES = [f"127.0.0.{i}" for i in range(1, 5)]
-IP_BIND_ADDRESS_NO_PORT = 24
 
 WORKER = r"""
 import resource, socket, sys
@@ -164,48 +169,24 @@ class Population:
                 raise RuntimeError(f"helper process failed (exit {proc.poll()})")
 
     def _time_wait(self) -> None:
-        total = self.n_tw
-
         def work() -> None:
-            listeners = []
-            for port in TW_PORTS:
-                lsock = socket.socket()
-                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                lsock.bind(("127.0.0.1", port))
-                lsock.listen(4096)
-                listeners.append(lsock)
-            done = 0
-            while done < total:
-                batch = min(2000, total - done)
-                clients = []
-                for i in range(batch):
-                    c = socket.socket()
-                    c.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    c.bind((SOURCES[(done + i) % len(SOURCES)], 0))
-                    c.connect(("127.0.0.1", TW_PORTS[(done + i) % len(TW_PORTS)]))
-                    clients.append(c)
-                servers = [listeners[(done + i) % len(TW_PORTS)].accept()[0] for i in range(batch)]
-                for c in clients:  # the client closes first: it keeps the TIME_WAIT
-                    c.close()
-                for s in servers:
-                    s.close()
-                done += batch
-            for lsock in listeners:
-                lsock.close()
+            listeners = [listener(socket.AF_INET, "127.0.0.1", port) for port in TW_PORTS]
+            per = -(-self.n_tw // len(listeners))  # ceil: the last listener gets the rest
+            left = self.n_tw
+            try:
+                for index, lsock in enumerate(listeners):
+                    count = min(per, left)
+                    make_time_wait(lsock, count, source=SOURCES[index % len(SOURCES)])
+                    left -= count
+            finally:
+                for lsock in listeners:
+                    lsock.close()
 
         self.tw_started = time.monotonic()
         netns.run_in(self.name, work)
 
     def time_wait_now(self) -> int:
-        def read() -> int:
-            with open("/proc/thread-self/net/sockstat") as fh:
-                for line in fh:
-                    if line.startswith("TCP:"):
-                        words = line.split()
-                        return int(words[words.index("tw") + 1])
-            return -1
-
-        return int(netns.run_in(self.name, read))
+        return int(netns.run_in(self.name, sockstat_tw))
 
     def close(self) -> None:
         for proc in self.workers:
@@ -270,7 +251,7 @@ def psutil_probe(name: str) -> Callable[[], float]:
     return run
 
 
-def bench_size(size: int, repeat: int, profile: bool) -> dict[str, float]:
+def bench_size(size: int, repeat: int, profile: bool, every: int) -> dict[str, float]:
     print(f"\n== {size:,} sockets ==")
     with Population(size) as pop:
         ns = NetnsRef.named(pop.name)
@@ -316,12 +297,25 @@ def bench_size(size: int, repeat: int, profile: bool) -> dict[str, float]:
             print(f"  {'method':46} {'median ms':>10} {'min ms':>9} {'x ss-tw':>8}")
             for label, (med, low) in rows.items():
                 print(f"  {label:46} {med:10.1f} {low:9.1f} {med / ss_tw:8.2f}")
-            ratio = rows["census: states + port budget"][0] / ss_tw
             print(f"  (ss -tan state time-wait printed {int(out or 0) - 1:,} sockets)")
+            full_ms = rows["census: states + port budget"][0]
+            states_ms = rows["  states only (derive: 1 walk)"][0]
+            budget_ms = rows["  port budget only (2 walks)"][0]
+            # the sampler runs the budget every `every`-th tick (PortBudget period), the
+            # states every tick: what one tick costs on average
+            amortised = states_ms + budget_ms / every
+            ratio, ratio_amortised = full_ms / ss_tw, amortised / ss_tw
+            print(f"  census vs `ss -tan state time-wait | wc -l` ({ss_tw:.1f} ms), same run:")
             print(
-                f"  census CPU time per sample {cpu_full:.1f} ms; "
-                f"census / ss-time-wait = {ratio:.2f} (target at 250k: <= 0.25)"
+                f"    full census (states + port budget), one sample: {full_ms:7.1f} ms = "
+                f"{ratio:.2f}x ss (target at 250k: <= 0.25); CPU {cpu_full:.1f} ms"
             )
+            for n in sorted({every, 2 * every}):
+                print(
+                    f"    port budget every {n}th tick (period {n} s at 1 s): "
+                    f"{states_ms + budget_ms / n:7.1f} ms per tick = "
+                    f"{(states_ms + budget_ms / n) / ss_tw:.2f}x ss"
+                )
             last = census.take().costs_ms
             parts = budget.take().costs_ms
             print(
@@ -348,7 +342,13 @@ def bench_size(size: int, repeat: int, profile: bool) -> dict[str, float]:
                 f"  population at the end: {left:,} TIME_WAIT of {pop.n_tw:,} "
                 f"({age:.0f}s after they were made)"
             )
-            return {"ratio": ratio}
+            return {
+                "ss_ms": ss_tw,
+                "full_ms": full_ms,
+                "ratio": ratio,
+                "amortised_ms": amortised,
+                "ratio_amortised": ratio_amortised,
+            }
         finally:
             diag.close()
             census.close()
@@ -373,10 +373,13 @@ def memory_flat(full: Callable[[], object], rounds: int = 15) -> None:
     after, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss1 = psutil.Process().memory_info().rss
+    # flat: what a sample allocates is freed (a few KiB of interning and caches may stay)
+    flat = after - base < 64 * 1024 and rss1 - rss0 < 2 * 1024 * 1024
     print(
         f"  memory over {rounds} more samples: traced {base / 1024:.0f} -> {after / 1024:.0f} KiB "
         f"(peak {peak / 1024 / 1024:.1f} MiB during a sample), "
-        f"RSS {rss0 / 1024 / 1024:.1f} -> {rss1 / 1024 / 1024:.1f} MiB"
+        f"RSS {rss0 / 1024 / 1024:.1f} -> {rss1 / 1024 / 1024:.1f} MiB: "
+        + ("flat" if flat else "GROWING")
     )
 
 
@@ -399,6 +402,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="100000,250000", help="comma-separated socket counts")
     parser.add_argument("--repeat", type=int, default=5, help="runs per method (median)")
     parser.add_argument("--profile", action="store_true", help="cProfile the census")
+    parser.add_argument(
+        "--budget-every", type=int, default=5, help="ticks per port budget, for the amortised cost"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -408,8 +414,14 @@ def main() -> int:
         f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
         f"threads {threading.active_count()}"
     )
-    for size in sizes:
-        bench_size(size, args.repeat, args.profile)
+    results = {s: bench_size(s, args.repeat, args.profile, args.budget_every) for s in sizes}
+    head = ("sockets", "ss-tw ms", "full ms", "x ss", "amortised ms", "x ss")
+    print("\n{:>9} {:>9} {:>8} {:>6} {:>13} {:>6}".format(*head))
+    for size, r in results.items():
+        print(
+            f"{size:9,} {r['ss_ms']:9.1f} {r['full_ms']:8.1f} {r['ratio']:6.2f} "
+            f"{r['amortised_ms']:13.1f} {r['ratio_amortised']:6.2f}"
+        )
     return 0
 
 

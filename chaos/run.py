@@ -418,7 +418,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     load = summary.get("load", {})
     for key, value in load.items():
         if not isinstance(value, dict | list):
-            table.add_row(key.replace("_", " "), str(value))
+            shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+            table.add_row(key.replace("_", " "), shown)
     for failure, count in load.get("failures_by_class", {}).items():
         table.add_row(f"  failures {failure}", str(count))
     origin = summary.get("origin", {})

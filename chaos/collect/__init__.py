@@ -22,6 +22,8 @@ docs/metrics.md has the schema.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from chaos.collect.base import Collector, Sample, to_line, to_lines
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
@@ -31,7 +33,13 @@ from chaos.collect.locust_stats import LocustHistory
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
 from chaos.collect.sockdiag import InetDiag
-from chaos.collect.zombies import ZombieScan, confirm_zombies, socket_tuples
+from chaos.collect.zombies import (
+    ZombiePeer,
+    ZombieScan,
+    confirm_zombies,
+    peers_from_rules,
+    socket_tuples,
+)
 
 __all__ = [
     "Collector",
@@ -43,9 +51,11 @@ __all__ = [
     "Sample",
     "Sampler",
     "SocketCensus",
+    "ZombiePeer",
     "ZombieScan",
     "collectors_for",
     "confirm_zombies",
+    "peers_from_rules",
     "socket_tuples",
     "to_line",
     "to_lines",
@@ -61,12 +71,15 @@ def collectors_for(
     zombie_period: float = 10.0,
     budget_period: float = 0.0,
     zombie_peer: NetnsRef | None = None,
+    zombie_peers: Sequence[ZombiePeer] = (),
     cumulative_counters: bool = False,
 ) -> list[Collector]:
     """The standard collectors for one namespace, each with its own sockets opened there.
 
-    ``tags`` (e.g. ``{"role": "proxy"}``) go on every sample next to ``netns``. The caller
-    owns the result: ``close()`` each collector (or :meth:`Sampler.close_collectors`).
+    ``tags`` (e.g. ``{"role": "proxy"}``) go on every sample next to ``netns``. Zombie
+    candidates are confirmed against ``zombie_peers`` (chosen per connection by its remote
+    address) and/or ``zombie_peer`` (every connection). The caller owns the result:
+    ``close()`` each collector (or :meth:`Sampler.close_collectors`).
     """
     made: list[Collector] = []
     diag = InetDiag.open_in(ns)  # one sock_diag socket for the namespace, shared
@@ -79,6 +92,7 @@ def collectors_for(
                 idle_threshold_s=zombie_idle_s,
                 period=zombie_period,
                 peer=zombie_peer,
+                peers=zombie_peers,
                 tags=tags,
                 diag=diag,
             )

@@ -9,6 +9,13 @@ A candidate is *confirmed* when its peer has no socket for the same connection:
 :func:`confirm_zombies` takes the candidates of one namespace and a :class:`SocketTuples`
 census of the peer's namespace (every socket's 4-tuple), or looks each one up live.
 
+Which namespace is "the peer" depends on the connection: a proxy talks to clients on one
+side and to the origin on the other. :class:`ZombiePeer` says where the other end of the
+connections to a remote network lives (and how a NAT on the way rewrote the tuple:
+:func:`nat`); a :class:`ZombieScan` with several routes each candidate by its remote
+address. :func:`peers_from_rules` builds them from the lab's addressing
+(:meth:`chaos.lab.topology.Plan.peer_rules`).
+
 Cost: the scan asks for ``tcp_info`` of every ESTABLISHED socket (~400-byte records; ~1.3 us
 per socket in the kernel here), so it is a separate collector with its own period (default
 10 s) rather than part of the per-second census.
@@ -16,15 +23,21 @@ per socket in the kernel here), so it is a separate collector with its own perio
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chaos.collect import sockdiag as sd
 from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.census import info_offset, record_format
 from chaos.collect.nsref import NetnsRef
+
+if TYPE_CHECKING:
+    from chaos.lab.topology import PeerRule
 
 
 @dataclass(frozen=True)
@@ -148,27 +161,103 @@ def _tuple_format(size: int) -> struct.Struct:
     return fmt
 
 
+Key = tuple[int, bytes]  # (family, 4-tuple as sock_diag has it)
+#: maps a candidate to the key its peer's socket would have, or to the keys it may have (any
+#: of them present: not a zombie); None: cannot tell, never confirmed
+Translate = Callable[[Conn], Key | list[Key] | None]
+
+
 def confirm_zombies(
-    local: ZombieReport,
+    local: ZombieReport | Sequence[Conn],
     peer: SocketTuples,
-    translate: Callable[[Conn], tuple[int, bytes] | None] | None = None,
+    translate: Translate | None = None,
 ) -> list[Conn]:
-    """Candidates of ``local`` whose connection has no socket in ``peer``'s census.
+    """Candidates (of a report, or given) whose connection has no socket in ``peer``'s census.
 
     ``translate`` maps a candidate to the (family, 4-tuple) its peer socket would have when
-    something between them rewrites addresses (NAT, a transparent proxy); by default the
-    peer's socket is the mirror image (ports and addresses swapped). Returning None skips it.
+    something between them rewrites addresses (NAT, a transparent proxy), or to a list of
+    the keys it may have; by default the peer's socket is the mirror image (ports and
+    addresses swapped). Returning None skips it.
     """
+    conns = local.candidates if isinstance(local, ZombieReport) else local
     confirmed = []
-    for conn in local.candidates:
-        key = translate(conn) if translate else (conn.family, conn.reversed_tuple())
-        if key is not None and key not in peer:
+    for conn in conns:
+        keys = translate(conn) if translate else (conn.family, conn.reversed_tuple())
+        if keys is None:
+            continue
+        if not any(key in peer for key in (keys if isinstance(keys, list) else [keys])):
             confirmed.append(conn)
     return confirmed
 
 
+def nat(seen: tuple[str, int], real: tuple[str, int]) -> Translate:
+    """A :data:`Translate` for a NAT on the way: the endpoint this side knows as ``seen``
+    (address, port) is ``real`` for the peer.
+
+    E.g. a client that dialled the origin's address through a DNAT gateway: the proxy's
+    socket has the proxy's address where the client has the origin's; and the proxy sees
+    the client's connection at its own address, which the client knows as the origin's.
+    A connection that did not go through the NAT (it reached ``seen`` directly) keeps its
+    plain mirror image as a second possible key.
+    """
+    family = socket.AF_INET6 if ":" in seen[0] else socket.AF_INET
+    old = sd.addr_bytes(family, seen[0]) + seen[1].to_bytes(2, "big")
+    new = sd.addr_bytes(family, real[0]) + real[1].to_bytes(2, "big")
+
+    def translate(conn: Conn) -> Key | list[Key]:
+        m = conn.reversed_tuple()  # the peer's view: its port, remote port, its addr, remote
+        local, remote = m[4:20] + m[0:2], m[20:36] + m[2:4]
+        if conn.family != family or old not in (local, remote):
+            return conn.family, m
+        local, remote = (new if end == old else end for end in (local, remote))
+        return [(family, local[16:] + remote[16:] + local[:16] + remote[:16]), (family, m)]
+
+    return translate
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ZombiePeer:
+    """The other end of this namespace's connections to ``remote`` lives in ``ns``.
+
+    ``remote`` None matches every remote address; ``translate`` as for
+    :func:`confirm_zombies` (e.g. :func:`nat`).
+    """
+
+    remote: Network | None
+    ns: NetnsRef
+    translate: Translate | None = None
+
+    def covers(self, address: str) -> bool:
+        return self.remote is None or ipaddress.ip_address(address) in self.remote
+
+
+def peers_from_rules(
+    role: str, rules: Iterable[PeerRule], ref_of: Callable[[str], NetnsRef | None]
+) -> list[ZombiePeer]:
+    """The :class:`ZombiePeer` list of ``role`` from the lab's :class:`PeerRule` list.
+
+    ``ref_of`` gives the namespace of a peer role (``"host"`` included), or None when it is
+    not there; rules toward a missing peer are left out (their candidates stay unconfirmed).
+    """
+    peers = []
+    for rule in rules:
+        ref = ref_of(rule.peer) if rule.role == role else None
+        if ref is not None:
+            translate = nat(*rule.nat) if rule.nat else None
+            peers.append(ZombiePeer(ipaddress.ip_network(rule.remote), ref, translate))
+    return peers
+
+
 class ZombieScan:
-    """``tcp_zombies`` for one namespace; optionally confirmed against a peer namespace."""
+    """``tcp_zombies`` for one namespace; optionally confirmed against peer namespaces.
+
+    ``peers``: where the other end of each connection lives, chosen per candidate by its
+    remote address (the first peer that covers it). ``peer`` (+ ``translate``) is the
+    one-peer shorthand: every connection's other end is there.
+    """
 
     name = "zombies"
 
@@ -179,7 +268,8 @@ class ZombieScan:
         idle_threshold_s: float = 60.0,
         period: float = 10.0,
         peer: NetnsRef | None = None,
-        translate: Callable[[Conn], tuple[int, bytes] | None] | None = None,
+        translate: Translate | None = None,
+        peers: Sequence[ZombiePeer] = (),
         tags: dict[str, str] | None = None,
         diag: sd.InetDiag | None = None,
     ) -> None:
@@ -188,21 +278,52 @@ class ZombieScan:
         self.threshold_s = idle_threshold_s
         self.period = period
         self.tags = {"netns": ns.label, **(tags or {})}
+        self.peers = list(peers)
+        if peer is not None:
+            self.peers.append(ZombiePeer(None, peer, translate))
         # one sock_diag socket per namespace when given one (collectors_for shares it)
         self.diag = diag.acquire() if diag is not None else sd.InetDiag.open_in(ns)
-        self.peer = peer
-        self.translate = translate
-        self.peer_diag = sd.InetDiag.open_in(peer) if peer is not None else None
+        self._peer_diags: dict[str, sd.InetDiag] = {}  # one per peer namespace
+        try:
+            for p in self.peers:
+                if p.ns.label not in self._peer_diags:
+                    self._peer_diags[p.ns.label] = sd.InetDiag.open_in(p.ns)
+        except BaseException:
+            self.close()
+            raise
+        self._routes: dict[str, ZombiePeer | None] = {}  # remote address -> its peer
         self.last: ZombieReport | None = None
         self.confirmed: list[Conn] = []
+        self.unmatched = 0  # candidates no peer covers: not checkable
+        self.by_peer: dict[str, tuple[int, int]] = {}  # peer label -> (candidates, confirmed)
+
+    def _route(self, conn: Conn) -> ZombiePeer | None:
+        address = conn.dst
+        if address not in self._routes:
+            self._routes[address] = next((p for p in self.peers if p.covers(address)), None)
+        return self._routes[address]
 
     def take(self) -> ZombieReport:
         report = scan(self.diag, self.threshold_s, self.netns)
-        if self.peer_diag is not None and report.candidates:
-            peer = socket_tuples(self.peer_diag, self.peer.label if self.peer else "")
-            self.confirmed = confirm_zombies(report, peer, self.translate)
-        else:
-            self.confirmed = []
+        self.confirmed = []
+        self.unmatched = 0
+        self.by_peer = dict.fromkeys(self._peer_diags, (0, 0))
+        routed: dict[int, tuple[ZombiePeer, list[Conn]]] = {}
+        for conn in report.candidates if self.peers else ():
+            peer = self._route(conn)
+            if peer is None:
+                self.unmatched += 1
+            else:
+                routed.setdefault(id(peer), (peer, []))[1].append(conn)
+        censuses: dict[str, SocketTuples] = {}  # one census per peer namespace and scan
+        for peer, conns in routed.values():
+            label = peer.ns.label
+            if label not in censuses:
+                censuses[label] = socket_tuples(self._peer_diags[label], label)
+            gone = confirm_zombies(conns, censuses[label], peer.translate)
+            self.confirmed += gone
+            seen, confirmed = self.by_peer[label]
+            self.by_peer[label] = (seen + len(conns), confirmed + len(gone))
         self.last = report
         return report
 
@@ -217,12 +338,26 @@ class ZombieScan:
         if report.oldest_idle_s is not None:
             fields["oldest_idle_s"] = round(report.oldest_idle_s, 3)
         tags = dict(self.tags)
-        if self.peer is not None:
+        stamp = time_ns_of(now)
+        per_peer = []
+        if self.peers:
             fields["confirmed"] = len(self.confirmed)
-            tags["peer"] = self.peer.label
-        return [Sample("tcp_zombies", tags, fields, time_ns_of(now))]
+            fields["unmatched"] = self.unmatched
+            if len(self.by_peer) == 1:
+                tags["peer"] = next(iter(self.by_peer))
+            per_peer = [
+                Sample(
+                    "tcp_zombies_peer",
+                    {**self.tags, "peer": label},
+                    {"candidates": seen, "confirmed": confirmed},
+                    stamp,
+                )
+                for label, (seen, confirmed) in self.by_peer.items()
+            ]
+        return [Sample("tcp_zombies", tags, fields, stamp), *per_peer]
 
     def close(self) -> None:
         self.diag.close()
-        if self.peer_diag is not None:
-            self.peer_diag.close()
+        for diag in self._peer_diags.values():
+            diag.close()
+        self._peer_diags = {}

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import sockets
+from sockets import listener
 
 from chaos.collect import collectors_for
 from chaos.collect import sockdiag as sd
@@ -89,45 +91,19 @@ def lab() -> Iterator[Lab]:
     assert not any(n.startswith(made.prefix) for n in netns.list_namespaces())
 
 
-def listener(family: int, host: str, port: int = 0) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.bind((host, port))
-    sock.listen(1024)
-    return sock
-
-
 def connect_pairs(
-    lab: Lab,
-    lsock: socket.socket,
-    n: int,
-    *,
-    source: str | None = None,
-    keepalive: bool = False,
+    lab: Lab, lsock: socket.socket, n: int, **options: object
 ) -> list[tuple[socket.socket, socket.socket]]:
-    """n ESTABLISHED client/server pairs to ``lsock`` (call inside the namespace)."""
-    family = lsock.family
-    addr = lsock.getsockname()[:2]
-    pairs = []
-    for _ in range(n):
-        client = socket.socket(family, socket.SOCK_STREAM)
-        if keepalive:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if source:
-            client.bind((source, 0))
-        client.connect(addr)
-        server, _ = lsock.accept()
-        if keepalive:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        lab.sockets += [client, server]
-        pairs.append((client, server))
+    """n ESTABLISHED client/server pairs to ``lsock`` (call inside the namespace), kept
+    open until the test's cleanup."""
+    pairs = sockets.connect_pairs(lsock, n, **options)  # type: ignore[arg-type]
+    lab.sockets += [sock for pair in pairs for sock in pair]
     return pairs
 
 
 def make_time_wait(lab: Lab, lsock: socket.socket, n: int) -> None:
-    """n TIME_WAIT sockets on the client side: the client closes first (active closer)."""
-    for client, server in connect_pairs(lab, lsock, n):
-        client.close()
-        server.close()
+    """n TIME_WAIT sockets on the client side (call inside the namespace)."""
+    sockets.make_time_wait(lsock, n)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -139,15 +115,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def sockstat_tw(name: str) -> int:
-    def read() -> int:
-        with open("/proc/thread-self/net/sockstat") as fh:
-            for line in fh:
-                if line.startswith("TCP:"):
-                    words = line.split()
-                    return int(words[words.index("tw") + 1])
-        return -1
-
-    return int(netns.run_in(name, read))
+    return int(netns.run_in(name, sockets.sockstat_tw))
 
 
 # --- census ----------------------------------------------------------------------------------
