@@ -272,6 +272,7 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 tags={"role": role},
                 zombie_idle_s=spec.zombie_idle,
                 zombie_peers=peers_from_rules(role, peer_rules, ref_of),
+                budget_period=spec.budget_period,
             )
             if role == "origin":  # the lab's counter of packets that bypassed the proxy
                 collectors.append(EscapeCounter(ref.label, tags={"role": role}))

@@ -309,6 +309,13 @@ class CollectorsSpec(Strict):
         default_factory=lambda: ["client", "gateway", "proxy", "origin"]
     )
     zombie_idle: Duration = Field(default=30.0, description="zombie candidate threshold")
+    budget_period: Duration = Field(
+        default=0.0,
+        description=(
+            "seconds between port-budget samples (0: every tick); the budget is the costly "
+            "part of a sample at 100k+ sockets"
+        ),
+    )
 
     @field_validator("interval")
     @classmethod
