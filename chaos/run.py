@@ -120,16 +120,7 @@ def run_scenario(
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
     name = options.lab_name or scenario.lab.name or f"r{secrets.token_hex(3)}"
     lab.preflight(scenario, name)
-    label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
-    run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
-    run.journal.event(
-        "run.start",
-        scenario=scenario.name,
-        variant=scenario.variant,
-        lab=name,
-        duration=scenario.duration,
-    )
+    run, label = open_run(options, scenario, lab=name)
     console.print(
         f"run [bold]{label}[/] for {scenario.duration:g}s in lab {name}; "
         f"run directory {run.path}"
@@ -163,6 +154,21 @@ def run_scenario(
         chown_to_invoker(run.path)
     code = conclude(options, scenario, run.path, result, sink_stats, console)
     return on_done(run.path, code) if on_done else code
+
+
+def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[RunDir, str]:
+    """The run directory, with the resolved scenario and the journal's run.start."""
+    label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
+    run = RunDir.create(label, options.runs_root)
+    run.write_scenario(scenario)
+    run.journal.event(
+        "run.start",
+        scenario=scenario.name,
+        variant=scenario.variant,
+        duration=scenario.duration,
+        **where,
+    )
+    return run, label
 
 
 def conclude(
@@ -525,16 +531,7 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
     assert remote is not None
     influx = resolve_influx(scenario.sink.influxdb, options.influx)
     faults = remote_faults(scenario)
-    label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
-    run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
-    run.journal.event(
-        "run.start",
-        scenario=scenario.name,
-        variant=scenario.variant,
-        remote=remote.target,
-        duration=scenario.duration,
-    )
+    run, label = open_run(options, scenario, remote=remote.target)
     console.print(
         f"run [bold]{label}[/] for {scenario.duration:g}s against {remote.target} "
         f"({remote_workers(scenario)} Locust worker(s) to join on {remote.master_bind}); "

@@ -33,20 +33,14 @@ EVENT_TAGS = ("id", "kind", "target", "role")  # annotate() keywords that become
 
 
 @dataclass
-class SinkStats:
+class SinkStats(DeliveryStats):
     """Points by fate. ``recorded``: lines in samples.lp; the rest is InfluxDB delivery
     (``written`` includes ``replayed``; ``left_in_spool`` were not delivered by close)."""
 
     recorded: int = 0
-    written: int = 0
-    spooled: int = 0
-    replayed: int = 0
-    dropped: int = 0
-    left_in_spool: int = 0
-    outages: int = 0
     influxdb: str | None = None
 
-    def as_dict(self) -> dict[str, int | str | None]:
+    def as_dict(self) -> dict[str, int | str | None]:  # type: ignore[override]
         return asdict(self)
 
 
