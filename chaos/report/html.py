@@ -155,8 +155,9 @@ def _expectations(summary: dict[str, Any]) -> str:
         return "<p class='sub'>The scenario declares no expectations.</p>"
     rows = [
         (
-            escape(str(e.get("metric", ""))),
-            escape(f"{e.get('op', '')} {e.get('value', '')}"),
+            escape(str(e.get("label") or "")),
+            escape(f"{e.get('agg') or 'max'}({e.get('metric', '')})"),
+            escape(_expected(e)),
             escape(str(e.get("when", ""))),
             escape(str(e.get("role") or "any")),
             escape(_num(e.get("observed"))),
@@ -164,7 +165,19 @@ def _expectations(summary: dict[str, Any]) -> str:
         )
         for e in results
     ]
-    return _table(("metric", "expected", "when", "role", "observed", "result"), rows)
+    header = ("expectation", "metric", "expected", "when", "role", "observed", "result")
+    return _table(header, rows)
+
+
+def _expected(result: dict[str, Any]) -> str:
+    """``>= 0.9 * rate (= 360)``: the expression and the number it came to."""
+    op, value = result.get("op", ""), str(result.get("value", ""))
+    threshold = result.get("threshold")
+    try:
+        same = threshold is None or float(value) == float(threshold)
+    except ValueError:
+        same = False
+    return f"{op} {value}" if same else f"{op} {value} (= {_num(threshold)})"
 
 
 def _plot(plot: Plot) -> str:
