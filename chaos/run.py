@@ -376,17 +376,23 @@ def drive_load(
 
 
 def load_with_faults(
-    locust: LocustRun, schedule: FaultSchedule, run: RunDir, wait: float
+    locust: LocustRun,
+    schedule: FaultSchedule,
+    run: RunDir,
+    wait: float,
+    console: Console | None = None,
 ) -> LoadResult:
     """Start Locust, start the faults once its workers joined (``at`` counts from the
     load's real start), wait for the end; Locust stopped and faults reverted on every
-    path."""
+    path. ``console``: say when the workers joined (remote runs, where that can take long)."""
     try:
         locust.start()
         joined = wait_for_ramp(locust, wait)
         schedule.start()
         if joined:
             run.journal.event("load.ramp", workers=locust.workers)
+            if console is not None:
+                console.print(f"{locust.workers} worker(s) joined; load and faults started")
         result = locust.wait()
     finally:
         locust.stop()
@@ -604,7 +610,7 @@ def drive_remote_load(
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=locust.host)
     console.print(f"waiting up to {remote.wait:g}s for {workers} worker(s) to join")
-    return load_with_faults(locust, schedule, run, wait=remote.wait)
+    return load_with_faults(locust, schedule, run, wait=remote.wait, console=console)
 
 
 def remote_workers(scenario: Scenario) -> int:

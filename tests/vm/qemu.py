@@ -72,12 +72,13 @@ mount -t 9p -o $opts,ro,cache=loose hostroot /ro || { echo "chaos-vm: no host ro
 mount -t tmpfs -o mode=755 tmpfs /rw
 mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/ro,upperdir=/rw/upper,workdir=/rw/work overlay /newroot
-mkdir -p "/newroot@REPO@" /newroot@OUT@
-mount -t 9p -o $opts repo "/newroot@REPO@"
-mount -t 9p -o $opts out /newroot@OUT@
+# Fresh /tmp and /run first: a checkout under /tmp (a CI clone) is mounted on top of them.
 mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 mkdir -p /newroot/run/netns
+mkdir -p "/newroot@REPO@" /newroot@OUT@
+mount -t 9p -o $opts repo "/newroot@REPO@"
+mount -t 9p -o $opts out /newroot@OUT@
 for fs in proc sys dev; do mount --move /$fs /newroot/$fs; done
 exec switch_root /newroot /bin/sh @OUT@/run.sh
 """
