@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -260,14 +261,18 @@ def load(name_or_path: str) -> Scenario:
     return parse(source.text, source.label)
 
 
+def headline(description: str) -> str:
+    """A description's first clause: up to the first colon, semicolon or full stop."""
+    text = " ".join(description.split())
+    return re.split(r"[:;]\s|\.\s|\.$", text, maxsplit=1)[0] if text else ""
+
+
 def describe_builtins() -> list[tuple[str, str]]:
     """(name, one-line description) of each builtin scenario."""
     out = []
     for name in builtin_names():
         scenario = load(name)
-        out.append(
-            (name, scenario.description.strip().splitlines()[0] if scenario.description else "")
-        )
+        out.append((name, headline(scenario.description)))
     return out
 
 
