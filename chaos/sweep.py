@@ -42,6 +42,7 @@ from rich.text import Text
 
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
+from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.scenario.model import Scenario
 from chaos.sink.lineproto import Point, read_points
@@ -414,6 +415,8 @@ def run_sweep(options: SweepOptions, console: Console) -> int:
     def judge(run_path: Path, code: int) -> int:
         result = analyse(run_path, base, options.rates, options.step_duration)
         record(run_path, result)
+        if options.run.report:  # again, now with the sweep's steps in it
+            write_report(run_path)
         print_sweep(console, result)
         console.print(f"sweep results: {run_path / 'sweep.json'}")
         return 0 if result.knee is not None else ExpectationFailed.exit_code

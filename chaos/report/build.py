@@ -10,9 +10,11 @@ since the idle seconds of lab set-up and teardown would otherwise dilute it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chaos.collect.kernel import NOTABLE
@@ -505,6 +507,22 @@ def sampler_summary(run: RunData) -> dict[str, Any]:
     }
 
 
+def sweep_summary(run_path: Path) -> dict[str, Any] | None:
+    """A capacity sweep's steps and verdict (``sweep.json``, written by ``chaos sweep``)."""
+    try:
+        data = json.loads((run_path / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keep = ("target", "achieved", "failures", "classes", "ports", "proxy_cpu", "origin_cpu",
+            "exhausted", "passed", "why")
+    return {
+        "knee": data.get("knee"),
+        "first_exhausted": data.get("first_exhausted"),
+        "evidence": data.get("evidence", ""),
+        "steps": [{k: step.get(k) for k in keep} for step in data.get("steps", [])],
+    }
+
+
 def summarise(run: RunData, plots: list[Plot]) -> dict[str, Any]:
     result, expectations = verdict(run)
     memory = memory_series(run)
@@ -519,6 +537,7 @@ def summarise(run: RunData, plots: list[Plot]) -> dict[str, Any]:
         "verdict": result,
         "expectations": expectations,
         "faults": [_fault_json(f) for f in run.faults],
+        "sweep": sweep_summary(run.path),
         "load": load_summary(run),
         "roles": roles_summary(run),
         "port_groups": port_groups(run),

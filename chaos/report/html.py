@@ -149,6 +149,37 @@ def _faults(summary: dict[str, Any]) -> str:
     return _table(("fault", "kind", "target", "applied", "reverted", "lasted"), rows) + key
 
 
+def _percent(value: object) -> str:
+    return f"{float(value):.0%}" if isinstance(value, int | float) else "–"
+
+
+def _sweep(sweep: dict[str, Any]) -> str:
+    knee = sweep.get("knee")
+    head = (
+        f"<p>knee: <b>{escape(_num(knee))} conn/s</b> (the highest step that held); "
+        f"first exhausted: <b>{escape(str(sweep.get('first_exhausted') or 'unknown'))}</b>"
+        f" — {escape(str(sweep.get('evidence', '')))}</p>"
+        if knee is not None
+        else "<p class='bad'>no knee: the first step already broke, or none did</p>"
+    )
+    rows = [
+        (
+            escape(_num(step.get("target"))),
+            escape(_num(step.get("achieved"))),
+            escape(f"{step.get('failures', 0)} "
+                   + " ".join(f"{k}:{v}" for k, v in (step.get("classes") or {}).items())),
+            _percent(step.get("ports")),
+            _percent(step.get("proxy_cpu")),
+            escape(", ".join(step.get("exhausted") or []) or "–"),
+            "<span class='ok'>held</span>" if step.get("passed")
+            else f"<span class='bad'>broke</span> {escape(str(step.get('why') or ''))}",
+        )
+        for step in sweep.get("steps", [])
+    ]
+    header = ("target/s", "achieved/s", "failures", "ports", "proxy CPU", "ran out", "step")
+    return head + _table(header, rows)
+
+
 def _expectations(summary: dict[str, Any]) -> str:
     results = summary["expectations"]
     if not results:
@@ -239,6 +270,8 @@ def _tables(summary: dict[str, Any]) -> str:
 def render_page(summary: dict[str, Any], plots: list[Plot]) -> str:
     body = [_header(summary), "<h2>Faults</h2>", _faults(summary)]
     body += ["<h2>Expectations</h2>", _expectations(summary)]
+    if summary.get("sweep"):
+        body += ["<h2>Capacity sweep</h2>", _sweep(summary["sweep"])]
     for section, title in SECTIONS.items():
         members = [p for p in plots if p.section == section]
         if not members:

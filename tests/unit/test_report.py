@@ -301,3 +301,24 @@ def test_chart_helpers() -> None:
     assert max(v for _, v in reduced) == 6 and min(v for _, v in reduced) == 0
     runs = split_gaps([(0, 1), (1, 1), (2, 1), (20, 1), (21, 1)])
     assert [len(r) for r in runs] == [3, 2]
+
+
+def test_a_sweep_gets_its_steps_and_knee(run_dir: Path) -> None:
+    steps = [
+        {"target": 100, "achieved": 99.5, "failures": 0, "classes": {}, "ports": 0.3,
+         "proxy_cpu": 0.2, "exhausted": [], "passed": True, "why": ""},
+        {"target": 200, "achieved": 150.0, "failures": 40,
+         "classes": {"EADDRNOTAVAIL": 40}, "ports": 1.0, "proxy_cpu": 0.4,
+         "exhausted": ["ports"], "passed": False, "why": "failures"},
+    ]
+    (run_dir / "sweep.json").write_text(json.dumps(
+        {"knee": 100, "first_exhausted": "ports", "evidence": "port budget 100%",
+         "steps": steps}
+    ))
+    report = write_report(run_dir)
+    html = report.html_path.read_text()
+    assert "<h2>Capacity sweep</h2>" in html and "knee: <b>100 conn/s</b>" in html
+    assert "EADDRNOTAVAIL:40" in html and html.count("class='bad'>broke</span>") == 1
+    summary = json.loads(report.json_path.read_text())
+    assert summary["sweep"]["knee"] == 100
+    assert [s["passed"] for s in summary["sweep"]["steps"]] == [True, False]
