@@ -34,9 +34,13 @@ def test_run_smoke_end_to_end(chaos_cli, tmp_path, lab_name):
     # 200 connections/s for 4 s, with generous bounds for a shared machine.
     assert 400 <= load["total_requests"] <= 1000
     assert load["total_failures"] == 0
-    # Every connection went client → HAProxy → origin: the three counts agree.
-    assert summary["origin"]["requests"] == load["total_requests"]
-    assert summary["proxy_logged"] == load["total_requests"]
+    # Every connection went client → HAProxy → origin: the three counts agree, except for
+    # connections in flight when Locust stopped its users (served, but never reported;
+    # tests/root/test_teardown_states.py checks exact equality with a drained load).
+    users = 20
+    reported = load["total_requests"]
+    assert reported <= summary["origin"]["requests"] <= reported + users
+    assert reported <= summary["proxy_logged"] <= reported + users
     events = [e["event"] for e in read_journal(run / "journal.jsonl")]
     assert events[0] == "run.start" and events[-1] == "run.end"
     assert {"lab.up.done", "load.start", "load.end", "lab.down"} <= set(events)
