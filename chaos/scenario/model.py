@@ -5,9 +5,8 @@ Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``
 ``1h``) and are stored as float seconds.
 
 Later features extend this tree by adding fields with defaults, so existing scenario files
-stay valid. Sections whose runtime does not exist yet (faults, expectations) are still
-validated here, and :mod:`chaos.run` refuses to start a run that uses them rather than
-ignoring them silently.
+stay valid. Fault ``params`` are checked per fault type by :mod:`chaos.faults` (before the
+load starts), and expectation expressions by :mod:`chaos.expect` (at load time).
 """
 
 from __future__ import annotations
