@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import psutil
 from sockets import listener, make_time_wait, sockstat_tw  # test infrastructure, chaos-free
 
-from chaos.collect.budget import PortBudget
-from chaos.collect.census import SocketCensus
+from chaos.collect import sockdiag as sd
+from chaos.collect.budget import FULL_HOLDING, PortBudget
+from chaos.collect.census import RARE, SocketCensus, listening
 from chaos.collect.nsref import NetnsRef
 from chaos.collect.sockdiag import InetDiag
 from chaos.collect.zombies import scan
@@ -280,6 +281,10 @@ def bench_size(size: int, repeat: int, profile: bool, every: int) -> dict[str, f
             rows["  states only (derive: 1 walk)"] = median_ms(census.take, repeat)[:2]
             rows["  port budget only (2 walks)"] = median_ms(budget.take, repeat)[:2]
             rows["  states, exact mode (3 walks)"] = median_ms(exact.take, repeat)[:2]
+            requests = floor_requests(diag, budget)
+            rows["  kernel floor: the same dumps, records unread"] = median_ms(
+                lambda: read_unparsed(diag, requests), repeat
+            )[:2]
             rows["  zombie scan (tcp_info of all ESTABLISHED)"] = median_ms(
                 lambda: scan(diag, 60.0), max(3, repeat // 2)
             )[:2]
@@ -355,6 +360,34 @@ def bench_size(size: int, repeat: int, profile: bool, every: int) -> dict[str, f
             exact.close()
             budget.close()
             ns.close()
+
+
+FloorRequest = tuple[int, int, bytes]  # states mask, extensions, bytecode
+
+
+def floor_requests(diag: InetDiag, budget: PortBudget) -> list[FloorRequest]:
+    """The requests one full sample sends: census (listeners, the rare states with tcp_info)
+    and budget (listeners, outbound TIME_WAIT, outbound other states)."""
+    lo, hi = budget.take().port_range
+    bytecode = sd.outbound_filter(lo, hi, sorted(p for p in listening(diag) if lo <= p <= hi))
+    listen = (sd.states_mask([sd.LISTEN]), 0, b"")
+    return [
+        listen,
+        (sd.states_mask(RARE), sd.EXT_INFO, b""),
+        listen,
+        (sd.states_mask([sd.TIME_WAIT]), 0, bytecode),
+        (sd.states_mask(FULL_HOLDING), 0, bytecode),
+    ]
+
+
+def read_unparsed(diag: InetDiag, requests: list[FloorRequest]) -> int:
+    """Send the requests and receive every record without looking at it: what the kernel and
+    the copies to user space alone cost, the floor under any digestion in Python."""
+    records = 0
+    for states, ext, code in requests:
+        for run in diag.dump(sd.AF_ANY, states, ext=ext, bytecode=code):
+            records += run.count
+    return records
 
 
 def memory_flat(full: Callable[[], object], rounds: int = 15) -> None:
