@@ -35,7 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
-from chaos.collect.escapes import EscapeCounter
+from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
 from chaos.errors import ChaosError
@@ -44,7 +44,7 @@ from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, Age
 from chaos.faults.schedule import FaultSchedule
 from chaos.faults.targets import is_agent_url
 from chaos.lab import lab, netns, proxies
-from chaos.lab.topology import LabState
+from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
 from chaos.progress import Progress, live_progress
@@ -280,8 +280,13 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 zombie_peers=peers_from_rules(role, peer_rules, ref_of),
                 budget_period=spec.budget_period,
             )
-            if role == "origin":  # the lab's counter of packets that bypassed the proxy
-                collectors.append(EscapeCounter(ref.label, tags={"role": role}))
+            # the lab's own packet counters in this role (escapes at the origin, resets
+            # toward the clients at the gateway)
+            collectors += [
+                LabCounter(ref.label, measurement, tags={"role": role})
+                for measurement, counter in LAB_COUNTERS.items()
+                if counter.role == role
+            ]
         # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
         collectors += locust_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)

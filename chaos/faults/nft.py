@@ -1,6 +1,6 @@
 """Packet filters with nftables, in a table each fault owns, inside the target's namespace.
 
-Two fault types:
+Three fault types:
 
 ``nft-filter``
     drop, or reject (ICMP port-unreachable, or a TCP reset), the packets that match every
@@ -11,6 +11,12 @@ Two fault types:
 ``nft-loss``
     random loss by probability, per direction, for kernels without sch_netem. The scenario
     chooses it explicitly: netem loss never falls back to it silently.
+``nft-mangle``
+    a middlebox that rewrites a TCP sequence or acknowledgement number wrongly (seed 004's
+    load balancer): the matching packets pass with ``field`` XORed with ``xor`` (a number
+    off by a fixed pattern, as a broken sequence translation makes it) or replaced by
+    ``set``. nftables fixes the TCP checksum, so the receiver judges the number, not the
+    checksum. Its default direction is ``forward``: a middlebox rewrites what it routes.
 
 Note on ``output``: a packet that the *local* TCP stack sends and nftables drops in the
 output hook is not lost on the wire: the stack gets an error back (EPERM), keeps the segment
@@ -20,10 +26,11 @@ causes it, drop on ``input`` of the receiving namespace (the default of ``nft-lo
 ``forward`` in the gateway or proxy namespace.
 
 Each applied fault is one table ``inet chaos_<fault id>`` with one base chain per direction
-(hooks ``input``, ``output``, ``forward``; priority ``filter``), loaded atomically with
-``nft -f -`` in the namespace. Revert deletes the table (``add`` + ``delete`` in one
-transaction, so a table that is already gone is not an error), and does nothing when the
-namespace itself is gone. Rule text is checked with ``nft -c`` when the fault is validated.
+(hooks ``input``, ``output``, ``forward``; priority ``filter``, ``mangle`` for nft-mangle),
+loaded atomically with ``nft -f -`` in the namespace. Revert deletes the table (``add`` +
+``delete`` in one transaction, so a table that is already gone is not an error), and does
+nothing when the namespace itself is gone. Rule text is checked with ``nft -c`` when the
+fault is validated.
 
 ``tcp_flags`` is a preset — ``syn`` (an opening SYN, not a SYN-ACK), ``syn-ack``,
 ``pure-ack`` (ACK without SYN, FIN, RST or PSH: the bare ACKs of a teardown), ``fin``,
@@ -37,7 +44,7 @@ import ipaddress
 import subprocess
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from chaos.errors import FaultError
 from chaos.faults.base import Fault, Handle, Params, register
@@ -126,11 +133,9 @@ class MatchParams(Params):
         return _address(value)
 
 
-class FilterParams(MatchParams):
-    action: Literal["drop", "reject"] = Field(default="drop", description="drop or reject")
-    reject_with: Literal["icmp", "tcp-reset"] = Field(
-        default="icmp", description="for reject: ICMP port-unreachable (as iptables) or TCP RST"
-    )
+class TcpMatchParams(MatchParams):
+    """Match fields of the faults that look into the TCP header."""
+
     tcp_flags: str | None = Field(
         default=None,
         description="syn | syn-ack | pure-ack | fin | rst, or 'MASK SET' (e.g. 'ack,fin ack')",
@@ -151,6 +156,36 @@ class FilterParams(MatchParams):
         return _port(value)
 
 
+class FilterParams(TcpMatchParams):
+    action: Literal["drop", "reject"] = Field(default="drop", description="drop or reject")
+    reject_with: Literal["icmp", "tcp-reset"] = Field(
+        default="icmp", description="for reject: ICMP port-unreachable (as iptables) or TCP RST"
+    )
+
+
+U32_MAX = 0xFFFFFFFF
+
+
+class MangleParams(TcpMatchParams):
+    direction: list[Direction] = Field(
+        default_factory=lambda: ["forward"],
+        description="hooks to rewrite in: forward (a middlebox, the default), input, output",
+    )
+    field: Literal["seq", "ack"] = Field(description="the number to rewrite: seq or ack")
+    xor: int | None = Field(
+        default=None, ge=1, le=U32_MAX, description="XOR the number with this (1..2^32-1)"
+    )
+    set: int | None = Field(
+        default=None, ge=0, le=U32_MAX, description="or replace it with this (0..2^32-1)"
+    )
+
+    @model_validator(mode="after")
+    def _one_rewrite(self) -> MangleParams:
+        if (self.xor is None) == (self.set is None):
+            raise ValueError("give exactly one of xor and set")
+        return self
+
+
 class LossParams(MatchParams):
     direction: list[Direction] = Field(
         default_factory=lambda: ["input"],
@@ -164,11 +199,14 @@ def _addr_expr(field: str, value: str) -> str:
     return f"{family} {field} {value}"
 
 
+NFT_FIELDS = {"seq": "sequence", "ack": "ackseq"}
+
+
 def rule_text(params: MatchParams) -> str:
     """One nft rule (without the chain) for ``params``."""
     parts: list[str] = []
-    tcp = False
-    if isinstance(params, FilterParams):
+    tcp = isinstance(params, MangleParams)
+    if isinstance(params, TcpMatchParams):
         if params.tcp_flags is not None:
             mask, want = parse_tcp_flags(params.tcp_flags)
             parts.append(f"tcp flags & ({'|'.join(mask)}) == {'|'.join(want) or '0x0'}")
@@ -177,8 +215,8 @@ def rule_text(params: MatchParams) -> str:
             if value is not None:
                 parts.append(f"tcp {field} {value}")
                 tcp = True
-        if params.action == "reject" and params.reject_with == "tcp-reset":
-            tcp = True
+    if isinstance(params, FilterParams) and params.action == "reject":
+        tcp = tcp or params.reject_with == "tcp-reset"
     if tcp:
         parts.insert(0, "meta l4proto tcp")
     for field, value in (("saddr", params.saddr), ("daddr", params.daddr)):
@@ -188,21 +226,30 @@ def rule_text(params: MatchParams) -> str:
         # Last, so only packets that match everything else draw a number.
         threshold = round(params.probability * NUMGEN_MOD / 100)
         parts.append(f"numgen random mod {NUMGEN_MOD} < {threshold}")
-    verdict = "drop"
-    if isinstance(params, FilterParams) and params.action == "reject":
-        verdict = (
-            "reject with tcp reset"
-            if params.reject_with == "tcp-reset"
-            else "reject with icmpx type port-unreachable"
-        )
-    parts.append(verdict)
+    parts.append(statement(params))
     return " ".join(parts)
+
+
+def statement(params: MatchParams) -> str:
+    """What a matching packet gets: a verdict, or for nft-mangle a rewrite (then accept)."""
+    if isinstance(params, MangleParams):
+        field = f"tcp {NFT_FIELDS[params.field]}"
+        if params.xor is not None:
+            return f"{field} set {field} ^ {params.xor:#x}"
+        return f"{field} set {params.set}"
+    if isinstance(params, FilterParams) and params.action == "reject":
+        if params.reject_with == "tcp-reset":
+            return "reject with tcp reset"
+        return "reject with icmpx type port-unreachable"
+    return "drop"
 
 
 def table_script(table: str, params: MatchParams) -> str:
     rule = rule_text(params)
+    # mangle runs before the filter priority, as a middlebox rewrites before anyone filters
+    priority = "mangle" if isinstance(params, MangleParams) else "filter"
     chains = "".join(
-        f"  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n"
+        f"  chain {hook} {{\n    type filter hook {hook} priority {priority}; policy accept;\n"
         f"    {rule}\n  }}\n"
         for hook in params.direction
     )
@@ -232,7 +279,7 @@ def table_exists(namespace: str, table: str) -> bool:
 
 
 class _NftFault(Fault):
-    """A table of drop/reject rules owned by one fault."""
+    """A table of rules (drop, reject or rewrite) owned by one fault."""
 
     params: MatchParams
     features: ClassVar[tuple[str, ...]] = ("nftables",)
@@ -274,3 +321,9 @@ class NftFilter(_NftFault):
 class NftLoss(_NftFault):
     kind = "nft-loss"
     params_model = LossParams
+
+
+@register
+class NftMangle(_NftFault):
+    kind = "nft-mangle"
+    params_model = MangleParams

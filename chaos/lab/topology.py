@@ -41,7 +41,47 @@ FIRST_CLIENT_HOST = 10
 LAB_TABLE = "chaos_lab"
 TPROXY_MARK = 1
 TPROXY_TABLE = 100
-ESCAPE_COUNTER = "escaped"
+
+
+@dataclass(frozen=True)
+class LabCounterSpec:
+    """A named nftables counter the lab keeps in ``role``'s ``inet`` table, and what it counts."""
+
+    role: str
+    counter: str
+    match: str  # the rule's match, before "counter name ..."
+    hook: str  # "HOOK priority PRIORITY" of the chain that counts
+
+
+#: measurement -> counter; read by :class:`chaos.collect.labcounters.LabCounter`
+LAB_COUNTERS: dict[str, LabCounterSpec] = {
+    # packets from the clients' own addresses that bypassed the proxy (seeds 000 and 003)
+    "lab_escapes": LabCounterSpec(
+        "origin", "escaped", f"ip saddr {CLIENT_NET}.0/24", "prerouting priority raw"
+    ),
+    # resets forwarded toward the clients (seed 004: the proxy resets after the handshake)
+    "lab_resets": LabCounterSpec(
+        "gateway",
+        "resets_to_clients",
+        f"ip daddr {CLIENT_NET}.0/24 meta l4proto tcp tcp flags & rst == rst",
+        "forward priority filter",
+    ),
+}
+
+
+def counter_table(counters: list[LabCounterSpec]) -> str:
+    """Table ``inet chaos_lab`` with the named ``counters``, one watching chain each."""
+    lines = [f"table inet {LAB_TABLE} {{"]
+    for spec in counters:
+        lines.append(f"  counter {spec.counter} {{}}")
+    for spec in counters:
+        lines += [
+            f"  chain watch_{spec.counter} {{",
+            f"    type filter hook {spec.hook}; policy accept;",
+            f"    {spec.match} counter name {spec.counter}",
+            "  }",
+        ]
+    return "\n".join(lines) + "\n}\n"
 
 
 @dataclass(frozen=True)
@@ -223,24 +263,18 @@ class Plan:
     def nft_rulesets(self) -> dict[str, str]:
         """The lab's own nftables rules per role (they die with the namespaces).
 
-        * origin: a named counter ``escaped`` of packets that arrive from the clients' own
-          addresses, i.e. that bypassed the proxy (seeds 000 and 003); read by the
-          ``lab_escapes`` collector.
+        * the :data:`LAB_COUNTERS` of the roles this lab has, in table ``inet chaos_lab``
+          (origin: ``lab_escapes``; gateway: ``lab_resets``);
         * gateway, with ``intercept``: DNAT of client connections to the origin's address
           onto the proxy, so conntrack holds the translation (seed 003).
         """
-        rulesets = {
-            "origin": (
-                f"table inet {LAB_TABLE} {{\n"
-                f"  counter {ESCAPE_COUNTER} {{}}\n"
-                "  chain watch {\n"
-                "    type filter hook prerouting priority raw; policy accept;\n"
-                f"    ip saddr {CLIENT_NET}.0/24 counter name {ESCAPE_COUNTER}\n"
-                "  }\n}\n"
-            )
-        }
+        rulesets: dict[str, str] = {}
+        for role in self.roles:
+            counters = [c for c in LAB_COUNTERS.values() if c.role == role]
+            if counters:
+                rulesets[role] = counter_table(counters)
         if self.spec.gateway.intercept:
-            rulesets["gateway"] = (
+            rulesets["gateway"] += (
                 f"table ip {LAB_TABLE} {{\n"
                 "  chain intercept {\n"
                 "    type nat hook prerouting priority dstnat; policy accept;\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.collect.escapes import EscapeCounter
+from chaos.collect.labcounters import LabCounter
 from chaos.lab import lab, netns
 from chaos.rundir import RunDir
 from chaos.scenario.loader import parse
@@ -59,7 +59,7 @@ def test_late_fin_escapes_only_after_conntrack_expiry(lab_name, tmp_path, timeou
     try:
         # The client talks to the origin's address; the proxy answers through the DNAT.
         assert state.target == {"host": "198.18.3.2", "port": 8080}
-        counter = EscapeCounter(state.namespaces["origin"], tags={"role": "origin"})
+        counter = LabCounter(state.namespaces["origin"], "lab_escapes", tags={"role": "origin"})
         assert counter.read() == (0, 0)
         held = netns.run_in(state.namespaces["client"], open_and_hold, "198.18.3.2", 8080)
         # An expired entry is ignored at lookup: the late FIN finds none.

@@ -8,7 +8,14 @@ import pytest
 
 from chaos.errors import FaultError
 from chaos.faults.base import Target
-from chaos.faults.nft import FilterParams, LossParams, parse_tcp_flags, rule_text, table_script
+from chaos.faults.nft import (
+    FilterParams,
+    LossParams,
+    MangleParams,
+    parse_tcp_flags,
+    rule_text,
+    table_script,
+)
 from chaos.faults.schedule import _check_timing, _step_params, _Timeline
 from chaos.faults.signals import Kill, SignalParams, Stop
 from chaos.scenario.model import FaultSpec
@@ -35,6 +42,34 @@ def test_filter_rule_has_every_condition_and_numgen_last():
     script = table_script("chaos_x", LossParams(probability=30, direction=["input", "forward"]))
     assert script.count("numgen random mod 10000 < 3000 drop") == 2
     assert "hook input" in script and "hook forward" in script and "hook output" not in script
+
+
+def test_mangle_rewrites_and_accepts_in_a_mangle_chain():
+    params = MangleParams(field="ack", xor=0x40000000, tcp_flags="psh,ack psh,ack", dport=8080)
+    assert rule_text(params) == (
+        "meta l4proto tcp tcp flags & (psh|ack) == psh|ack tcp dport 8080 "
+        "tcp ackseq set tcp ackseq ^ 0x40000000"
+    )
+    script = table_script("chaos_x", params)
+    assert "hook forward priority mangle;" in script  # a middlebox rewrites what it routes
+    assert rule_text(MangleParams(field="seq", set=7, direction="input")) == (
+        "meta l4proto tcp tcp sequence set 7"
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"field": "ack"},  # neither xor nor set
+        {"field": "ack", "xor": 1, "set": 2},
+        {"field": "ack", "xor": 0},
+        {"field": "ack", "set": 2**32},
+        {"field": "window", "xor": 1},
+    ],
+)
+def test_bad_mangle_params_are_refused(params):
+    with pytest.raises(ValueError):
+        MangleParams.model_validate(params)
 
 
 @pytest.mark.parametrize(
