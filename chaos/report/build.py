@@ -49,6 +49,7 @@ SECTIONS = {
     "time_wait": "TIME_WAIT",
     "ports": "Port utilisation (port budget)",
     "zombies": "Zombie ESTABLISHED sockets",
+    "lab_packets": "Packets the lab counted",
     "sampler": "Sampler cost",
     "memory": "Memory",
 }
@@ -216,6 +217,26 @@ def zombie_plot(run: RunData) -> Plot:
     )
 
 
+def lab_packets_plot(run: RunData) -> Plot | None:
+    """Escapes at the origin and resets toward the clients (the lab's nftables counters);
+    None for runs without them (an external proxy's lab has no gateway, older runs none)."""
+    lines = _role_lines(run.series("lab_escapes", "packets_delta"), suffix=" escapes")
+    lines += _role_lines(run.series("lab_resets", "packets_delta"), dash="6 3", suffix=" resets")
+    if not lines:
+        return None
+    return Plot(
+        "lab_packets",
+        "lab_packets",
+        "Packets that bypassed the proxy, and resets toward the clients, per sample",
+        _chart(run, lines, "packets per sample"),
+        note=(
+            "lab_escapes: packets reaching the origin from the clients' own addresses; "
+            "lab_resets: TCP resets the gateway forwarded to the clients"
+        ),
+        legend_stats=_legend(lines, run.load_window),
+    )
+
+
 def rate_plot(run: RunData) -> Plot:
     load = run.load
     # Locust counts a failed attempt as a request too: the rate is of attempts.
@@ -355,6 +376,7 @@ def make_plots(run: RunData) -> list[Plot]:
         time_wait_plot(run),
         port_plot(run),
         zombie_plot(run),
+        *[plot for plot in [lab_packets_plot(run)] if plot is not None],
         *sampler_plots(run),
     ]
 

@@ -76,6 +76,26 @@ def test_html_is_self_contained_and_has_every_section(run_dir: Path) -> None:
     assert "sampler" in sections
 
 
+def test_lab_counters_get_a_plot_only_when_recorded(run_dir: Path) -> None:
+    write_report(run_dir)
+    assert 'data-section="lab_packets"' not in (run_dir / "report.html").read_text()
+    first = int((run_dir / "samples.lp").read_text().split("\n", 1)[0].rsplit(" ", 1)[1])
+    tags = "netns=chaos-rd58c4-gateway,role=gateway,run=20261201T010136Z-tw-exhaust"
+    deltas = [0, 3, 7, 2]
+    with (run_dir / "samples.lp").open("a") as fh:
+        total = 0
+        for i, delta in enumerate(deltas):
+            total += delta
+            fh.write(
+                f"lab_resets,{tags},scenario=tw-exhaust packets={total}i,bytes={40 * total}i,"
+                f"packets_delta={delta}i {first + (i + 10) * 10**9}\n"
+            )
+    write_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert html.count('data-section="lab_packets"') == 1
+    assert "gateway resets" in html and "peak 7" in html
+
+
 def test_fault_bands_are_on_every_plot_at_the_right_place(run_dir: Path) -> None:
     write_report(run_dir)
     html = (run_dir / "report.html").read_text()
