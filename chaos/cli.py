@@ -239,7 +239,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
     )
     sink = Path(args.sink) if args.sink else None
     return collect_main(
-        args.netns, args.pid, args.once, args.json, interval, sink, args.role, influx
+        args.netns,
+        args.pid,
+        args.once,
+        args.json,
+        interval,
+        sink,
+        args.role,
+        influx,
+        container=args.container,
     )
 
 
@@ -504,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--netns", default=None, help="a named network namespace")
     target.add_argument("--pid", type=int, default=None, help="the namespace of a process")
+    target.add_argument(
+        "--container",
+        default=None,
+        metavar="NAME",
+        help="the namespace of a running container (docker or podman inspect)",
+    )
     p.add_argument("--once", action="store_true", help="one sample, then exit")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--interval", default="1s", help="sampling interval (default 1s)")

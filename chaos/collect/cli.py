@@ -45,11 +45,12 @@ def collect_main(
     sink_dir: Path | None = None,
     role: str | None = None,
     influx: InfluxFlags | None = None,
+    container: str | None = None,
 ) -> int:
-    """Sample one namespace (name, pid's, or the host's) and print, or, with ``sink_dir``,
-    write to a sink (``samples.lp`` there, and InfluxDB when configured) until SIGTERM or
-    Ctrl-C; returns the exit code."""
-    ns = NetnsRef.resolve(netns, pid)
+    """Sample one namespace (name, pid's, container's, or the host's) and print, or, with
+    ``sink_dir``, write to a sink (``samples.lp`` there, and InfluxDB when configured) until
+    SIGTERM or Ctrl-C; returns the exit code."""
+    ns = NetnsRef.resolve(netns, pid, container)
     tags = {"role": role} if role else None
     collectors = collectors_for(ns, tags=tags, census_mode="auto", cumulative_counters=once)
     console = Console()

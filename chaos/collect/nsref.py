@@ -2,8 +2,9 @@
 
 A :class:`NetnsRef` names one namespace: the host's (the controller's own), a lab namespace by
 name (entered through :func:`chaos.lab.netns.run_in`, the project's one gateway to named
-namespaces), or any process's namespace by pid or by a namespace file path
-(``/proc/PID/ns/net``, a bind mount). For pid and path the namespace file is opened once and
+namespaces), or any process's namespace by pid, by container (its main process, as the
+container engine's CLI reports it) or by a namespace file path (``/proc/PID/ns/net``, a
+bind mount). For pid and path the namespace file is opened once and
 the descriptor kept, so a recycled pid cannot silently point the collector at another
 namespace.
 
@@ -17,6 +18,8 @@ those descriptors keep the namespace alive until :meth:`close` (the usual netns 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -78,6 +81,13 @@ class NetnsRef:
         return cls(f"pid:{pid}", fd=fd, inode=os.fstat(fd).st_ino)
 
     @classmethod
+    def of_container(cls, name: str) -> NetnsRef:
+        """The namespace of a running container (Docker, or Podman where Docker is absent)."""
+        ref = cls.of_pid(container_pid(name))
+        ref.label = f"container:{name}"
+        return ref
+
+    @classmethod
     def of_path(cls, path: str, label: str | None = None) -> NetnsRef:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -89,10 +99,14 @@ class NetnsRef:
         return cls(label or path, fd=fd, inode=os.fstat(fd).st_ino)
 
     @classmethod
-    def resolve(cls, netns_name: str | None = None, pid: int | None = None) -> NetnsRef:
-        """The CLI's choice: a namespace name, a pid, or (neither) the host."""
-        if netns_name is not None and pid is not None:
-            raise LabError("give either a namespace name or a pid, not both")
+    def resolve(
+        cls, netns_name: str | None = None, pid: int | None = None, container: str | None = None
+    ) -> NetnsRef:
+        """The CLI's choice: a namespace name, a pid, a container, or (none) the host."""
+        if sum(x is not None for x in (netns_name, pid, container)) > 1:
+            raise LabError("give one of a namespace name, a pid or a container, not several")
+        if container is not None:
+            return cls.of_container(container)
         if pid is not None:
             return cls.of_pid(pid)
         if netns_name is not None:
@@ -120,6 +134,45 @@ class NetnsRef:
 
     def __repr__(self) -> str:
         return f"NetnsRef({self.label!r})"
+
+
+CONTAINER_ENGINES = ("docker", "podman")
+
+
+def container_pid(name: str) -> int:
+    """The host pid of a running container's main process, from ``ENGINE inspect``."""
+    engine = next((e for e in CONTAINER_ENGINES if shutil.which(e)), None)
+    if engine is None:
+        raise LabError(
+            f"cannot look up container {name!r}: neither docker nor podman is installed",
+            "give the pid of a process in the container instead (--pid PID)",
+        )
+    argv = [engine, "inspect", "--type", "container", "--format", "{{.State.Pid}}", name]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        raise LabError(
+            f"`{engine} inspect {name}` did not answer within 15 s",
+            f"check that the {engine} engine is running",
+        ) from None
+    err = result.stderr.strip()
+    if result.returncode != 0:
+        if "no such" in err.lower():
+            raise LabError(
+                f"{engine} has no container {name!r}", f"list them with `{engine} ps`"
+            )
+        raise LabError(
+            f"`{engine} inspect {name}` failed: {err.splitlines()[-1] if err else 'no output'}",
+            f"check that the {engine} engine is running and reachable "
+            "(or give --pid PID of a process in the container)",
+        )
+    text = result.stdout.strip()
+    if not text.isdigit() or int(text) == 0:
+        raise LabError(
+            f"container {name!r} is not running ({engine} reports pid {text or 'none'})",
+            f"start it (`{engine} start {name}`) and try again",
+        )
+    return int(text)
 
 
 def _inode(path: str) -> int | None:

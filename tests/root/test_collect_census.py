@@ -418,6 +418,40 @@ def test_collect_main_once_json_for_a_namespace(lab, capsys):
     assert "time_wait" in text and "port budget" in text
 
 
+def test_collect_main_by_container_samples_its_process_namespace(lab, capsys, tmp_path,
+                                                                  monkeypatch):
+    """--container NAME: the pid the engine's CLI reports (a stand-in here: no engine runs on
+    these machines) leads to that process's namespace, labelled container:NAME."""
+    name = lab.namespace()
+
+    def build() -> None:
+        lsock = listener(socket.AF_INET, "127.0.0.1")
+        lab.sockets.append(lsock)
+        make_time_wait(lab, lsock, 3)
+
+    lab.run(name, build)
+    wait_for(lambda: sockstat_tw(name) == 3)
+    inside = netns.popen(name, ["sleep", "60"])
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "docker").write_text(
+            '#!/bin/sh\n[ "$*" = "inspect --type container --format {{.State.Pid}} web" ] '
+            f"&& echo {inside.pid}\n"
+        )
+        (bin_dir / "docker").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+        assert collect_main(None, None, True, True, 1.0, container="web") == 0
+    finally:
+        inside.kill()
+        inside.wait()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    states = next(
+        x for x in lines if x["measurement"] == "tcp_states" and x["tags"]["family"] == "all"
+    )
+    assert states["tags"]["netns"] == "container:web" and states["fields"]["time_wait"] == 3
+
+
 def test_sampler_runs_the_standard_collectors_of_a_namespace(lab):
     name = lab.namespace()
     lab.run(name, lambda: make_time_wait(lab, listener(socket.AF_INET, "127.0.0.1"), 3))
