@@ -371,7 +371,9 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from chaos.faults.agent import serve
 
-    return serve(args.listen, args.token_file, args.allow, args.lab)
+    return serve(
+        args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
+    )
 
 
 # --- report and compare ------------------------------------------------------------------
@@ -554,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
     )
     p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
+    p.add_argument(
+        "--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate"
+    )
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="...and this private key")
 
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")

@@ -511,13 +511,17 @@ def wait_ready(
         deadline,
         "is the proxy up and remote.target right (HOST:PORT from this host)?",
     )
-    agents: dict[str, str] = {}
+    agents: dict[str, tuple[str, str | None]] = {}  # base URL -> (token_env, ca_file)
     for spec in faults:
         if is_agent_url(spec.target):
             token_env = str(spec.params.get("token_env", DEFAULT_TOKEN_ENV))
-            agents.setdefault(AgentTarget.parse(spec.target).base, token_env)
-    for base, token_env in agents.items():
-        client = AgentClient(base, os.environ.get(token_env, ""))
+            ca_file = spec.params.get("ca_file")
+            agents.setdefault(
+                AgentTarget.parse(spec.target).base,
+                (token_env, None if ca_file is None else str(ca_file)),
+            )
+    for base, (token_env, ca_file) in agents.items():
+        client = AgentClient(base, os.environ.get(token_env, ""), ca_file)
         _wait_for(
             f"agent {base}",
             lambda client=client: client.expect("GET", "/health"),  # type: ignore[misc]

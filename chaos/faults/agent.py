@@ -11,7 +11,12 @@ one left.
 
 Security: every request carries ``Authorization: Bearer <token>`` (``--token-file`` or
 ``$CHAOS_AGENT_TOKEN``; no token, no agent); the agent binds to 127.0.0.1 unless
-``--listen`` says otherwise; and it touches only the targets on its allow-list.
+``--listen`` says otherwise; and it touches only the targets on its allow-list. Across a
+network it should serve HTTPS (``--tls-cert`` and ``--tls-key``, PEM; TLS 1.2 or newer), so
+the token does not travel in the clear; the controller then uses ``https://`` URLs and
+trusts the certificate through ``params.ca_file`` (:mod:`chaos.faults.remote`). The TLS
+handshake happens in the request's own thread, with a timeout, so a client that stalls it
+holds up no one else.
 
 Targets. ``--allow`` (repeated) names what the agent may touch:
 
@@ -43,6 +48,8 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -573,15 +580,70 @@ class _Handler(BaseHTTPRequestHandler):
         print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
 
 
+#: seconds a client gets to finish the TLS handshake
+HANDSHAKE_TIMEOUT = 10.0
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+    def __init__(
+        self, address: tuple[str, int], agent: Agent, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.agent = agent
+        self.tls = tls
         super().__init__(address, _Handler)
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the request's thread: the handshake cannot stall the accept loop.
+        if self.tls is not None:
+            assert isinstance(request, socket.socket)
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                print(f"{client_address[0]} TLS handshake failed: {exc}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+                request.close()
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
-def serve(listen: str, token_file: str | None, allow: list[str], lab: str | None) -> int:
+
+def server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The agent's TLS context from ``--tls-cert``/``--tls-key``, or None for plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise FaultError(
+            "--tls-cert and --tls-key go together",
+            "give both PEM files, e.g. from `openssl req -x509 -newkey rsa:2048 -nodes "
+            "-keyout key.pem -out cert.pem -subj /CN=agent -addext subjectAltName=IP:ADDRESS`",
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise FaultError(
+            f"TLS file not found: {exc.filename}", "check --tls-cert and --tls-key"
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise FaultError(
+            f"cannot load the TLS certificate {cert} with key {key}: {exc}",
+            "both must be PEM, and the key must be the certificate's",
+        ) from None
+    return context
+
+
+def serve(
+    listen: str,
+    token_file: str | None,
+    allow: list[str],
+    lab: str | None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> int:
     """Run the agent until SIGTERM or Ctrl-C; then revert everything. Returns an exit code."""
     if os.geteuid() != 0:
         raise NotRootError(
@@ -589,11 +651,12 @@ def serve(listen: str, token_file: str | None, allow: list[str], lab: str | None
             "run it as root: `sudo .venv/bin/chaos agent ...`",
         )
     token = read_token(token_file)
+    tls = server_tls(tls_cert, tls_key)
     host, port = parse_listen(listen)
     agent = Agent(token, Scope(allow, lab))
     agent.revert_leftovers()
     try:
-        server = _Server((host, port), agent)
+        server = _Server((host, port), agent, tls)
     except OSError as exc:
         raise FaultError(
             f"the agent cannot listen on {host}:{port}: {exc.strerror}",
@@ -613,7 +676,7 @@ def serve(listen: str, token_file: str | None, allow: list[str], lab: str | None
     reaper.start()
     bound_host, bound_port = server.server_address[:2]
     print(
-        f"chaos agent listening on http://{bound_host}:{bound_port}{API} "
+        f"chaos agent listening on {'https' if tls else 'http'}://{bound_host}:{bound_port}{API} "
         f"(allow: {', '.join(agent.scope.allow)}; ledger: {agent.guard.ledger.dir})",
         flush=True,
     )

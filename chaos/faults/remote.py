@@ -9,12 +9,17 @@ by giving the agent's URL and the target there as one string::
         for: 20s
         params: {dport: 8080, token_env: ORIGIN_AGENT_TOKEN, lease: 5s}
 
-Two params belong to the controller and are not sent as fault params: ``token_env``, the
+Three params belong to the controller and are not sent as fault params: ``token_env``, the
 environment variable that holds the agent's token (default ``CHAOS_AGENT_TOKEN``; the
-token itself is never written anywhere), and ``lease`` (default 10 s), how long the agent
-keeps the fault when it hears nothing. The controller renews every lease a third of the way
-through, from one background thread; a lease that could not be renewed in time is *lost*
-(the agent has reverted the fault), and the ``on_lost`` callback reports it.
+token itself is never written anywhere), ``lease`` (default 10 s), how long the agent
+keeps the fault when it hears nothing, and ``ca_file``, for an agent served over TLS
+(``https://``; ``chaos agent --tls-cert/--tls-key``): the PEM file of the CA that signed
+the agent's certificate, or the self-signed certificate itself (default: the system's
+trust store). The certificate must name the host of the URL (subjectAltName).
+
+The controller renews every lease a third of the way through, from one background thread;
+a lease that could not be renewed in time is *lost* (the agent has reverted the fault), and
+the ``on_lost`` callback reports it.
 
 Before the run, :func:`validate_remote` asks the agent to check the fault
 (``POST /v1/validate``): the agent is reachable, the token is accepted, and the type,
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 import time
 import urllib.error
@@ -52,7 +58,7 @@ KIND = "remote"
 API = "/v1"
 DEFAULT_TOKEN_ENV = "CHAOS_AGENT_TOKEN"
 #: params that configure the controller's side, never sent to the agent
-CONTROLLER_KEYS = ("token_env", "lease")
+CONTROLLER_KEYS = ("token_env", "lease", "ca_file")
 #: long enough for a `stop` fault's settle time on the agent
 APPLY_TIMEOUT = 40.0
 TIMEOUT = 5.0
@@ -74,21 +80,39 @@ class AgentTarget:
         scheme, sep, rest = text.strip().partition("://")
         netloc, _, target = rest.partition("/")
         target = unquote(target)
-        if scheme != "http" or not sep or not netloc or not target:
+        if scheme not in ("http", "https") or not sep or not netloc or not target:
             raise FaultError(
-                f"agent target {text!r}: expected http://HOST:PORT/TARGET",
-                "e.g. http://198.18.3.2:7700/origin (the agent serves plain HTTP on the lab "
-                "network; TARGET is on the agent's --allow list)",
+                f"agent target {text!r}: expected http://HOST:PORT/TARGET (or https://)",
+                "e.g. http://198.18.3.2:7700/origin (TARGET is on the agent's --allow list; "
+                "https:// when the agent runs with --tls-cert)",
             )
-        return cls(f"http://{netloc}", target)
+        return cls(f"{scheme}://{netloc}", target)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the agent's certificate against ``ca_file`` (PEM), or the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise FaultError(
+            f"cannot load ca_file {ca_file}: {getattr(exc, 'strerror', None) or exc}",
+            "params.ca_file names a PEM file: the CA of the agent's certificate, or the "
+            "self-signed certificate itself",
+        ) from None
 
 
 class AgentClient:
-    """JSON over HTTP to one agent; every failure is a FaultError with the agent's words."""
+    """JSON over HTTP(S) to one agent; every failure is a FaultError with the agent's words."""
 
-    def __init__(self, base: str, token: str) -> None:
+    def __init__(self, base: str, token: str, ca_file: str | None = None) -> None:
         self.base = base
         self.token = token
+        if ca_file is not None and not base.startswith("https://"):
+            raise FaultError(
+                f"ca_file is set for {base}, which is plain HTTP",
+                "use an https:// agent URL (agent started with --tls-cert), or drop ca_file",
+            )
+        self._tls = tls_context(ca_file) if base.startswith("https://") else None
 
     def call(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = TIMEOUT
@@ -101,12 +125,19 @@ class AgentClient:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._tls) as response:
                 return response.status, _json(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, _json(exc.read())
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise FaultError(
+                    f"agent {self.base}: its TLS certificate is not trusted: "
+                    f"{reason.verify_message or reason}",
+                    "set params.ca_file to the CA of the agent's certificate (or to the "
+                    "self-signed certificate); it must name the URL's host (subjectAltName)",
+                ) from None
             raise AgentUnreachable(
                 f"agent {self.base} is unreachable: {reason}",
                 "is `chaos agent` running there, listening on that address (--listen), and "
@@ -247,11 +278,12 @@ LEASES = LeaseKeeper()
 class RemoteParams(Params):
     """What the controller knows of a fault on an agent (the token stays in the env)."""
 
-    agent: str = Field(description="the agent's base URL, http://HOST:PORT")
+    agent: str = Field(description="the agent's base URL, http(s)://HOST:PORT")
     target: str = Field(description="the target on the agent (on its --allow list)")
     type: str = Field(description="the fault type, run by the agent")
     params: dict[str, Any] = Field(default_factory=dict, description="the fault's params")
     token_env: str = Field(default=DEFAULT_TOKEN_ENV, description="variable with the token")
+    ca_file: str | None = Field(default=None, description="PEM CA for an https:// agent")
     lease: Duration = Field(default=10.0, gt=0, le=3600, description="lease, renewed by us")
 
 
@@ -269,7 +301,7 @@ class RemoteFault(Fault):
     @classmethod
     def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
         # Only validate_remote builds these: `type: remote` in a scenario is a mistake.
-        if target.netns is not None or not target.name.startswith("http://"):
+        if target.netns is not None or not target.name.startswith(("http://", "https://")):
             raise FaultError(
                 f"{KIND} is not a fault type of its own",
                 "give the fault's real type and an agent URL as its target, e.g. "
@@ -284,12 +316,13 @@ class RemoteFault(Fault):
             remote_target=p.target,
             type=p.type,
             token_env=p.token_env,
+            ca_file=p.ca_file,
             lease_s=p.lease,
         )
 
     def apply(self, handle: Handle) -> None:
         p = self.params
-        client = AgentClient(p.agent, _token(p.token_env))
+        client = AgentClient(p.agent, _token(p.token_env), p.ca_file)
         body = {
             "id": handle.id,
             "type": p.type,
@@ -306,7 +339,7 @@ class RemoteFault(Fault):
     def revert(cls, handle: Handle) -> None:
         LEASES.drop(handle.id)  # first: a renewal must not race the DELETE
         data = handle.data
-        client = AgentClient(data["agent"], _token(data["token_env"]))
+        client = AgentClient(data["agent"], _token(data["token_env"]), data.get("ca_file"))
         try:
             # 404: the agent holds no such fault: reverted by its lease, or never applied.
             client.expect(
@@ -343,7 +376,7 @@ def validate_remote(
         {"agent": where.base, "target": where.target, "type": kind, "params": fault_params, **mine},
     )
     assert isinstance(fault, RemoteFault)
-    client = AgentClient(where.base, _token(fault.params.token_env))
+    client = AgentClient(where.base, _token(fault.params.token_env), fault.params.ca_file)
     answer = client.expect(
         "POST",
         "/validate",

@@ -23,7 +23,9 @@ import pytest
 from fault_lab import NFT, ORIGIN_IP, MiniLab, http_get, mini_lab, nft_ruleset, spawn_sleeper
 
 from chaos.errors import FaultError
+from chaos.faults.guard import FaultGuard
 from chaos.faults.ledger import Ledger
+from chaos.faults.remote import validate_remote
 from chaos.faults.schedule import FaultSchedule
 from chaos.lab import netns, topology
 from chaos.lab.processes import state_of
@@ -95,7 +97,7 @@ def start_agent(lab: MiniLab, tmp_path: Path) -> Iterator[Callable[..., RunningA
         agent = RunningAgent(proc, "", ledger, log)
         started.append(agent)
         line = _readline(proc.stdout, 20)
-        assert "listening on http://" in line, f"{line!r}; log: {log.read_text()}"
+        assert "listening on http" in line, f"{line!r}; log: {log.read_text()}"
         agent.url = line.split("listening on ")[1].split("/v1")[0]
         return agent
 
@@ -386,6 +388,63 @@ def test_schedule_validation_asks_the_agent_before_the_run(lab, start_agent, mon
     assert "faults[0]" not in message
     assert observe(lab)[:2] == (False, netns.sysctl_get(lab.client, FIN))
     assert call(lab, "GET", f"{agent.url}/v1/faults")[1] == {"faults": []}
+
+
+def self_signed(tmp_path: Path, name: str, address: str) -> tuple[Path, Path]:
+    """A certificate (and key) for ``address``, signed by itself, made by openssl."""
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=IP:{address}"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_agent_over_tls_needs_a_trusted_certificate(lab, start_agent, tmp_path, monkeypatch):
+    """--tls-cert/--tls-key: the controller reaches the agent by https:// and trusts it through
+    params.ca_file; a certificate it cannot verify, or plain HTTP, gets nowhere."""
+    cert, key = self_signed(tmp_path, "agent", ORIGIN_IP)
+    stranger, _ = self_signed(tmp_path, "stranger", ORIGIN_IP)
+    agent = start_agent("--allow", "origin", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert agent.url.startswith("https://")
+    monkeypatch.setenv("CHAOS_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("CHAOS_LEDGER_DIR", str(tmp_path / "controller-ledger"))
+    origin = f"{agent.url}/origin"
+    before = netns.sysctl_get(lab.origin, FIN)
+
+    def attempt(url: str, ca_file: Path | None) -> str:
+        params: dict[str, Any] = {"values": {FIN: 13}}
+        if ca_file is not None:
+            params["ca_file"] = str(ca_file)
+        try:
+            fault = validate_remote("sysctl", url, params)
+        except FaultError as exc:
+            return exc.message
+        with FaultGuard() as guard:
+            guard.apply(fault)
+            return f"applied {netns.sysctl_get(lab.origin, FIN)}"
+
+    assert netns.run_in(lab.client, attempt, origin, cert) == "applied 13"
+    assert netns.sysctl_get(lab.origin, FIN) == before  # reverted through the agent
+    assert "TLS certificate is not trusted" in netns.run_in(lab.client, attempt, origin, stranger)
+    assert "TLS certificate is not trusted" in netns.run_in(lab.client, attempt, origin, None)
+    plain = origin.replace("https://", "http://")
+    assert "is unreachable" in netns.run_in(lab.client, attempt, plain, None)
+    assert "plain HTTP" in netns.run_in(lab.client, attempt, plain, cert)
+    assert "TLS handshake failed" in agent.log.read_text()
+    assert Ledger(agent.ledger).entries() == ([], [])
+
+
+def test_agent_tls_needs_both_files(tmp_path):
+    (tmp_path / "token").write_text(TOKEN)
+    result = subprocess.run(
+        [CHAOS, "agent", "--token-file", str(tmp_path / "token"), "--tls-cert", "x.pem"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 7 and "--tls-cert and --tls-key go together" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @contextlib.contextmanager
