@@ -107,7 +107,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         step_duration = parse_duration(args.step_duration)
     except ValueError as exc:
         raise ChaosError(f"--step-duration {args.step_duration!r}: {exc}", "e.g. 20s") from None
-    return run_sweep(SweepOptions(_run_options(args), rates, step_duration), out)
+    if args.extra_steps < 0:
+        raise ChaosError(f"--extra-steps {args.extra_steps}: must be 0 or more", "e.g. 1")
+    extra = None if args.all_steps else args.extra_steps
+    return run_sweep(SweepOptions(_run_options(args), rates, step_duration, extra), out)
 
 
 # --- push --------------------------------------------------------------------------------
@@ -480,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="rate_to", type=float, default=None, metavar="R1")
     p.add_argument("--step", dest="rate_step", type=float, default=None, metavar="S")
     p.add_argument("--step-duration", default="20s", help="seconds per rate step (default 20s)")
+    p.add_argument(
+        "--extra-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="steps to run after the first that broke, then stop (default 1)",
+    )
+    p.add_argument("--all-steps", action="store_true", help="run every step, even past the knee")
     p.add_argument("--variant", default=None, help="apply one of the scenario's variants")
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")

@@ -106,14 +106,20 @@ def resolve(options: RunOptions) -> Scenario:
     return scenario.model_copy(update=updates) if updates else scenario
 
 
+#: asked about once a second during the load with the run directory; a reason ends it early
+StopCheck = Callable[[Path], str | None]
+
+
 def run_scenario(
     options: RunOptions,
     console: Console,
     scenario: Scenario | None = None,
     on_done: Callable[[Path, int], int] | None = None,
+    stop_early: StopCheck | None = None,
 ) -> int:
     """``scenario`` overrides the one ``options`` names (``chaos sweep`` passes its rate
-    steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code."""
+    steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code;
+    ``stop_early(run_dir)`` may end the load before its duration (a sweep past its knee)."""
     scenario = scenario or resolve(options)
     if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
         return run_remote(options, scenario, console)
@@ -140,7 +146,7 @@ def run_scenario(
                 run_progress(options, scenario, sink, console, schedule),
                 sampling(scenario, state, run, sink),
             ):
-                result = drive_load(scenario, state, run, console, schedule)
+                result = drive_load(scenario, state, run, console, schedule, stop_early)
             outcome = "done"
     except (KeyboardInterrupt, Terminated):
         outcome = "interrupted"
@@ -351,7 +357,12 @@ def run_progress(
 
 
 def drive_load(
-    scenario: Scenario, state: LabState, run: RunDir, console: Console, schedule: FaultSchedule
+    scenario: Scenario,
+    state: LabState,
+    run: RunDir,
+    console: Console,
+    schedule: FaultSchedule,
+    stop_early: StopCheck | None = None,
 ) -> LoadResult:
     load = scenario.load
     workers = load.workers or os.cpu_count() or 1
@@ -377,7 +388,9 @@ def drive_load(
         rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
-    return load_with_faults(locust, schedule, run, wait=locust.start_timeout)
+    return load_with_faults(
+        locust, schedule, run, wait=locust.start_timeout, stop_early=stop_early
+    )
 
 
 def load_with_faults(
@@ -386,10 +399,12 @@ def load_with_faults(
     run: RunDir,
     wait: float,
     console: Console | None = None,
+    stop_early: StopCheck | None = None,
 ) -> LoadResult:
     """Start Locust, start the faults once its workers joined (``at`` counts from the
     load's real start), wait for the end; Locust stopped and faults reverted on every
-    path. ``console``: say when the workers joined (remote runs, where that can take long)."""
+    path. ``console``: say when the workers joined (remote runs, where that can take long).
+    ``stop_early``: see :func:`run_scenario`; the reason is journaled (``load.stopped_early``)."""
     try:
         locust.start()
         joined = wait_for_ramp(locust, wait)
@@ -398,7 +413,10 @@ def load_with_faults(
             run.journal.event("load.ramp", workers=locust.workers)
             if console is not None:
                 console.print(f"{locust.workers} worker(s) joined; load and faults started")
-        result = locust.wait()
+        check = (lambda: stop_early(run.path)) if stop_early is not None else None
+        result = locust.wait(stop_early=check)
+        if locust.stopped_early is not None:
+            run.journal.event("load.stopped_early", reason=locust.stopped_early)
     finally:
         locust.stop()
         schedule.stop()  # reverts what is still applied; raises if a fault failed

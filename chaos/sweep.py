@@ -18,7 +18,14 @@ Each step is judged afterwards from the run directory:
   origin processes.
 
 A step passes when it had no failure, reached 90 % of its target and met every expectation.
-The knee is the last step that passed before the first one that did not. The first exhausted
+The knee is the last step that passed before the first one that did not.
+
+Early stop: past the knee, more steps only pile on. While the load runs, :class:`EarlyStop`
+reads ``rate.csv`` once a second; once a step has ended with failures or under 90 % of its
+target, the run goes on for ``extra_steps`` more steps (default 1: one more step confirms
+the break) and then ends (journal ``load.stopped_early``). The steps never run are listed
+as not run; a step cut short by the stop, with less than half its seconds, is not judged.
+``chaos sweep --all-steps`` runs every step. The first exhausted
 resource is the first indicator to fire, in step order: ``ports``, ``time_wait_buckets``,
 ``conntrack``, ``proxy_cpu``, ``origin`` (CPU saturated, or the rate fell short with no other
 cause).
@@ -44,6 +51,7 @@ from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
+from chaos.rundir import read_journal
 from chaos.scenario.model import Scenario
 from chaos.sink.lineproto import Point, read_points
 
@@ -158,6 +166,8 @@ class SweepResult:
     evidence: str
     verdict: str
     skipped_expectations: int = 0
+    not_run: list[float] = field(default_factory=list)  # rates never reached (early stop)
+    stopped_early: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,10 +274,16 @@ def _evidence(resource: str, step: Step) -> str:
 
 
 def analyse(
-    run_path: Path, scenario: Scenario, rates: list[float], step_duration: float
+    run_path: Path,
+    scenario: Scenario,
+    rates: list[float],
+    step_duration: float,
+    stopped_early: str | None = None,
 ) -> SweepResult:
     """Judge every step of a finished sweep run (``scenario``: with its expectations)."""
     windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", rates)
+    if stopped_early is not None and windows and len(windows[-1][1]) < step_duration / 2:
+        windows.pop()  # the step the stop cut short: too little of it to judge
     if not windows:
         raise ChaosError(
             f"{run_path}/locust/rate.csv has no per-second rates: the steps cannot be judged",
@@ -308,7 +324,43 @@ def analyse(
         ]
         step.passed, step.why = not reasons, "; ".join(reasons)
         steps.append(step)
-    return conclude(scenario.name, step_duration, steps, len(scenario.expect) - len(checked))
+    result = conclude(scenario.name, step_duration, steps, len(scenario.expect) - len(checked))
+    result.not_run = rates[len(steps) :]
+    result.stopped_early = stopped_early
+    return result
+
+
+def step_broke(target: float, rows: list[dict]) -> str | None:
+    """Why a step failed, from its ``rate.csv`` rows alone (the live part of the verdict)."""
+    settled = rows[1:-1] if len(rows) > 3 else rows
+    achieved = sum(r["achieved_rate"] for r in settled) / len(settled)
+    failures = int(sum(r["failures"] for r in rows))
+    if failures:
+        return f"{target:g}/s had {failures} failures"
+    if achieved < SUSTAINED * target:
+        return f"{target:g}/s achieved {achieved:.0f}/s (< {SUSTAINED:.0%})"
+    return None
+
+
+@dataclass
+class EarlyStop:
+    """The ``stop_early`` check of a sweep run: stop ``extra_steps`` steps after the first
+    step that broke (see the module docstring)."""
+
+    rates: list[float]
+    extra_steps: int = 1
+
+    def __call__(self, run_path: Path) -> str | None:
+        windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", self.rates)
+        finished = windows[:-1]  # the last window is the step still running
+        broke = next(
+            (i for i, (target, rows) in enumerate(finished) if step_broke(target, rows)), None
+        )
+        if broke is None or len(finished) - 1 - broke < self.extra_steps:
+            return None
+        target, rows = finished[broke]
+        more = len(finished) - 1 - broke
+        return f"{step_broke(target, rows)}; stopped {more} step(s) later"
 
 
 def conclude(name: str, step_duration: float, steps: list[Step], skipped: int) -> SweepResult:
@@ -363,6 +415,11 @@ def print_sweep(console: Console, result: SweepResult) -> None:
             f"{result.skipped_expectations} expectation(s) not checked per step "
             "(only `when: end` ones are: a sweep has no fault phases)"
         )
+    if result.not_run:
+        console.print(
+            f"not run: {', '.join(f'{r:g}' for r in result.not_run)}/s "
+            f"(stopped early: {result.stopped_early}; --all-steps runs them)"
+        )
     style = "bold green" if result.knee is not None else "bold yellow"
     console.print(Text(f"sweep: {result.verdict}", style))
     if result.first_exhausted:
@@ -388,6 +445,8 @@ def record(run_path: Path, result: SweepResult) -> None:
         "evidence": result.evidence,
         "verdict": result.verdict,
         "rates": [s.target for s in result.steps],
+        "not_run": result.not_run,
+        "stopped_early": result.stopped_early,
     }
     summary_path.write_text(json.dumps(summary, indent=2))
 
@@ -400,6 +459,7 @@ class SweepOptions:
     run: RunOptions  # scenario, variant, lab name, workers, runs dir, report, progress
     rates: list[float]
     step_duration: float
+    extra_steps: int | None = 1  # steps run after the first that broke; None: all steps
 
 
 def run_sweep(options: SweepOptions, console: Console) -> int:
@@ -413,7 +473,12 @@ def run_sweep(options: SweepOptions, console: Console) -> int:
     )
 
     def judge(run_path: Path, code: int) -> int:
-        result = analyse(run_path, base, options.rates, options.step_duration)
+        stopped = next(
+            (e.get("reason") for e in read_journal(run_path / "journal.jsonl")
+             if e.get("event") == "load.stopped_early"),
+            None,
+        )  # fmt: skip
+        result = analyse(run_path, base, options.rates, options.step_duration, stopped)
         record(run_path, result)
         if options.run.report:  # again, now with the sweep's steps in it
             write_report(run_path)
@@ -421,4 +486,5 @@ def run_sweep(options: SweepOptions, console: Console) -> int:
         console.print(f"sweep results: {run_path / 'sweep.json'}")
         return 0 if result.knee is not None else ExpectationFailed.exit_code
 
-    return run_scenario(options.run, console, scenario=swept, on_done=judge)
+    stop = None if options.extra_steps is None else EarlyStop(options.rates, options.extra_steps)
+    return run_scenario(options.run, console, scenario=swept, on_done=judge, stop_early=stop)

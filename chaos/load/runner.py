@@ -364,6 +364,7 @@ class LocustRun:
         self.out_dir = self.run_dir / "locust"
         self.csv_prefix = self.out_dir / "locust"
         self.html_path = self.out_dir / "report.html"
+        self.stopped_early: str | None = None  # why wait() ended the run early
         self.rate_csv_path = self.out_dir / "rate.csv" if rate_csv else None
         if failures_csv is None:
             failures_csv = (self.locustfile.parent / "_common.py").is_file()
@@ -468,8 +469,14 @@ class LocustRun:
         waiting = self.start_timeout if self.workers > 0 else 0.0
         return waiting + self.run_time + self.stop_timeout + self.exit_grace
 
-    def wait(self, timeout: float | None = None) -> LoadResult:
+    def wait(
+        self, timeout: float | None = None, stop_early: Callable[[], str | None] | None = None
+    ) -> LoadResult:
         """Wait for the master to finish and parse its CSVs; raises LoadError on failure.
+
+        ``stop_early`` is asked about once a second; when it returns a reason, the master is
+        sent SIGTERM (it stops its users, tells the workers to quit and writes its CSVs, as
+        at the end of ``--run-time``) and ``stopped_early`` keeps the reason.
 
         Does not stop the processes on success (the master has exited and the workers follow
         it); call stop() (or use run()/a with block) to be sure.
@@ -478,10 +485,19 @@ class LocustRun:
             raise LoadError("LocustRun.wait() before start()")
         master = self._procs[0]
         limit = self._started_at + (self.deadline() if timeout is None else timeout)
+        next_ask = time.monotonic() + 1.0
         while True:
             code = master.popen.poll()
             if code is not None:
                 break
+            if stop_early is not None and self.stopped_early is None and (
+                time.monotonic() >= next_ask
+            ):
+                next_ask = time.monotonic() + 1.0
+                self.stopped_early = stop_early()
+                if self.stopped_early is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        master.popen.send_signal(signal.SIGTERM)
             for proc in self._procs[1:]:
                 rc = proc.popen.poll()
                 if rc not in (None, 0):

@@ -542,6 +542,8 @@ def sweep_summary(run_path: Path) -> dict[str, Any] | None:
         "first_exhausted": data.get("first_exhausted"),
         "evidence": data.get("evidence", ""),
         "steps": [{k: step.get(k) for k in keep} for step in data.get("steps", [])],
+        "not_run": data.get("not_run") or [],
+        "stopped_early": data.get("stopped_early"),
     }
 
 

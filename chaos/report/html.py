@@ -177,7 +177,15 @@ def _sweep(sweep: dict[str, Any]) -> str:
         for step in sweep.get("steps", [])
     ]
     header = ("target/s", "achieved/s", "failures", "ports", "proxy CPU", "ran out", "step")
-    return head + _table(header, rows)
+    tail = ""
+    if sweep.get("not_run"):
+        rates = ", ".join(_num(r) for r in sweep["not_run"])
+        tail = (
+            f"<p>not run: {escape(rates)} conn/s — stopped early "
+            f"({escape(str(sweep.get('stopped_early') or ''))}); `chaos sweep --all-steps` "
+            "runs every step</p>"
+        )
+    return head + _table(header, rows) + tail
 
 
 def _expectations(summary: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@
 closes first and the origin waits for it (``close: client``): the proxy closes every upstream
 connection first and holds its port in TIME_WAIT for 60 s. Steps of 5 s at 50, 100, 200 and
 400 connections/s use 250, 500, 1,000 and 2,000 ports: the 400 step runs out (1,750 held
-before it), the 200 step (87 % at most) holds.
+before it), the 200 step (87 % at most) holds. The sweep then runs one more step (800) and
+stops early: 1600 is never run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 
 from chaos.lab.topology import list_labs
+from chaos.rundir import read_journal
 
 SCENARIO = """\
 name: sweep-proxy-ports
@@ -33,14 +35,19 @@ def test_sweep_finds_the_knee_and_the_ports(chaos_cli, tmp_path: Path, lab_name:
     scenario = tmp_path / "ports.yaml"
     scenario.write_text(SCENARIO)
     runs = tmp_path / "runs"
-    result = chaos_cli("sweep", str(scenario), "--rates", "50,100,200,400", "--step-duration",
+    result = chaos_cli("sweep", str(scenario), "--rates", "50,100,200,400,800,1600",
+                       "--step-duration",
                        "5s", "--workers", "1", "--name", lab_name, "--runs-dir", str(runs),
                        "--no-report", timeout=90)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     sweep = json.loads((run / "sweep.json").read_text())
     steps = {s["target"]: s for s in sweep["steps"]}
-    assert list(steps) == [50, 100, 200, 400]
+    assert list(steps) == [50, 100, 200, 400, 800]
+    assert sweep["not_run"] == [1600] and "400/s" in sweep["stopped_early"]
+    assert "not run: 1600/s" in result.stdout
+    stops = [e for e in read_journal(run / "journal.jsonl") if e["event"] == "load.stopped_early"]
+    assert len(stops) == 1 and stops[0]["reason"] == sweep["stopped_early"]
     assert [steps[r]["passed"] for r in (50, 100, 200)] == [True, True, True], sweep
     for rate in (50, 100, 200):
         assert steps[rate]["failures"] == 0

@@ -333,12 +333,13 @@ def test_a_sweep_gets_its_steps_and_knee(run_dir: Path) -> None:
     ]
     (run_dir / "sweep.json").write_text(json.dumps(
         {"knee": 100, "first_exhausted": "ports", "evidence": "port budget 100%",
-         "steps": steps}
+         "steps": steps, "not_run": [400, 800], "stopped_early": "200/s had 40 failures"}
     ))
     report = write_report(run_dir)
     html = report.html_path.read_text()
     assert "<h2>Capacity sweep</h2>" in html and "knee: <b>100 conn/s</b>" in html
     assert "EADDRNOTAVAIL:40" in html and html.count("class='bad'>broke</span>") == 1
+    assert "not run: 400, 800 conn/s — stopped early (200/s had 40 failures)" in html
     summary = json.loads(report.json_path.read_text())
     assert summary["sweep"]["knee"] == 100
     assert [s["passed"] for s in summary["sweep"]["steps"]] == [True, False]

@@ -1,11 +1,14 @@
-"""Sweep arithmetic without a lab: rates, and the knee and first exhausted resource."""
+"""Sweep arithmetic without a lab: rates, the knee and first exhausted resource, early stop."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from chaos.errors import ChaosError
-from chaos.sweep import Step, _exhausted, conclude, parse_rates
+from chaos.scenario.model import Scenario
+from chaos.sweep import EarlyStop, Step, _exhausted, analyse, conclude, parse_rates
 
 
 def test_rates_from_a_list_or_a_range() -> None:
@@ -58,3 +61,39 @@ def test_cpu_and_conntrack_indicators() -> None:
     assert _exhausted(step(1, conntrack=0.2, conntrack_errors=4)) == ["conntrack"]
     assert _exhausted(step(1, origin_cpu=0.97)) == ["origin"]
     assert _exhausted(step(1, classes={"SlowConnect": 3})) == ["ports"]
+
+
+def write_rates(run: Path, seconds: list[tuple[float, float, int]]) -> None:
+    """locust/rate.csv as our locustfiles' master writes it: one row per second."""
+    (run / "locust").mkdir(parents=True, exist_ok=True)
+    lines = ["time,target_rate,achieved_rate,failures"]
+    lines += [f"{1000 + i},{t},{a},{f}" for i, (t, a, f) in enumerate(seconds)]
+    (run / "locust" / "rate.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_early_stop_waits_for_extra_steps_after_the_break(tmp_path: Path) -> None:
+    rates = [100.0, 200.0, 400.0, 800.0]
+    held = [(100.0, 100.0, 0)] * 5 + [(200.0, 199.0, 0)] * 5
+    broke = [(400.0, 300.0, 0)] * 5  # 75 % of its target: broken, without a failure
+    stop = EarlyStop(rates, extra_steps=1)
+    write_rates(tmp_path, held + broke[:3])
+    assert stop(tmp_path) is None  # the 400 step is still running
+    write_rates(tmp_path, held + broke + [(800.0, 310.0, 5)] * 2)
+    assert stop(tmp_path) is None  # broke, but the extra step has only begun
+    write_rates(tmp_path, held + broke + [(800.0, 310.0, 5)] * 5 + [(1600.0, 0.0, 0)])
+    assert stop(tmp_path) is None  # 1600 is not one of the sweep's rates: no new window
+    write_rates(tmp_path, [(100.0, 100.0, 0)] * 5 + [(200.0, 150.0, 2)] * 5 + [(400.0, 1, 0)])
+    reason = EarlyStop(rates, extra_steps=0)(tmp_path)
+    assert reason is not None and "200/s had 10 failures" in reason
+    assert EarlyStop(rates, extra_steps=1)(tmp_path) is None
+
+
+def test_a_step_cut_short_by_the_stop_is_not_judged(tmp_path: Path) -> None:
+    rates = [100.0, 200.0, 400.0]
+    write_rates(tmp_path, [(100.0, 100.0, 0)] * 5 + [(200.0, 120.0, 3)] * 5 + [(400.0, 1, 0)])
+    (tmp_path / "samples.lp").write_text("")
+    scenario = Scenario.model_validate({"name": "s", "load": {"rate": 100}})
+    result = analyse(tmp_path, scenario, rates, 5.0, stopped_early="200/s had 3 failures")
+    assert [s.target for s in result.steps] == [100.0, 200.0]
+    assert result.not_run == [400.0] and result.knee == 100.0
+    assert result.stopped_early == "200/s had 3 failures"
