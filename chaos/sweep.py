@@ -23,9 +23,10 @@ The knee is the last step that passed before the first one that did not.
 Early stop: past the knee, more steps only pile on. While the load runs, :class:`EarlyStop`
 reads ``rate.csv`` once a second; once a step has ended with failures or under 90 % of its
 target, the run goes on for ``extra_steps`` more steps (default 1: one more step confirms
-the break) and then ends (journal ``load.stopped_early``). The steps never run are listed
-as not run; a step cut short by the stop, with less than half its seconds, is not judged.
-``chaos sweep --all-steps`` runs every step. The first exhausted
+the break) and then ends (journal ``load.stopped_early``). The master writes ``rate.csv``
+about 5 s late (each second must hold every worker's report), so the stop lands a few
+seconds into the step after those: that step, cut short, and the later ones are listed as
+not run, not judged. ``chaos sweep --all-steps`` runs every step. The first exhausted
 resource is the first indicator to fire, in step order: ``ports``, ``time_wait_buckets``,
 ``conntrack``, ``proxy_cpu``, ``origin`` (CPU saturated, or the rate fell short with no other
 cause).
@@ -51,7 +52,6 @@ from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
-from chaos.rundir import read_journal
 from chaos.scenario.model import Scenario
 from chaos.sink.lineproto import Point, read_points
 
@@ -278,12 +278,13 @@ def analyse(
     scenario: Scenario,
     rates: list[float],
     step_duration: float,
-    stopped_early: str | None = None,
+    stop: EarlyStop | None = None,
 ) -> SweepResult:
-    """Judge every step of a finished sweep run (``scenario``: with its expectations)."""
+    """Judge every step of a finished sweep run (``scenario``: with its expectations);
+    after an early ``stop``, only the steps it judged complete."""
     windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", rates)
-    if stopped_early is not None and windows and len(windows[-1][1]) < step_duration / 2:
-        windows.pop()  # the step the stop cut short: too little of it to judge
+    if stop is not None and stop.complete is not None:
+        windows = windows[: stop.complete]
     if not windows:
         raise ChaosError(
             f"{run_path}/locust/rate.csv has no per-second rates: the steps cannot be judged",
@@ -325,8 +326,9 @@ def analyse(
         step.passed, step.why = not reasons, "; ".join(reasons)
         steps.append(step)
     result = conclude(scenario.name, step_duration, steps, len(scenario.expect) - len(checked))
-    result.not_run = rates[len(steps) :]
-    result.stopped_early = stopped_early
+    if stop is not None and stop.complete is not None:
+        result.not_run = rates[len(steps) :]
+        result.stopped_early = stop.reason
     return result
 
 
@@ -345,13 +347,18 @@ def step_broke(target: float, rows: list[dict]) -> str | None:
 @dataclass
 class EarlyStop:
     """The ``stop_early`` check of a sweep run: stop ``extra_steps`` steps after the first
-    step that broke (see the module docstring)."""
+    step that broke (see the module docstring). Once it fired, ``complete`` is the number of
+    steps it saw finished (the ones to judge) and ``reason`` says why."""
 
     rates: list[float]
     extra_steps: int = 1
+    complete: int | None = None
+    reason: str | None = None
 
     def __call__(self, run_path: Path) -> str | None:
         windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", self.rates)
+        if not windows or windows[-1][0] == self.rates[-1]:
+            return None  # the last step is under way: stopping would only leave it unjudged
         finished = windows[:-1]  # the last window is the step still running
         broke = next(
             (i for i, (target, rows) in enumerate(finished) if step_broke(target, rows)), None
@@ -359,8 +366,9 @@ class EarlyStop:
         if broke is None or len(finished) - 1 - broke < self.extra_steps:
             return None
         target, rows = finished[broke]
-        more = len(finished) - 1 - broke
-        return f"{step_broke(target, rows)}; stopped {more} step(s) later"
+        self.complete = broke + 1 + self.extra_steps
+        self.reason = f"{step_broke(target, rows)}; stopped {self.extra_steps} step(s) later"
+        return self.reason
 
 
 def conclude(name: str, step_duration: float, steps: list[Step], skipped: int) -> SweepResult:
@@ -472,13 +480,10 @@ def run_sweep(options: SweepOptions, console: Console) -> int:
         f"{options.step_duration:g}s, {', '.join(f'{r:g}' for r in options.rates)} conn/s"
     )
 
+    stop = None if options.extra_steps is None else EarlyStop(options.rates, options.extra_steps)
+
     def judge(run_path: Path, code: int) -> int:
-        stopped = next(
-            (e.get("reason") for e in read_journal(run_path / "journal.jsonl")
-             if e.get("event") == "load.stopped_early"),
-            None,
-        )  # fmt: skip
-        result = analyse(run_path, base, options.rates, options.step_duration, stopped)
+        result = analyse(run_path, base, options.rates, options.step_duration, stop)
         record(run_path, result)
         if options.run.report:  # again, now with the sweep's steps in it
             write_report(run_path)
@@ -486,5 +491,4 @@ def run_sweep(options: SweepOptions, console: Console) -> int:
         console.print(f"sweep results: {run_path / 'sweep.json'}")
         return 0 if result.knee is not None else ExpectationFailed.exit_code
 
-    stop = None if options.extra_steps is None else EarlyStop(options.rates, options.extra_steps)
     return run_scenario(options.run, console, scenario=swept, on_done=judge, stop_early=stop)

@@ -38,18 +38,25 @@ def fin(values: int) -> dict[str, Any]:
 
 
 def test_schedule_runs_windows_repeats_and_ramps_in_parallel(lab, tmp_path):
+    # Times are in units of S seconds: each observation lands at least 0.3 s from the nearest
+    # transition, which an apply or revert (an nft or sysctl process each) under a busy CI
+    # machine can take; at 0.1 s margins the test failed once in CI.
+    S = 3.0
     journal = Journal(tmp_path / "journal.jsonl")
     annotations: list[tuple[str, dict]] = []
     specs = [
-        spec(type="nft-filter", target="origin", at=0.3, **{"for": 1.0}, params={"dport": 8080}),
+        spec(
+            type="nft-filter", target="origin", at=0.3 * S, **{"for": 1.0 * S},
+            params={"dport": 8080},
+        ),
         spec(
             type="sysctl",
             target="client",
             at=0,
-            **{"for": 1.5},
+            **{"for": 1.5 * S},
             params={"ramp": [fin(20), fin(30), fin(40)]},
         ),
-        spec(type="stop", target="origin", at=0.2, every=1.0, **{"for": 0.4}),
+        spec(type="stop", target="origin", at=0.2 * S, every=1.0 * S, **{"for": 0.4 * S}),
         spec(type="nft-loss", target="client", params={"probability": 1}),  # until stop()
     ]
     original_fin = netns.sysctl_get(lab.client, FIN)
@@ -72,7 +79,7 @@ def test_schedule_runs_windows_repeats_and_ramps_in_parallel(lab, tmp_path):
     try:
         schedule.start(t0)
         for at in (0.4, 0.8, 1.4, 1.8):
-            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            time.sleep(max(0.0, t0 + at * S - time.monotonic()))
             seen[at] = observe()
     finally:
         schedule.stop()
@@ -99,7 +106,7 @@ def test_schedule_runs_windows_repeats_and_ramps_in_parallel(lab, tmp_path):
     assert not [e for e in events if "failed" in e["event"]]
     # Ramp steps land where they should (generous tolerance on a shared 2-core machine).
     ramp = [e for e in events if e["event"] == "fault.apply" and e["spec"] == 1]
-    assert [round(e["at"], 3) for e in ramp] == [0.0, 0.5, 1.0]
+    assert [round(e["at"], 3) for e in ramp] == [0.0, 0.5 * S, 1.0 * S]
     assert [a for a, _ in annotations].count("apply") == 7
     assert [a for a, _ in annotations].count("revert") == 7
 

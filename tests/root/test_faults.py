@@ -251,8 +251,9 @@ def test_nft_loss_30_percent_shows_in_retransmissions(lab, ledger_dir):
         with FaultGuard() as guard:
             guard.apply(fault)
             lossy, sent = retransmitted_while_sending()
-    assert clean <= 2
-    assert lossy >= 10 and lossy >= 0.05 * sent, (lossy, sent)
+    # A clean transfer may retransmit a few segments too (tail loss probes when the Python
+    # sink falls behind on a busy machine): the loss must stand well above that.
+    assert lossy >= clean + 10 and lossy >= 0.1 * sent, (lossy, clean, sent)
 
 
 def test_nft_mangle_seed_004_reset_after_the_handshake(lab, ledger_dir):

@@ -72,7 +72,7 @@ def write_rates(run: Path, seconds: list[tuple[float, float, int]]) -> None:
 
 
 def test_early_stop_waits_for_extra_steps_after_the_break(tmp_path: Path) -> None:
-    rates = [100.0, 200.0, 400.0, 800.0]
+    rates = [100.0, 200.0, 400.0, 800.0, 1600.0]
     held = [(100.0, 100.0, 0)] * 5 + [(200.0, 199.0, 0)] * 5
     broke = [(400.0, 300.0, 0)] * 5  # 75 % of its target: broken, without a failure
     stop = EarlyStop(rates, extra_steps=1)
@@ -81,19 +81,25 @@ def test_early_stop_waits_for_extra_steps_after_the_break(tmp_path: Path) -> Non
     write_rates(tmp_path, held + broke + [(800.0, 310.0, 5)] * 2)
     assert stop(tmp_path) is None  # broke, but the extra step has only begun
     write_rates(tmp_path, held + broke + [(800.0, 310.0, 5)] * 5 + [(1600.0, 0.0, 0)])
-    assert stop(tmp_path) is None  # 1600 is not one of the sweep's rates: no new window
+    assert stop(tmp_path) is None  # the last step is under way: nothing left to save
     write_rates(tmp_path, [(100.0, 100.0, 0)] * 5 + [(200.0, 150.0, 2)] * 5 + [(400.0, 1, 0)])
-    reason = EarlyStop(rates, extra_steps=0)(tmp_path)
-    assert reason is not None and "200/s had 10 failures" in reason
-    assert EarlyStop(rates, extra_steps=1)(tmp_path) is None
+    reason = EarlyStop(rates, extra_steps=1)(tmp_path)
+    assert reason is None
+    zero = EarlyStop(rates, extra_steps=0)
+    assert "200/s had 10 failures" in (zero(tmp_path) or "")
+    assert zero.complete == 2  # 100 and 200 are judged; 400 was cut short
 
 
 def test_a_step_cut_short_by_the_stop_is_not_judged(tmp_path: Path) -> None:
-    rates = [100.0, 200.0, 400.0]
+    rates = [100.0, 200.0, 400.0, 800.0]
     write_rates(tmp_path, [(100.0, 100.0, 0)] * 5 + [(200.0, 120.0, 3)] * 5 + [(400.0, 1, 0)])
+    stop = EarlyStop(rates, extra_steps=0)
+    assert stop(tmp_path) is not None
+    # Locust's rows arrive late: by the time it stopped, the 400 step had run 4 s
+    write_rates(tmp_path, [(100.0, 100.0, 0)] * 5 + [(200.0, 120.0, 3)] * 5 + [(400.0, 9, 9)] * 4)
     (tmp_path / "samples.lp").write_text("")
     scenario = Scenario.model_validate({"name": "s", "load": {"rate": 100}})
-    result = analyse(tmp_path, scenario, rates, 5.0, stopped_early="200/s had 3 failures")
+    result = analyse(tmp_path, scenario, rates, 5.0, stop)
     assert [s.target for s in result.steps] == [100.0, 200.0]
-    assert result.not_run == [400.0] and result.knee == 100.0
-    assert result.stopped_early == "200/s had 3 failures"
+    assert result.not_run == [400.0, 800.0] and result.knee == 100.0
+    assert result.stopped_early and "200/s had 15 failures" in result.stopped_early
