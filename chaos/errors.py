@@ -57,9 +57,11 @@ class ScenarioError(ChaosError):
         self.problems = problems
         count = len(problems)
         lines = "\n".join("  " + p.render(source) for p in problems)
+        hint = "fix the fields named above; `chaos schema` prints every allowed field"
+        if any("faults[" in p.path for p in problems):
+            hint += ", `chaos faults types` every fault type and its params"
         super().__init__(
-            f"{source}: {count} problem{'s' if count != 1 else ''} in the scenario\n{lines}",
-            "fix the fields named above; `chaos schema` prints every allowed field",
+            f"{source}: {count} problem{'s' if count != 1 else ''} in the scenario\n{lines}", hint
         )
 
 

@@ -86,20 +86,25 @@ class Fault(ABC):
     @classmethod
     def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
         """Parse ``raw`` params and check the target; raises FaultError, changes nothing."""
+        fault = cls(target, cls.parse_params(raw, f" on {target.name}"))
+        fault.check_target()
+        return fault
+
+    @classmethod
+    def parse_params(cls, raw: dict[str, Any], where: str = "") -> Params:
+        """``raw`` as this type's params model; FaultError naming every bad field."""
         try:
-            params = cls.params_model.model_validate(raw)
+            return cls.params_model.model_validate(raw)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}"
+                f"{'.'.join(str(p) for p in err['loc']) or 'params'}: "
+                f"{str(err['msg']).removeprefix('Value error, ')}"
                 for err in exc.errors()
             )
             raise FaultError(
-                f"fault {cls.kind} on {target.name}: invalid params: {problems}",
+                f"fault {cls.kind}{where}: invalid params: {problems}",
                 f"see `chaos faults types` for the parameters of {cls.kind}",
             ) from None
-        fault = cls(target, params)
-        fault.check_target()
-        return fault
 
     def check_target(self) -> None:  # noqa: B027 - optional hook
         """Raise FaultError when the target cannot take this fault."""

@@ -103,6 +103,17 @@ def _step_params(spec: FaultSpec) -> list[dict[str, Any]]:
     return [{**base, **step} for step in ramp]
 
 
+def check_offline(spec: FaultSpec) -> None:
+    """What a fault spec shows without a lab (``chaos validate``): a known type, valid params
+    for every ramp step, and sound timing. Targets are checked when the lab exists; a fault
+    on an agent is checked by the agent before the run."""
+    if is_agent_url(spec.target):
+        return
+    cls = fault_type(spec.type)
+    steps = [cls.parse_params(p) for p in _step_params(spec)]
+    _check_timing(spec, cls.reversible, len(steps))
+
+
 def _check_timing(spec: FaultSpec, reversible: bool, steps: int) -> None:
     if spec.at < 0:
         raise FaultError("`at` must be >= 0")

@@ -186,15 +186,25 @@ def parse(text: str, label: str) -> Scenario:
         problems += _problems(exc, root)
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ScenarioError(label, problems) from None
+    problems += [
+        Problem(path, _line_at(root, ("faults", i)), message)
+        for i, path, message in _fault_problems(scenario, "faults")
+    ]
     for index, variant in enumerate(scenario.variants):
         try:
-            with_variant(scenario, variant.name)
+            varied = with_variant(scenario, variant.name)
         except ValidationError as exc:
             line = _variant_line(root, index)
             problems += [
                 Problem(f"variants[{index}].patch -> {_format_path(err['loc'])}", line,
                         _message(err))  # type: ignore[arg-type]
                 for err in exc.errors()
+            ]
+            continue
+        if "faults" in variant.patch:
+            problems += [
+                Problem(f"variants[{index}].patch -> {path}", _variant_line(root, index), message)
+                for _, path, message in _fault_problems(varied, "faults")
             ]
     if len({v.name for v in scenario.variants}) != len(scenario.variants):
         problems.append(Problem("variants", _variant_line(root, 0), "variant names repeat"))
@@ -203,9 +213,28 @@ def parse(text: str, label: str) -> Scenario:
     return scenario
 
 
-def _variant_line(root: yaml.Node | None, index: int) -> int | None:
-    node, _ = _node_at(root, ("variants", index))
+def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    node, _ = _node_at(root, loc)
     return node.start_mark.line + 1 if node is not None else None
+
+
+def _variant_line(root: yaml.Node | None, index: int) -> int | None:
+    return _line_at(root, ("variants", index))
+
+
+def _fault_problems(scenario: Scenario, prefix: str) -> list[tuple[int, str, str]]:
+    """(index, path, message) for each fault whose type, params or timing is wrong."""
+    from chaos.errors import FaultError  # the fault package imports this one's model
+    from chaos.faults.schedule import check_offline
+
+    out = []
+    for index, spec in enumerate(scenario.faults):
+        try:
+            check_offline(spec)
+        except FaultError as exc:
+            hint = f" ({exc.hint})" if exc.hint and "unknown fault type" in exc.message else ""
+            out.append((index, f"{prefix}[{index}]", exc.message + hint))
+    return out
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,46 @@ def test_validate_cli_exits_2_and_reports_all(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+FAULT_MISTAKES = textwrap.dedent("""\
+    name: faulty
+    faults:
+      - type: nft-filter
+        target: origin
+        params: {tcp_flags: bogus}
+      - type: no-such
+        target: origin
+      - type: kill
+        target: origin
+        for: 5s
+      - type: nft-mangle
+        target: gateway
+        params: {field: ack, xor: 1, set: 2}
+      - type: sysctl
+        target: http://198.18.3.2:7700/origin   # the agent checks these, before the run
+        params: {anything: 1}
+    variants:
+      - name: worse
+        patch:
+          faults: [{type: nft-loss, target: client}]
+    """)
+
+
+def test_fault_types_params_and_timing_are_checked_without_a_lab():
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse(FAULT_MISTAKES, "faulty.yaml")
+    found = {p.path: (p.line, p.message) for p in caught.value.problems}
+    assert set(found) == {
+        "faults[0]", "faults[1]", "faults[2]", "faults[3]", "variants[0].patch -> faults[0]"
+    }
+    assert found["faults[0]"][0] == 3 and "tcp_flags" in found["faults[0]"][1]
+    assert found["faults[1]"][0] == 6 and "unknown fault type 'no-such'" in found["faults[1]"][1]
+    assert "nft-filter" in found["faults[1]"][1]  # the known types are listed
+    assert "kill cannot be reverted" in found["faults[2]"][1]
+    assert "give exactly one of xor and set" in found["faults[3]"][1]
+    assert "probability" in found["variants[0].patch -> faults[0]"][1]
+    assert "`chaos faults types`" in (caught.value.hint or "")
+
+
 def test_yaml_syntax_error_has_a_line():
     with pytest.raises(ScenarioError) as caught:
         loader.parse("name: x\nlab: [unclosed\n", "bad.yaml")
