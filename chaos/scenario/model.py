@@ -5,8 +5,10 @@ Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``
 ``1h``) and are stored as float seconds.
 
 Later features extend this tree by adding fields with defaults, so existing scenario files
-stay valid. Fault ``params`` are checked per fault type by :mod:`chaos.faults` (before the
-load starts), and expectation expressions by :mod:`chaos.expect` (at load time).
+stay valid. Fault types, ``params`` and timing are checked per fault type by
+:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.schedule.
+check_offline`), their targets once the lab exists (before the load starts); expectation
+expressions by :mod:`chaos.expect` (at load time).
 """
 
 from __future__ import annotations
