@@ -596,18 +596,20 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the request's thread: the handshake cannot stall the accept loop.
-        if self.tls is not None:
-            assert isinstance(request, socket.socket)
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                print(f"{client_address[0]} TLS handshake failed: {exc}", file=sys.stderr,
-                      flush=True)  # fmt: skip
-                request.close()
-                return
-            request.settimeout(None)
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        assert isinstance(request, socket.socket)
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)  # detaches `request`
+        except (OSError, ssl.SSLError) as exc:
+            print(f"{client_address[0]} TLS handshake failed: {exc}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            return
+        with wrapped:
+            wrapped.settimeout(None)
+            super().finish_request(wrapped, client_address)
 
 
 def server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
