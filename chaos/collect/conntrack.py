@@ -75,7 +75,8 @@ def count_tcp_states(chunk: bytes | bytearray | memoryview) -> Counter[int]:
     return Counter(m[0] for m in _TCP_STATE.findall(chunk))
 
 
-def open_ctnetlink() -> socket.socket:
+def open_nfnetlink() -> socket.socket:
+    """A NETLINK_NETFILTER socket (ctnetlink, nf_tables) in the calling thread's namespace."""
     kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
     sock = socket.socket(socket.AF_NETLINK, kind, NETLINK_NETFILTER)
     sock.bind((0, 0))
@@ -111,7 +112,7 @@ class Conntrack:
         self._sock: socket.socket | None = None
         if self.available and states:
             try:
-                self._sock = ns.run(open_ctnetlink)
+                self._sock = ns.run(open_nfnetlink)
             except OSError:
                 self._sock = None  # no ctnetlink: states left out, statistics still there
         self._buf = bytearray(65536)

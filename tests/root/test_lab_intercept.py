@@ -8,6 +8,7 @@ and none when the conntrack timeout outlives the CLOSE_WAIT.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chaos.collect.labcounters import LabCounter
+from chaos.errors import LabError
 from chaos.lab import lab, netns
 from chaos.rundir import RunDir
 from chaos.scenario.loader import parse
@@ -67,11 +69,22 @@ def test_late_fin_escapes_only_after_conntrack_expiry(lab_name, tmp_path, timeou
         for sock in held:
             sock.close()
         time.sleep(0.5)
-        packets, _ = counter.read()
+        packets, nbytes = counter.read()
         assert packets == escapes
+        # the netlink read agrees with nft's own listing of the counter
+        listed = netns.run(state.namespaces["origin"], [netns.nft_binary(), "-j", "list",
+                           "counter", "inet", "chaos_lab", "escaped"], timeout=10)  # fmt: skip
+        [nft_counter] = [i["counter"] for i in json.loads(listed.stdout)["nftables"]
+                         if "counter" in i]  # fmt: skip
+        assert (nft_counter["packets"], nft_counter["bytes"]) == (packets, nbytes)
         [sample] = counter.sample(time.time())
         assert sample.measurement == "lab_escapes" and sample.tags["role"] == "origin"
         assert sample.fields["packets"] == escapes
+        # the table gone (the lab half torn down): a clear error, not a traceback
+        netns.nft(state.namespaces["origin"], "delete table inet chaos_lab\n")
+        with pytest.raises(LabError, match="cannot read the lab counter escaped"):
+            counter.read()
+        counter.close()
     finally:
         lab.down(lab_name)
     assert not Path(f"/run/netns/chaos-{lab_name}-origin").exists()
