@@ -182,8 +182,8 @@ def _sweep(sweep: dict[str, Any]) -> str:
         rates = ", ".join(_num(r) for r in sweep["not_run"])
         tail = (
             f"<p>not run: {escape(rates)} conn/s — stopped early "
-            f"({escape(str(sweep.get('stopped_early') or ''))}); `chaos sweep --all-steps` "
-            "runs every step</p>"
+            f"({escape(str(sweep.get('stopped_early') or ''))}); "
+            "<code>chaos sweep --all-steps</code> runs every step</p>"
         )
     return head + _table(header, rows) + tail
 
