@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import sockets
+from container_cli import docker_stand_in
 from sockets import listener
 
 from chaos.collect import collectors_for
@@ -392,25 +393,40 @@ def test_conntrack_states_when_the_namespace_tracks(lab):
     assert "insert_failed" in fields and "invalid" in fields
 
 
-def test_collect_main_once_json_for_a_namespace(lab, capsys):
+def namespace_with_time_wait(lab: Lab, count: int) -> str:
+    """A fresh namespace holding exactly ``count`` TIME_WAIT sockets."""
     name = lab.namespace()
 
     def build() -> None:
         lsock = listener(socket.AF_INET, "127.0.0.1")
         lab.sockets.append(lsock)
-        make_time_wait(lab, lsock, 4)
+        make_time_wait(lab, lsock, count)
 
     lab.run(name, build)
-    wait_for(lambda: sockstat_tw(name) == 4)
+    wait_for(lambda: sockstat_tw(name) == count)
+    return name
+
+
+def printed_points(capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    """What `chaos collect --json` printed: one JSON point per line."""
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def all_states(points: list[dict]) -> dict:
+    return next(
+        x for x in points if x["measurement"] == "tcp_states" and x["tags"]["family"] == "all"
+    )
+
+
+def test_collect_main_once_json_for_a_namespace(lab, capsys):
+    name = namespace_with_time_wait(lab, 4)
     assert collect_main(name, None, once=True, as_json=True, interval=1.0) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = printed_points(capsys)
     measurements = {line["measurement"] for line in lines}
     assert {"tcp_states", "tcp_teardown", "port_budget", "tcp_zombies", "tcp_counters"} <= (
         measurements
     )
-    states = next(
-        x for x in lines if x["measurement"] == "tcp_states" and x["tags"]["family"] == "all"
-    )
+    states = all_states(lines)
     assert states["tags"]["netns"] == name and states["fields"]["time_wait"] == 4
 
     assert collect_main(name, None, once=True, as_json=False, interval=1.0) == 0
@@ -422,33 +438,16 @@ def test_collect_main_by_container_samples_its_process_namespace(lab, capsys, tm
                                                                   monkeypatch):
     """--container NAME: the pid the engine's CLI reports (a stand-in here: no engine runs on
     these machines) leads to that process's namespace, labelled container:NAME."""
-    name = lab.namespace()
-
-    def build() -> None:
-        lsock = listener(socket.AF_INET, "127.0.0.1")
-        lab.sockets.append(lsock)
-        make_time_wait(lab, lsock, 3)
-
-    lab.run(name, build)
-    wait_for(lambda: sockstat_tw(name) == 3)
+    name = namespace_with_time_wait(lab, 3)
     inside = netns.popen(name, ["sleep", "60"])
     try:
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "docker").write_text(
-            '#!/bin/sh\n[ "$*" = "inspect --type container --format {{.State.Pid}} web" ] '
-            f"&& echo {inside.pid}\n"
-        )
-        (bin_dir / "docker").chmod(0o755)
-        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+        docker_stand_in(tmp_path / "bin", "web", str(inside.pid))
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
         assert collect_main(None, None, True, True, 1.0, container="web") == 0
     finally:
         inside.kill()
         inside.wait()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    states = next(
-        x for x in lines if x["measurement"] == "tcp_states" and x["tags"]["family"] == "all"
-    )
+    states = all_states(printed_points(capsys))
     assert states["tags"]["netns"] == "container:web" and states["fields"]["time_wait"] == 3
 
 

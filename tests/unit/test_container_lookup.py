@@ -1,36 +1,24 @@
 """``chaos collect --container NAME``: what the engine's CLI says, turned into a pid or a
 clear error. No container engine runs on these machines (only Docker's client is installed),
-so the CLI here is a stand-in script on PATH that answers as ``docker inspect`` does; the
-"engine down" case uses the real client when it is installed."""
+so the CLI here is a stand-in script on PATH (``tests/container_cli.py``); the "engine
+down" case uses the real client when it is installed."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
+from container_cli import docker_stand_in
 
 from chaos.collect.nsref import container_pid
 from chaos.errors import LabError
 
-ARGV = "inspect --type container --format {{.State.Pid}} web"
-
 
 def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stdout: str, code: int) -> None:
-    """A ``docker`` on PATH that checks its argv, then prints ``stdout`` and exits ``code``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "docker"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'[ "$*" = "{ARGV}" ] || {{ echo "unexpected argv: $*" >&2; exit 99; }}\n'
-        f"echo '{stdout}' >&{2 if code else 1}\n"
-        f"exit {code}\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    docker_stand_in(tmp_path / "bin", "web", stdout, code)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
 
 
 def test_a_running_container_gives_its_pid(tmp_path, monkeypatch):
