@@ -62,8 +62,11 @@ def run_locust(
     workers: int = 0,
     host: str | None = None,
     extra: list[str] | None = None,
+    stop_timeout: float = 0.0,
 ) -> LoadResult:
-    """Locust in the client namespace, as ``chaos run`` starts it (workers=0: one process)."""
+    """Locust in the client namespace, as ``chaos run`` starts it (workers=0: one process).
+    ``stop_timeout`` > 0 lets users finish the connection they are in when the run time is
+    up (a drained load: every connection the origin served is also counted by Locust)."""
     load = scenario.load
     args = user_options(
         load, str(state.origin["protocol"]), state.client_addresses, max(workers, 1)
@@ -78,6 +81,7 @@ def run_locust(
         workers=workers,
         user_args=args + (extra or []),
         spawn=lambda argv, **kw: netns.popen(state.namespaces["client"], argv, **kw),
+        stop_timeout=stop_timeout,
     )
     return locust.run()
 
@@ -261,7 +265,9 @@ def test_master_with_two_workers_counts_what_the_origin_served(lab_name, tmp_pat
         load: {users: 10, rate: 100, rate_mode: shared, teardown: wait-server-fin}
         """,
     ) as (scenario, state, run):
-        result = run_locust(scenario, state, run, seconds=seconds, workers=2)
+        # drained: a connection cut off at the stop is served by the origin but never
+        # reported (386 served vs 385 counted, seen once in CI without it)
+        result = run_locust(scenario, state, run, seconds=seconds, workers=2, stop_timeout=5)
     served = read_stats(run.path / "origin-stats.json")
     logged = parse_log(run.log("proxy"))
     assert result.workers == 2 and result.total_failures == 0, result.failures_by_class
