@@ -36,6 +36,7 @@ from rich.text import Text
 
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
+from chaos.collect.load_series import LoadSeries
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
 from chaos.errors import ChaosError
@@ -47,6 +48,7 @@ from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress
 from chaos.report import write_report
 from chaos.rundir import RunDir, chown_to_invoker, read_journal
@@ -317,11 +319,13 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
 
 
 def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """Locust's per-second stats and failures, tailed from the files LocustRun writes
-    (--csv <run>/locust/locust --csv-full-history, and our locustfiles' --failures-csv)."""
+    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
+    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
+    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
     history = run_path / "locust" / "locust_stats_history.csv"
     failures = history.with_name(FAILURES_CSV)
     return [
+        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
         LocustHistory(history, netns=netns_label, tags={"role": "client"}),
         LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
     ]
