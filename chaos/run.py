@@ -89,12 +89,16 @@ class RunOptions:
     variant: str | None = None
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
+    proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
+    proxy_kind: str | None = None
 
 
 def resolve(options: RunOptions) -> Scenario:
     scenario = loader.load(options.scenario)
     if options.variant:
         scenario = loader.with_variant(scenario, options.variant)
+    if options.proxy_config:
+        scenario = loader.with_proxy_config(scenario, options.proxy_config, options.proxy_kind)
     updates: dict[str, Any] = {}
     if options.duration:
         try:

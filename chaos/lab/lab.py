@@ -51,6 +51,8 @@ def preflight(scenario: Scenario, name: str) -> Plan:
         proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), Path("."))
         proxy.executable()
         proxy.check_fd_limit()
+        for note in proxy.check_user_config():  # the proxy's own check runs in its namespace
+            print(f"note: {note}", file=sys.stderr)
     topology.check_sysctls(plan)
     return plan
 
@@ -92,10 +94,18 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
             _check_external(plan, scenario)
         else:
             proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
+            for note in proxy.check_user_config():
+                run.journal.event("proxy.note", note=note)
             proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"))
             state.processes.append(record)
             state.save()
-            run.journal.event("process.started", role="proxy", kind=proxy.kind, pid=record.pid)
+            run.journal.event(
+                "process.started",
+                role="proxy",
+                kind=proxy.kind,
+                pid=record.pid,
+                config=scenario.lab.proxy.config or "generated",
+            )
     except BaseException as exc:
         run.journal.event("lab.up.failed", lab=name, error=str(exc))
         topology.destroy(name)

@@ -84,10 +84,12 @@ def spawn(
     argv: Sequence[str],
     log_path: Path,
     detach: bool = True,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
-    ``detach`` puts it in its own session, so it outlives the `chaos lab up` command.
+    ``detach`` puts it in its own session, so it outlives the `chaos lab up` command;
+    ``env`` replaces the environment (None: inherit).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -101,6 +103,7 @@ def spawn(
                 prepare=raise_fd_limit,
                 start_new_session=detach,
                 close_fds=True,
+                env=env,
             )
         except FileNotFoundError:
             raise ProcessStartError(
