@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos.lab import netns
+from chaos.kernel import netns
 from chaos.lab.topology import LabState, list_labs
-from chaos.rundir import read_journal
+from chaos.record.rundir import read_journal
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

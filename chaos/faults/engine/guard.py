@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle, fault_type
-from chaos.faults.ledger import Ledger
+from chaos.faults.engine.ledger import Ledger
 
 
 class Annotate(Protocol):

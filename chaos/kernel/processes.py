@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chaos.errors import ProcessStartError
-from chaos.lab import netns
+from chaos.kernel import netns
 
 
 def start_time(pid: int) -> int | None:
