@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.endings import Terminated, exit_code_of
 from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
@@ -595,9 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChaosError as exc:
         print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        err.print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}")
+        return exit_code_of(exc)
 
 
 if __name__ == "__main__":

@@ -149,9 +149,14 @@ class Proxy(ABC):
                 "this is a bug if the scenario is valid; please report it with the file above",
             )
 
-    def start(self, namespace: str, log_path: Path) -> tuple[subprocess.Popen, ProcessRecord]:
+    def start(
+        self, namespace: str, log_path: Path, tied: bool = False
+    ) -> tuple[subprocess.Popen, ProcessRecord]:
+        """``tied``: the proxy dies with this process (see :func:`processes.spawn`)."""
         conf = self.write_config(namespace)
-        proc, record = processes.spawn("proxy", self.kind, namespace, self.run_argv(conf), log_path)
+        proc, record = processes.spawn(
+            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied
+        )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
         )
