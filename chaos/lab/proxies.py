@@ -34,8 +34,8 @@ from pathlib import Path
 import jinja2
 
 from chaos.errors import CapabilityError, LabError, ProcessStartError
-from chaos.lab import netns, processes
-from chaos.lab.processes import ProcessRecord
+from chaos.kernel import netns, processes
+from chaos.kernel.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -294,10 +294,13 @@ class Proxy(ABC):
             "this is a bug if the scenario is valid; please report it with the file above",
         )
 
-    def start(self, namespace: str, log_path: Path) -> tuple[subprocess.Popen, ProcessRecord]:
+    def start(
+        self, namespace: str, log_path: Path, tied: bool = False
+    ) -> tuple[subprocess.Popen, ProcessRecord]:
+        """``tied``: the proxy dies with this process (see :func:`processes.spawn`)."""
         conf = self.write_config(namespace)
         proc, record = processes.spawn(
-            "proxy", self.kind, namespace, self.run_argv(conf), log_path, env=self.env()
+            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied, env=self.env()
         )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port

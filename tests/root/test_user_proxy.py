@@ -10,7 +10,8 @@ import pytest
 from test_lab import http_get
 
 from chaos.errors import LabError
-from chaos.lab import netns, topology
+from chaos.kernel import netns
+from chaos.lab import topology
 from chaos.lab.origin import read_access_log
 from chaos.lab.topology import LabState
 
