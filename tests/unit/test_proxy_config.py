@@ -1,0 +1,132 @@
+"""A user's proxy configuration: placeholders, what is refused before any lab exists, and
+the generated configurations as examples (no root; the lab tests run the proxies)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from chaos.errors import ChaosError, LabError
+from chaos.lab.proxies import PROXIES, Endpoints, fill_placeholders, proxy_for
+from chaos.scenario import loader
+from chaos.scenario.model import ProxySpec
+
+ENDPOINTS = Endpoints("198.18.2.2", 8080, "198.18.3.2", 8080)
+
+
+def proxy_with(tmp_path: Path, kind: str, text: str):
+    config = tmp_path / f"my-{kind}.conf"
+    config.write_text(textwrap.dedent(text))
+    return proxy_for(ProxySpec(kind=kind, config=str(config)), ENDPOINTS, tmp_path / "run")
+
+
+def test_placeholders_are_filled_and_lines_kept(tmp_path):
+    text = "a {{ listen }}\nb {{origin_host}}:{{ origin_port }}\nc {{ run_dir }}/x\n"
+    filled = fill_placeholders(text, ENDPOINTS.placeholders(tmp_path), "f")
+    assert filled == f"a 198.18.2.2:8080\nb 198.18.3.2:8080\nc {tmp_path}/x\n"
+
+
+def test_unknown_placeholder_names_its_line(tmp_path):
+    with pytest.raises(LabError) as err:
+        text = "x\ny {{ listen }}\nz {{ upstream }}\n"
+        fill_placeholders(text, ENDPOINTS.placeholders(tmp_path), "my.cfg")
+    assert "my.cfg:3: {{ upstream }}" in str(err.value)
+    assert "{{ origin }}" in (err.value.hint or "")
+
+
+def test_user_config_must_leave_the_addresses_to_the_lab(tmp_path):
+    proxy = proxy_with(tmp_path, "haproxy", "frontend f\n  bind 10.0.0.1:80\n")
+    with pytest.raises(LabError) as err:
+        proxy.check_user_config()
+    assert "no {{ listen }} and no {{ origin }} placeholder" in str(err.value)
+    assert "bind {{ listen }}" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "noted"),
+    [
+        ("haproxy", "bind {{ listen }}\n server o {{ origin }}\n", True),
+        ("haproxy", 'log-format "CONN %ci:%cp"\n bind {{ listen }}\n server o {{ origin }}', False),
+        ("nginx", "listen {{ listen }}; proxy_pass http://{{ origin }};", True),
+        (
+            "nginx",
+            "log_format m 'CONN $remote_addr'; listen {{ listen }}; proxy_pass {{ origin }};",
+            False,
+        ),
+        ("caddy", "http://{{ listen }} {\n reverse_proxy {{ origin }}\n}\n", True),
+        (
+            "caddy",
+            "http://{{ listen }} {\n log {\n output stdout\n }\n reverse_proxy {{ origin }}}",
+            False,
+        ),
+    ],
+)
+def test_a_config_without_a_parseable_log_gets_a_note(tmp_path, kind, text, noted):
+    notes = proxy_with(tmp_path, kind, text).check_user_config()
+    assert bool(notes) == noted
+    if noted:
+        assert "no log line chaos can parse" in notes[0]
+        assert "CPU and memory are still measured" in notes[0]
+
+
+def test_config_refuses_the_knobs_it_replaces():
+    with pytest.raises(ValidationError, match="your file sets what maxconn, threads would"):
+        ProxySpec(kind="haproxy", config="x.cfg", maxconn=10, threads=2)
+    with pytest.raises(ValidationError, match="config is for the lab's own proxy"):
+        ProxySpec(kind="external", address="1.2.3.4:5", config="x.cfg")
+
+
+def test_caddy_is_http_only():
+    with pytest.raises(ValidationError, match=r"Caddy 2.6 .* proxies HTTP only"):
+        ProxySpec(kind="caddy", mode="tcp")
+
+
+def test_proxy_config_flag_tells_the_kind_and_drops_the_knobs(tmp_path):
+    knobs = tmp_path / "knobs.yaml"
+    knobs.write_text("name: k\nlab:\n  proxy: {maxconn: 100, threads: 2, port: 9000}\n")
+    scenario = loader.load(str(knobs))
+    for name, text, kind in [
+        ("edge.cfg", "frontend fe\n bind {{ listen }}\n", "haproxy"),
+        ("site.conf", "events {}\nhttp {\n}\n", "nginx"),
+        ("Caddyfile", ":80 {\n reverse_proxy {{ origin }}\n}\n", "caddy"),
+    ]:
+        path = tmp_path / name
+        path.write_text(text)
+        spec = loader.with_proxy_config(scenario, str(path)).lab.proxy
+        assert (spec.kind, spec.config, spec.port) == (kind, str(path), 9000)
+        assert spec.maxconn == ProxySpec().maxconn  # the file decides, not the scenario
+    vague = tmp_path / "proxy.conf"
+    vague.write_text("# nothing to go by\n")
+    with pytest.raises(ChaosError, match="cannot tell whether it is for haproxy, nginx or caddy"):
+        loader.with_proxy_config(scenario, str(vague))
+    assert loader.with_proxy_config(scenario, str(vague), "nginx").lab.proxy.kind == "nginx"
+    with pytest.raises(ChaosError, match="proxies HTTP only"):
+        loader.with_proxy_config(loader.load("time-wait-storm"), str(tmp_path / "Caddyfile"))
+
+
+def test_scenario_config_path_is_relative_to_the_scenario_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "haproxy.cfg").write_text("x")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nlab:\n  proxy: {config: conf/haproxy.cfg}\n")
+    assert loader.load(str(path)).lab.proxy.config == str(tmp_path / "conf" / "haproxy.cfg")
+
+
+@pytest.mark.parametrize("kind", sorted(PROXIES))
+def test_generated_config_is_a_user_config(tmp_path, kind):
+    # The example `chaos lab proxy-config` prints is accepted back as a user's file, and
+    # passes the proxy's own syntax check once filled (nginx's -t binds: checked in the lab).
+    example = proxy_for(ProxySpec(kind=kind), ENDPOINTS, tmp_path).example()
+    assert "{{ listen" in example and "{{ origin }}" in example
+    user = proxy_with(tmp_path, kind, example)
+    assert user.check_user_config() == []
+    assert user.render() == proxy_for(ProxySpec(kind=kind), ENDPOINTS, user.conf_dir).render()
+    if kind == "haproxy":
+        conf = tmp_path / "h.cfg"
+        conf.write_text(user.render())
+        out = subprocess.run(user.check_argv(conf), capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
