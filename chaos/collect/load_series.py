@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from chaos.collect.base import FieldValue, Sample
 from chaos.load.series import PHASES, Second, parse_line
+from chaos.record.point import FieldValue, Sample
 
 MEASUREMENT = "load"
 FAILURES_MEASUREMENT = "load_failures"
