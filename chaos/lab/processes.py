@@ -198,3 +198,45 @@ def terminate(record: ProcessRecord, grace: float = 5.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that made something (a ledger entry, a lab): pid, start time and host.
+
+    Alive means: on this host, the pid still runs the same program (start time matches). An
+    owner on another host (a ledger directory shared between hosts) cannot be checked here
+    and counts as alive, so nothing of it is touched without ``--force``."""
+
+    pid: int
+    started: int | None
+    host: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(os.getpid(), start_time(os.getpid()), socket.gethostname())
+
+    def here(self) -> bool:
+        return self.host in ("", socket.gethostname())
+
+    def alive(self) -> bool:
+        if not self.here():
+            return True
+        return start_time(self.pid) == self.started and state_of(self.pid) not in (None, "Z")
+
+    def describe(self) -> str:
+        """``pid 123 (chaos run smoke ...)``, for messages about whose something is."""
+        command = _cmdline(self.pid) if self.here() and self.alive() else ""
+        # paths as their last part: `python fault_controller.py ...`, `chaos run smoke`
+        command = " ".join(word.rpartition("/")[2] or word for word in command.split())
+        where = "" if self.here() else f" on {self.host}"
+        shown = f" ({command[:80]})" if command else ""
+        return f"pid {self.pid}{shown}{where}"
