@@ -35,7 +35,7 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from chaos.faults.schedule import overlap_warnings
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ScenarioError] = []
@@ -141,7 +141,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
-    from chaos.rundir import RunDir
+    from chaos.record.rundir import RunDir
     from chaos.scenario import loader
 
     scenario = loader.load(args.scenario)
@@ -279,7 +279,7 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
 
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.ledger import Ledger
 
     ledger = Ledger()
     entries, bad = ledger.entries()
@@ -352,8 +352,8 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.guard import revert_recorded
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.guard import revert_recorded
+    from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
         raise NotRootError(
@@ -391,7 +391,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from chaos.faults.agent import serve
+    from chaos.agent.service import serve
 
     return serve(
         args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key

@@ -37,27 +37,29 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
-from chaos.endings import Terminated, die_with_parent, ending_for, held_signals, signals_raise
+from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
-from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
-from chaos.faults.schedule import FaultSchedule
-from chaos.faults.targets import is_agent_url
-from chaos.lab import lab, netns, proxies
+from chaos.faults.engine.schedule import FaultSchedule
+from chaos.faults.engine.targets import is_agent_url
+from chaos.kernel import netns
+from chaos.kernel.processes import die_with_parent
+from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
 from chaos.progress import Progress, live_progress
+from chaos.record.lineproto import read_points
+from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.report import write_report
-from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
-from chaos.sink.lineproto import read_points
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chaos.errors import LabError
-from chaos.lab import processes, topology
+from chaos.kernel import processes
+from chaos.lab import topology
 from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
 from chaos.lab.topology import LabState, Plan
-from chaos.rundir import RunDir
+from chaos.record.rundir import RunDir
 from chaos.scenario.model import Scenario
 
 

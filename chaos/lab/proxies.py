@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.errors import CapabilityError, ProcessStartError
-from chaos.lab import netns, processes
-from chaos.lab.processes import ProcessRecord
+from chaos.kernel import netns, processes
+from chaos.kernel.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"

@@ -22,14 +22,15 @@ from typing import Any
 import pytest
 from fault_lab import NFT, ORIGIN_IP, MiniLab, http_get, mini_lab, nft_ruleset, spawn_sleeper
 
+from chaos.agent.client import validate_remote
 from chaos.errors import FaultError
-from chaos.faults.guard import FaultGuard
-from chaos.faults.ledger import Ledger
-from chaos.faults.remote import validate_remote
-from chaos.faults.schedule import FaultSchedule
-from chaos.lab import netns, topology
-from chaos.lab.processes import state_of
-from chaos.rundir import read_journal
+from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.schedule import FaultSchedule
+from chaos.kernel import netns
+from chaos.kernel.processes import state_of
+from chaos.lab import topology
+from chaos.record.rundir import read_journal
 from chaos.scenario.model import FaultSpec
 
 CHAOS = str(Path(sys.executable).parent / "chaos")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults.ledger import Ledger
-from chaos.lab import netns
+from chaos.faults.engine.ledger import Ledger
+from chaos.kernel import netns
 from chaos.lab.topology import LabState, list_labs
-from chaos.rundir import read_journal
+from chaos.record.rundir import read_journal
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

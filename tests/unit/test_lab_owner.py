@@ -10,8 +10,8 @@ from dataclasses import asdict
 
 import pytest
 
+from chaos.kernel.processes import Owner, start_time
 from chaos.lab import topology
-from chaos.lab.processes import Owner, start_time
 from chaos.lab.topology import LabState
 
 

@@ -7,7 +7,7 @@ fault touches the kernel, and removed only after a successful revert. So at any 
 ledger holds a superset of what is applied, and ``chaos revert-all`` (revert is idempotent)
 restores everything after even a SIGKILL of the controller.
 
-Every entry names its owner (pid, start time, host: :class:`~chaos.lab.processes.Owner`):
+Every entry names its owner (pid, start time, host: :class:`~chaos.kernel.processes.Owner`):
 one ledger serves every controller and agent on the host, and `revert-all` leaves the
 faults of live owners alone unless forced.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import Handle
-from chaos.lab.processes import Owner
+from chaos.kernel.processes import Owner
 
 DEFAULT_DIR = "/run/chaos/faults"
 

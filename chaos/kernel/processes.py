@@ -7,6 +7,7 @@ recorded pid that the kernel has since reused for another program is never signa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -17,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chaos.endings import die_with_parent
 from chaos.errors import ProcessStartError
-from chaos.lab import netns
+from chaos.kernel import netns
+
+PR_SET_PDEATHSIG = 1
 
 
 def start_time(pid: int) -> int | None:
@@ -76,6 +78,18 @@ def raise_fd_limit() -> None:
     except (OSError, ValueError):
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child before exec: the kernel sends ``sig`` when the parent *thread* exits.
+
+    SIGKILL, because a child the controller left SIGSTOPped would never act on SIGTERM. Start
+    children from a thread that lives as long as they should (the main thread). The
+    ``PR_SET_PDEATHSIG`` setting survives exec (except of set-user-ID programs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl: nobody will send it
+        os._exit(1)
 
 
 def spawn(

@@ -1,7 +1,7 @@
 """``chaos agent``: serve the fault types over HTTP, for faults on another host or container.
 
-A controller (see :mod:`chaos.faults.remote`) asks the agent to apply a fault; the agent
-validates and applies it through the same :class:`~chaos.faults.guard.FaultGuard` and
+A controller (see :mod:`chaos.agent.client`) asks the agent to apply a fault; the agent
+validates and applies it through the same :class:`~chaos.faults.engine.guard.FaultGuard` and
 on-disk ledger as a local run, and holds it under a **lease** that the controller renews.
 When a lease lapses (the controller died, or the network between them was cut) the agent
 reverts the fault by itself. On SIGTERM, SIGHUP (its terminal closed), SIGQUIT or Ctrl-C it
@@ -15,7 +15,7 @@ Security: every request carries ``Authorization: Bearer <token>`` (``--token-fil
 ``--listen`` says otherwise; and it touches only the targets on its allow-list. Across a
 network it should serve HTTPS (``--tls-cert`` and ``--tls-key``, PEM; TLS 1.2 or newer), so
 the token does not travel in the clear; the controller then uses ``https://`` URLs and
-trusts the certificate through ``params.ca_file`` (:mod:`chaos.faults.remote`). The TLS
+trusts the certificate through ``params.ca_file`` (:mod:`chaos.agent.client`). The TLS
 handshake happens in the request's own thread, with a timeout, so a client that stalls it
 holds up no one else.
 
@@ -67,10 +67,10 @@ from chaos import capabilities
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
-from chaos.faults.guard import FaultGuard, revert_recorded
-from chaos.faults.ledger import Ledger
-from chaos.faults.targets import links_of, resolve
-from chaos.lab import netns, processes
+from chaos.faults.engine.guard import FaultGuard, revert_recorded
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.targets import links_of, resolve
+from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
 API = "/v1"

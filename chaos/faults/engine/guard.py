@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from chaos.endings import handled, held_signals, signals_raise
 from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle, fault_type
-from chaos.faults.ledger import Ledger
+from chaos.faults.engine.ledger import Ledger
 
 
 class Annotate(Protocol):
