@@ -53,8 +53,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from chaos.endings import die_with_parent
 from chaos.errors import LoadError
+from chaos.kernel.processes import die_with_parent
 from chaos.load.series import series_path
 
 Spawn = Callable[..., subprocess.Popen]

@@ -3,14 +3,19 @@ the generated configurations as examples (no root; the lab tests run the proxies
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from chaos.collect.process import ProcessCpu, cgroup_pids, process_roots
 from chaos.errors import ChaosError, LabError
+from chaos.lab import lab
 from chaos.lab.proxies import PROXIES, Endpoints, fill_placeholders, proxy_for
 from chaos.scenario import loader
 from chaos.scenario.model import ProxySpec
@@ -130,3 +135,52 @@ def test_generated_config_is_a_user_config(tmp_path, kind):
         conf.write_text(user.render())
         out = subprocess.run(user.check_argv(conf), capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- an external proxy's processes --------------------------------------------------------
+
+
+def test_external_process_is_one_of_pid_name_cgroup():
+    with pytest.raises(ValidationError, match="exactly one of pid, name or cgroup"):
+        ProxySpec(kind="external", address="198.18.1.1:80", process={"pid": 1, "name": "x"})
+    with pytest.raises(ValidationError, match="process is only for kind: external"):
+        ProxySpec(kind="haproxy", process={"pid": 1})
+
+
+def test_external_proxy_resolves_pid_name_and_cgroup(tmp_path):
+    exe = tmp_path / "chaosproxyx"  # a process name of this test's own
+    exe.symlink_to("/bin/sleep")
+    tree = subprocess.Popen(["/bin/sh", "-c", f"{exe} 30 & {exe} 30 & wait"])
+    roots: list[int] = []
+    try:
+        deadline = time.monotonic() + 5
+        while len(process_roots("chaosproxyx")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        roots = process_roots("chaosproxyx")
+        assert len(roots) == 2  # two sleeps under sh: two trees of that name
+        spec = {"kind": "external", "address": "198.18.1.1:80"}
+        with pytest.raises(LabError, match="matches 2 process trees"):
+            lab.external_proxy(ProxySpec(**spec, process={"name": "chaosproxyx"}))
+        with pytest.raises(LabError, match="matches no process tree"):
+            lab.external_proxy(ProxySpec(**spec, process={"name": "chaos-no-such"}))
+        assert lab.external_proxy(ProxySpec(**spec, process={"pid": tree.pid})) == {
+            "pid": tree.pid
+        }
+        # the pid's tree: sh and its two children, CPU and memory summed
+        (point,) = ProcessCpu(tree.pid, netns="host").sample(time.time())
+        assert point.fields["threads"] == 3
+    finally:
+        for pid in roots:
+            os.kill(pid, signal.SIGKILL)
+        tree.wait()
+    own = next(
+        line.removeprefix("0::")
+        for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    )
+    assert os.getpid() in cgroup_pids(own)
+    assert lab.external_proxy(ProxySpec(**spec, process={"cgroup": own})) == {"cgroup": own}
+    (point,) = ProcessCpu(0, netns="host", cgroup=own).sample(time.time())
+    assert point.tags["cgroup"] == own and point.fields["rss_bytes"] > 0
+    with pytest.raises(LabError, match="holds no process"):
+        lab.external_proxy(ProxySpec(**spec, process={"cgroup": "/chaos-no-such.slice"}))
