@@ -16,7 +16,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from chaos.errors import FaultError, SysctlError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 
 SysctlValue = int | str | list[int]
@@ -44,7 +44,6 @@ def _writable(key: str) -> bool:
     return bool(os.stat(netns.sysctl_path(key)).st_mode & 0o200)
 
 
-@register
 class SysctlWindow(Fault):
     kind = "sysctl"
     params_model = SysctlParams
