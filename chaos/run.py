@@ -72,12 +72,16 @@ class RunOptions:
     variant: str | None = None
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
+    proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
+    proxy_kind: str | None = None
 
 
 def resolve(options: RunOptions) -> Scenario:
     scenario = loader.load(options.scenario)
     if options.variant:
         scenario = loader.with_variant(scenario, options.variant)
+    if options.proxy_config:
+        scenario = loader.with_proxy_config(scenario, options.proxy_config, options.proxy_kind)
     updates: dict[str, Any] = {}
     if options.duration:
         try:
@@ -308,6 +312,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 refs[role] = NetnsRef.host()
             elif role in state.namespaces:
                 refs[role] = NetnsRef.named(state.namespaces[role])
+            elif role == "proxy" and (external := external_proxy_netns(state)) is not None:
+                refs[role] = external
             else:
                 return None
         return refs[role]
@@ -366,13 +372,35 @@ def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU of the proxy and origin processes the lab started (none for an external proxy):
-    a capacity sweep tells a saturated proxy from exhausted ports by it."""
-    return [
+    """CPU and memory of the proxy and origin processes the lab started, and of an external
+    proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
+    from exhausted ports by it."""
+    made: list[Collector] = [
         ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
+    external = state.proxy
+    if "pid" in external or "cgroup" in external:
+        made.append(
+            ProcessCpu(
+                int(external.get("pid", 0)),  # type: ignore[call-overload]
+                netns=str(external.get("netns", "host")),
+                tags={"role": "proxy"},
+                cgroup=external.get("cgroup"),  # type: ignore[arg-type]
+            )
+        )
+    return made
+
+
+def external_proxy_netns(state: LabState) -> NetnsRef | None:
+    """The external proxy's network namespace, where the user named it (``lab.proxy.netns``,
+    else the namespace of ``lab.proxy.process.pid``): its sockets are sampled as role proxy."""
+    if "netns" in state.proxy:
+        return NetnsRef.named(str(state.proxy["netns"]))
+    if "pid" in state.proxy:
+        return NetnsRef.of_pid(int(state.proxy["pid"]))  # type: ignore[call-overload]
+    return None
 
 
 def run_progress(

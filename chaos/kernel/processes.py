@@ -86,12 +86,14 @@ def spawn(
     log_path: Path,
     detach: bool = True,
     tied: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
     ``detach`` puts it in its own session, so a terminal's signals reach only the controller
     and a lab outlives the `chaos lab up` command. ``tied`` makes it die with this process
     (``chaos run``: even a SIGKILL of the controller leaves no lab process running).
+    ``env`` replaces the environment (None: inherit).
     """
 
     def prepare() -> None:
@@ -111,6 +113,7 @@ def spawn(
                 prepare=prepare,
                 start_new_session=detach,
                 close_fds=True,
+                env=env,
             )
         except FileNotFoundError:
             raise ProcessStartError(
