@@ -43,7 +43,7 @@ from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.faults.schedule import FaultSchedule
 from chaos.faults.targets import is_agent_url
-from chaos.lab import lab, netns, proxies
+from chaos.lab import lab, logcap, netns, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
@@ -87,6 +87,8 @@ class RunOptions:
     workers: int | None = None
     influx: InfluxFlags = field(default_factory=InfluxFlags)
     variant: str | None = None
+    rate: float | None = None  # overrides load.rate (new connections/s)
+    users: int | None = None  # overrides load.users
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
 
@@ -101,8 +103,15 @@ def resolve(options: RunOptions) -> Scenario:
             updates["duration"] = parse_duration(options.duration)
         except ValueError as exc:
             raise ChaosError(f"--duration {options.duration!r}: {exc}") from None
-    if options.workers:
-        updates["load"] = scenario.load.model_copy(update={"workers": options.workers})
+    load_updates = {
+        key: value
+        for key, value in (
+            ("workers", options.workers), ("rate", options.rate), ("users", options.users)
+        )
+        if value is not None
+    }
+    if load_updates:
+        updates["load"] = scenario.load.model_copy(update=load_updates)
     return scenario.model_copy(update=updates) if updates else scenario
 
 
@@ -446,6 +455,8 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     proxy_log = run_path / "logs" / "proxy.log"
     if proxy_log.exists():
         summary["proxy_logged"] = len(proxies.parse_log(proxy_log))
+        if rotated := logcap.rotated_away(proxy_log):  # lab.log_cap deleted the oldest lines
+            summary["proxy_log_parts_deleted"] = rotated
     return summary
 
 

@@ -29,6 +29,7 @@ def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
     ]
     if spec.access_log:
         argv += ["--access-log", str(run.path / "origin-access.log")]
+        argv += ["--access-log-cap", str(scenario.lab.log_cap)]
     return argv
 
 
@@ -92,7 +93,9 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
             _check_external(plan, scenario)
         else:
             proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
-            proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"))
+            proc, record = proxy.start(
+                plan.namespace("proxy"), run.log("proxy"), log_cap=scenario.lab.log_cap
+            )
             state.processes.append(record)
             state.save()
             run.journal.event("process.started", role="proxy", kind=proxy.kind, pid=record.pid)

@@ -13,12 +13,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chaos.errors import ProcessStartError
-from chaos.lab import netns
+from chaos.lab import logcap, netns
 
 
 def start_time(pid: int) -> int | None:
@@ -84,13 +84,16 @@ def spawn(
     argv: Sequence[str],
     log_path: Path,
     detach: bool = True,
+    log_cap: int | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
     ``detach`` puts it in its own session, so it outlives the `chaos lab up` command.
+    ``log_cap``: a per-connection log (the proxy's) goes through a pipe into a capped log
+    (:mod:`chaos.lab.logcap`) that never uses more than that many bytes.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with _log_sink(log_path, log_cap, detach) as log:
         try:
             proc = netns.popen(
                 namespace,
@@ -111,6 +114,33 @@ def spawn(
         role, name, proc.pid, start_time(proc.pid), namespace, str(log_path), list(argv)
     )
     return proc, record
+
+
+@contextlib.contextmanager
+def _log_sink(log_path: Path, log_cap: int | None, detach: bool) -> Iterator[int]:
+    """The fd a process's output goes to: the log file, or a pipe into a capped log's
+    writer (which ends at end of file, when every holder of the pipe has exited)."""
+    if log_cap is None:
+        with open(log_path, "ab") as log:
+            yield log.fileno()
+        return
+    logcap.remove_parts(log_path)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        subprocess.Popen(
+            logcap.command(log_path, log_cap),
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            start_new_session=detach,
+            close_fds=True,
+        )
+        os.close(read_end)
+        read_end = -1
+        yield write_end
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        os.close(write_end)
 
 
 def _is_listening(host: str, port: int) -> bool:

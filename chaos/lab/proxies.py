@@ -2,7 +2,8 @@
 
 Each kind renders its configuration from the scenario's :class:`ProxySpec` into the run
 directory, checks it with the proxy's own checker, and starts the proxy in the foreground in
-the proxy namespace, with its log going to ``<run>/logs/proxy.log``. Each connection (tcp
+the proxy namespace, with its log going to ``<run>/logs/proxy.log`` (capped on disk, see
+:mod:`chaos.lab.logcap`). Each connection (tcp
 mode) or request (http mode) is logged on one line that starts with ``CONN``, so tests and the
 report can compare what the proxy passed with what the origin received::
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.errors import CapabilityError, ProcessStartError
-from chaos.lab import netns, processes
+from chaos.lab import logcap, netns, processes
 from chaos.lab.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
 
@@ -149,9 +150,13 @@ class Proxy(ABC):
                 "this is a bug if the scenario is valid; please report it with the file above",
             )
 
-    def start(self, namespace: str, log_path: Path) -> tuple[subprocess.Popen, ProcessRecord]:
+    def start(
+        self, namespace: str, log_path: Path, log_cap: int = logcap.DEFAULT_CAP
+    ) -> tuple[subprocess.Popen, ProcessRecord]:
         conf = self.write_config(namespace)
-        proc, record = processes.spawn("proxy", self.kind, namespace, self.run_argv(conf), log_path)
+        proc, record = processes.spawn(
+            "proxy", self.kind, namespace, self.run_argv(conf), log_path, log_cap=log_cap
+        )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
         )
@@ -358,9 +363,11 @@ class ProxyLogEntry:
 
 
 def parse_log(path: Path) -> list[ProxyLogEntry]:
-    """The ``CONN`` lines of a proxy log (other lines are the proxy's own messages)."""
+    """The ``CONN`` lines of a proxy log, its rotated parts first (other lines are the
+    proxy's own messages). Lines the log's cap deleted are gone: see logcap.rotated_away."""
     entries = []
-    for line in Path(path).read_text(errors="replace").splitlines():
+    text = "".join(Path(part).read_text(errors="replace") for part in logcap.log_parts(path))
+    for line in text.splitlines():
         match = _CONN_RE.match(line)
         if not match:
             continue

@@ -21,6 +21,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     field_validator,
@@ -51,7 +52,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlValue = int | str | list[int]
 
 
-def _lab_name(value: str) -> str:
+def valid_lab_name(value: str) -> str:
     # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
     # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
@@ -62,7 +63,7 @@ def _lab_name(value: str) -> str:
     return value
 
 
-LabName = Annotated[str, AfterValidator(_lab_name)]
+LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
@@ -237,6 +238,13 @@ class LabSpec(Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     origin: OriginSpec = Field(default_factory=OriginSpec)
+    log_cap: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description=(
+            "bytes each per-connection log (the proxy's, the origin's access log) may use on "
+            "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
+        ),
+    )
 
 
 # --- load --------------------------------------------------------------------------------
