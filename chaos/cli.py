@@ -417,11 +417,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from chaos.report import print_summary, write_report
+    from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
     print_summary(out, report)
-    failed = report.summary["verdict"] == "FAIL"
+    failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 
 
@@ -613,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")
     p.add_argument(
-        "--check", action="store_true", help="exit 10 when an expectation of the run failed"
+        "--check",
+        action="store_true",
+        help="exit 10 when an expectation of the run failed, or its drift verdict did",
     )
     p = add("compare", cmd_compare, "show two runs' signatures side by side")
     p.add_argument("run_a", metavar="RUN_A")

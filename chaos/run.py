@@ -48,7 +48,8 @@ from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
 from chaos.progress import Progress, live_progress
-from chaos.report import write_report
+from chaos.report import drift_failed, load_run, print_drift, write_report
+from chaos.report.drift import judge as judge_drift
 from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
@@ -203,14 +204,23 @@ def conclude(
     (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
-    if options.report:
-        try:
+    drift: dict[str, Any] | None = None
+    try:
+        if options.report:
             report = write_report(run_path)
+            drift = report.summary["drift"]
             console.print(f"report: {report.html_path}")
-        except ChaosError as exc:  # the run's verdict stands without its report
-            console.print(Text(f"no report: {exc.message}", "yellow"))
+        else:
+            drift = judge_drift(load_run(run_path)).as_dict()
+    except ChaosError as exc:  # the run's verdict stands without its report
+        console.print(Text(f"no report: {exc.message}", "yellow"))
+    if drift is not None:
+        print_drift(console, drift)
+        summary["drift"] = drift
+        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
-    return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
+    failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
+    return EXIT_EXPECTATION_FAILED if failed else 0
 
 
 EXIT_EXPECTATION_FAILED = 10
