@@ -132,7 +132,9 @@ def test_proxy_kinds_and_modes(lab_name, tmp_path, kind, mode, protocol):
 
         reply = netns.run_in(state.namespaces["client"], exchange)
         assert len(reply.split(b"\r\n\r\n", 1)[-1]) == 300
-        entries = proxies.parse_log(run.log("proxy"))
+        deadline = time.monotonic() + 3  # the log reaches its file through the cap's writer
+        while not (entries := proxies.parse_log(run.log("proxy"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(entries) >= 1 and entries[0].client[0] in state.client_addresses
     finally:
         lab.down(lab_name)
