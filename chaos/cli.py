@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.endings import Terminated, exit_code_of
 from chaos.errors import ChaosError, ExpectationFailed, ScenarioError, UsageError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
@@ -113,6 +114,8 @@ def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
         lab_name=args.name,
         workers=args.workers,
         variant=args.variant,
+        proxy_config=args.proxy_config,
+        proxy_kind=args.proxy_kind,
         report=not args.no_report,
         progress=not args.no_progress,
         influx=InfluxFlags(
@@ -171,10 +174,12 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
-    from chaos.rundir import RunDir
+    from chaos.record.rundir import RunDir
     from chaos.scenario import loader
 
     scenario = loader.load(args.scenario)
+    if args.proxy_config:
+        scenario = loader.with_proxy_config(scenario, args.proxy_config, args.proxy_kind)
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
@@ -191,6 +196,25 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         f"http://{state.proxy['host']}:{state.proxy['port']}/\n"
         f"remove it with: chaos lab down {name}"
     )
+    return 0
+
+
+def cmd_lab_proxy_config(args: argparse.Namespace) -> int:
+    from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
+    from chaos.scenario import loader
+
+    scenario = loader.load(args.scenario)
+    spec = scenario.lab.proxy
+    if args.kind:
+        spec = spec.model_copy(update={"kind": args.kind})
+    if spec.kind not in PROXIES:
+        raise ChaosError(
+            f"the scenario's proxy is kind {spec.kind}: the lab generates no configuration for it",
+            "give --kind haproxy, nginx or caddy",
+        )
+    # the placeholders stay unfilled: this is the starting point for a user's own file
+    proxy = proxy_for(spec, Endpoints("", 0, "", 0), Path("."))
+    sys.stdout.write(proxy.example())
     return 0
 
 
@@ -302,7 +326,7 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
 
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.ledger import Ledger
 
     ledger = Ledger()
     entries, bad = ledger.entries()
@@ -373,8 +397,8 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.guard import revert_handle
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.guard import revert_handle
+    from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
         raise NotRootError(
@@ -406,7 +430,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from chaos.faults.agent import serve
+    from chaos.agent.service import serve
 
     return serve(
         args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
@@ -467,6 +491,22 @@ def add_influx_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_proxy_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy-config",
+        default=None,
+        metavar="FILE",
+        help="run the lab's proxy with your own configuration file (see README, "
+        "'Test your own proxy')",
+    )
+    p.add_argument(
+        "--proxy-kind",
+        choices=("haproxy", "nginx", "caddy"),
+        default=None,
+        help="the proxy --proxy-config is for (default: told from the file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaos",
@@ -512,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no live progress line (off a terminal: a compact line every 10 s)",
     )
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("sweep", cmd_sweep, "step the connection rate up: the knee and what ran out first")
@@ -535,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("push", cmd_push, "send a run's samples (samples.lp) to InfluxDB")
@@ -553,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
     p.add_argument("--name", default=None, help="lab name (default: from the scenario, or 'lab')")
     p.add_argument("--runs-dir", default="runs")
+    add_proxy_config_flags(p)
+    p = add(
+        "proxy-config",
+        cmd_lab_proxy_config,
+        "print the proxy configuration the lab generates for a scenario, placeholders "
+        "unfilled: the starting point for your own (--proxy-config)",
+        lab_sub,
+    )
+    p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
+    p.add_argument("--kind", choices=("haproxy", "nginx", "caddy"), default=None)
     p = add("down", cmd_lab_down, "remove a lab and everything it made", lab_sub)
     p.add_argument("name", nargs="?", default="lab")
     p.add_argument("--all", action="store_true", help="remove every lab")
@@ -635,9 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChaosError as exc:
         print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        err.print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}")
+        return exit_code_of(exc)
 
 
 if __name__ == "__main__":

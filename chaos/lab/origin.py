@@ -67,7 +67,7 @@ Counters (summed over workers into ``--stats-file``; all ints)
 Access log (``--access-log PATH``)
     Worker ``n`` writes its own file ``PATH.<n>`` (no locking, no interleaving); the parent
     creates them empty at start-up (removing any ``PATH.<n>`` of an earlier run), so a bad
-    path fails before READY. Each is a capped log (:mod:`chaos.lab.logcap`; the workers share
+    path fails before READY. Each is a capped log (:mod:`chaos.record.logcap`; the workers share
     ``--access-log-cap`` bytes), rotated at line boundaries. One line per response fully written:
     ``<unix_time> <peer_ip>:<peer_port> <bytes_in> <bytes_out>`` (bytes of that request, head
     plus body, and of its response). Lines are buffered and written at least once a second
@@ -96,7 +96,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chaos.lab import logcap
+from chaos.record import logcap
 
 __all__ = [
     "COUNTERS",

@@ -6,7 +6,7 @@ Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``
 
 Later features extend this tree by adding fields with defaults, so existing scenario files
 stay valid. Fault types, ``params`` and timing are checked per fault type by
-:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.schedule.
+:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.engine.schedule.
 check_offline`), their targets once the lab exists (before the load starts); expectation
 expressions by :mod:`chaos.expect` (at load time).
 """
@@ -123,14 +123,63 @@ class ProxyTimeouts(Strict):
     http_keep_alive: Duration = 10.0
 
 
+class ProxyProcess(Strict):
+    """Which processes are an external proxy, for its CPU and memory: exactly one of them."""
+
+    pid: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="the proxy's main pid (its children are counted with it)"
+    )
+    name: str | None = Field(
+        default=None,
+        description="process name (comm, e.g. haproxy); must match one process tree",
+    )
+    cgroup: str | None = Field(
+        default=None,
+        description="a cgroup v2 path, e.g. /system.slice/haproxy.service (all its processes)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProxyProcess:
+        given = [k for k in ("pid", "name", "cgroup") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pid, name or cgroup")
+        return self
+
+
+#: the ProxySpec keys a user's own configuration replaces (lab.proxy.config)
+GENERATED_ONLY = (
+    "maxconn", "upstream", "threads", "timeouts", "defer_accept", "transparent", "linger_zero",
+    "keepalive",
+)  # fmt: skip
+
+
 class ProxySpec(Strict):
     """The proxy under test."""
 
-    kind: Literal["haproxy", "nginx", "external"] = "haproxy"
+    kind: Literal["haproxy", "nginx", "caddy", "external"] = "haproxy"
     mode: Literal["tcp", "http"] = "http"
     port: Port = 8080
+    config: str | None = Field(
+        default=None,
+        description=(
+            "your own configuration file for kind haproxy, nginx or caddy (a path, relative "
+            "to the scenario file), used as is except for the placeholders {{ listen }} and "
+            "{{ origin }}, which the lab fills; the knobs below are then yours to set in it"
+        ),
+    )
     address: str | None = Field(
         default=None, description="host:port of an external proxy (kind: external only)"
+    )
+    process: ProxyProcess | None = Field(
+        default=None,
+        description="kind external: the proxy's processes, to measure their CPU and memory",
+    )
+    netns: str | None = Field(
+        default=None,
+        description=(
+            "kind external: the named network namespace (ip netns) the proxy runs in, to "
+            "sample its sockets; default: the namespace of process.pid, if given"
+        ),
     )
     maxconn: Annotated[int, Field(ge=1)] = 8000
     upstream: Literal["close", "keep-alive"] = Field(
@@ -170,8 +219,30 @@ class ProxySpec(Strict):
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
-        elif self.address:
-            raise ValueError("address is only for kind: external")
+        else:
+            for key in ("address", "process", "netns"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is only for kind: external")
+        if self.config is not None:
+            if self.kind == "external":
+                raise ValueError("config is for the lab's own proxy: kind haproxy, nginx or caddy")
+            ignored = sorted(set(GENERATED_ONLY) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"with config, your file sets what {', '.join(ignored)} would: remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
+        if self.kind == "caddy":
+            if self.mode == "tcp":
+                raise ValueError(
+                    "Caddy 2.6 (Debian) proxies HTTP only: its TCP proxy (layer4) is a plugin; "
+                    "use mode http, or kind haproxy/nginx for tcp"
+                )
+            for option in ("defer_accept", "linger_zero", "transparent"):
+                if getattr(self, option):
+                    raise ValueError(f"Caddy has no {option}: use kind haproxy")
+            if self.keepalive.enabled:
+                raise ValueError("Caddy's TCP keepalive is not set by the lab: use kind haproxy")
         if self.transparent and self.kind != "haproxy":
             raise ValueError("transparent needs kind haproxy (usesrc client)")
         if self.kind == "nginx" and self.mode == "tcp":

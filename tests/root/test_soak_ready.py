@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from chaos.lab import logcap
 from chaos.lab.origin import access_log_rotated_away
 from chaos.lab.topology import list_labs
+from chaos.record import logcap
 
 CAP = 16 * 1024
 SCENARIO = f"""\

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from chaos.lab import logcap
+from chaos.record import logcap
 
 
 def disk_bytes(path: Path) -> int:
@@ -65,7 +65,7 @@ def test_pipe_writer_outlives_an_interrupt(tmp_path: Path):
     """Ctrl-C reaches the whole process group: the writer keeps the proxy's last lines."""
     path = tmp_path / "proxy.log"
     writer = subprocess.Popen(
-        [sys.executable, "-m", "chaos.lab.logcap", str(path)], stdin=subprocess.PIPE
+        [sys.executable, "-m", "chaos.record.logcap", str(path)], stdin=subprocess.PIPE
     )
     assert writer.stdin is not None
     writer.stdin.write(b"before\n")

@@ -17,8 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chaos.endings import die_with_parent
 from chaos.errors import ProcessStartError
-from chaos.lab import logcap, netns
+from chaos.kernel import netns
+from chaos.record import logcap
 
 
 def start_time(pid: int) -> int | None:
@@ -103,14 +105,25 @@ def spawn(
     argv: Sequence[str],
     log_path: Path,
     detach: bool = True,
+    tied: bool = False,
+    env: dict[str, str] | None = None,
     log_cap: int | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
-    ``detach`` puts it in its own session, so it outlives the `chaos lab up` command.
-    ``log_cap``: a per-connection log (the proxy's) goes through a pipe into a capped log
-    (:mod:`chaos.lab.logcap`) that never uses more than that many bytes.
+    ``detach`` puts it in its own session, so a terminal's signals reach only the controller
+    and a lab outlives the `chaos lab up` command. ``tied`` makes it die with this process
+    (``chaos run``: even a SIGKILL of the controller leaves no lab process running).
+    ``env`` replaces the environment (None: inherit). ``log_cap``: a per-connection log (the
+    proxy's) goes through a pipe into a capped log (:mod:`chaos.record.logcap`) that never
+    uses more than that many bytes.
     """
+
+    def prepare() -> None:
+        raise_fd_limit()
+        if tied:
+            die_with_parent()
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with _log_sink(log_path, log_cap, detach) as (log, writer):
         try:
@@ -120,9 +133,10 @@ def spawn(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                prepare=raise_fd_limit,
+                prepare=prepare,
                 start_new_session=detach,
                 close_fds=True,
+                env=env,
             )
         except FileNotFoundError:
             raise ProcessStartError(

@@ -9,7 +9,7 @@ than ``cap`` bytes and keeps the most recent lines; :func:`log_parts` lists the 
 first for a reader, :func:`rotated_away` says whether lines were deleted.
 
 Writers: the origin's workers write their own ``PATH.<n>`` through :class:`CappedLog`; a
-proxy's stdout goes through a pipe to ``python -m chaos.lab.logcap PATH --cap BYTES``, which
+proxy's stdout goes through a pipe to ``python -m chaos.record.logcap PATH --cap BYTES``, which
 ends when the proxy (every process holding the pipe) has exited. Stdlib only: the origin
 imports this.
 """
@@ -142,7 +142,7 @@ def pipe_main(path: str, cap: int, source: int = 0) -> int:
 
 def command(path: str | os.PathLike[str], cap: int) -> list[str]:
     """The argv of the pipe writer for ``path``."""
-    return [sys.executable, "-m", "chaos.lab.logcap", os.fspath(path), "--cap", str(cap)]
+    return [sys.executable, "-m", "chaos.record.logcap", os.fspath(path), "--cap", str(cap)]
 
 
 def main(argv: list[str] | None = None) -> int:
