@@ -35,6 +35,7 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ScenarioError] = []
@@ -45,6 +46,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed.append(exc)
             continue
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
+        for warning in overlap_warnings(scenario.faults, scenario.duration):
+            out.print(Text.assemble(("warning: ", "bold yellow"), f"{name}: {warning}"))
     for exc in failed:
         print_error(exc)
     return ScenarioError.exit_code if failed else 0
@@ -223,6 +226,13 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 
     names = topology.list_labs() if args.all else [args.name]
     for name in names:
+        owner = topology.running_owner(name) if args.all and not args.force else None
+        if owner is not None:
+            out.print(
+                f"lab [bold]{name}[/]: left alone, its owner {owner.describe()} is running "
+                "(--force to remove it anyway)"
+            )
+            continue
         removed = lab.down(name)
         if removed:
             out.print(f"lab [bold]{name}[/]: removed {len(removed)} items")
@@ -340,7 +350,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
         table = Table(*columns, box=None, pad_edge=False)
         for e in entries:
             since = datetime.fromtimestamp(e.since).strftime("%H:%M:%S")
-            owner = f"{e.owner_pid} " + ("(running)" if e.owner_alive() else "[yellow](gone)[/]")
+            state = "(running)" if e.owner_alive() else "[yellow](gone)[/]"
+            where = "" if e.owner.here() else f"@{e.owner.host}"
+            owner = f"{e.owner.pid}{where} {state}"
             namespace = str(e.handle.data.get("netns") or "-")
             table.add_row(
                 e.handle.id,
@@ -397,7 +409,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.engine.guard import revert_handle
+    from chaos.faults.engine.guard import revert_recorded
     from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
@@ -413,13 +425,19 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     failed = len(bad)
     for e in entries:  # newest first: the reverse of the order they were applied in
         label = f"{e.handle.id} {e.handle.kind} on {e.handle.target}"
+        if e.owner_alive() and not args.force:
+            out.print(
+                Text.assemble(("left ", "yellow"), label, f": owner {e.owner.describe()} is "
+                              "running (--force reverts it)"),
+                soft_wrap=True,
+            )  # fmt: skip
+            continue
         try:
-            revert_handle(e.handle)
+            revert_recorded(ledger, e.handle)
         except (FaultError, ChaosError) as exc:
             failed += 1
             err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
             continue
-        ledger.remove(e.handle.id)
         out.print(Text.assemble(("reverted ", "green"), label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
@@ -607,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("haproxy", "nginx", "caddy"), default=None)
     p = add("down", cmd_lab_down, "remove a lab and everything it made", lab_sub)
     p.add_argument("name", nargs="?", default="lab")
-    p.add_argument("--all", action="store_true", help="remove every lab")
+    p.add_argument(
+        "--all", action="store_true", help="remove every lab whose owner is gone"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --all: also the labs of running owners"
+    )
     p = add("status", cmd_lab_status, "show namespaces, addresses and processes", lab_sub)
     p.add_argument("name", nargs="?", default=None)
 
@@ -640,7 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("types", cmd_faults_types, "every fault type with its parameters", faults_sub)
     p.add_argument("--verbose", "-v", action="store_true", help="with each family's summary")
-    add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p = add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also revert the faults of owners still running (a live run or agent)",
+    )
 
     p = add("agent", cmd_agent, "serve the fault types over HTTP for a remote controller")
     p.add_argument(

@@ -40,18 +40,21 @@ from rich.text import Text
 from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
+from chaos.collect.load_series import LoadSeries
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
-from chaos.endings import Terminated, die_with_parent, ending_for, held_signals, signals_raise
+from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
 from chaos.kernel import netns
+from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress
 from chaos.record import logcap
 from chaos.record.lineproto import read_points
@@ -381,11 +384,13 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
 
 
 def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """Locust's per-second stats and failures, tailed from the files LocustRun writes
-    (--csv <run>/locust/locust --csv-full-history, and our locustfiles' --failures-csv)."""
+    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
+    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
+    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
     history = run_path / "locust" / "locust_stats_history.csv"
     failures = history.with_name(FAILURES_CSV)
     return [
+        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
         LocustHistory(history, netns=netns_label, tags={"role": "client"}),
         LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
     ]

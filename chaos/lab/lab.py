@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chaos.collect.process import CGROUP_ROOT, cgroup_pids, process_roots
@@ -68,6 +68,7 @@ def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabSta
     plan = preflight(scenario, name)
     state = LabState(
         name=name,
+        owner=asdict(processes.Owner.current()),
         namespaces=plan.namespaces,
         run_dir=str(run.path),
         client_addresses=plan.client_addresses,
