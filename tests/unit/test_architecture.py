@@ -19,9 +19,15 @@ PACKAGE = ROOT / "chaos"
 #: lowest first; a module may import its own layer and those below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("chaos", "chaos.errors", "chaos.endings")),
-    ("kernel", ("chaos.kernel",)),
+    # What crosses stages (points, names, run directory, capped logs): formats, no I/O policy.
     ("record", ("chaos.record",)),
-    ("scenario model", ("chaos.scenario.model", "chaos.scenario.expression")),
+    ("kernel", ("chaos.kernel",)),
+    # The load contract (stdlib only, shared with the locustfiles) is the scenario's
+    # vocabulary for ``load:``.
+    (
+        "scenario model",
+        ("chaos.scenario.model", "chaos.scenario.expression", "chaos.load.contract"),
+    ),
     ("lab", ("chaos.lab", "chaos.capabilities")),
     ("load", ("chaos.load",)),
     # The agent's client is a fault type (RemoteFault: a fault applied by asking an agent).
