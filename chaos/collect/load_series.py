@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from chaos.load.series import PHASES, Second, parse_line
+from chaos.record import schema
 from chaos.record.point import FieldValue, Sample
 
-MEASUREMENT = "load"
-FAILURES_MEASUREMENT = "load_failures"
+MEASUREMENT = schema.LOAD
+FAILURES_MEASUREMENT = schema.LOAD_FAILURES
 NS = 1_000_000_000
 
 

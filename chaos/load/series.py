@@ -37,6 +37,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+#: the phases the users time (a subset of chaos.record.schema.LOAD_PHASES, which also names
+#: ``tls`` for TLS handshakes)
 PHASES = ("connect", "first_byte", "total", "close")
 PERCENTILES = (50.0, 90.0, 99.0)
 SERIES_FILE = Path("locust") / "load_series.jsonl"
