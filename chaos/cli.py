@@ -188,7 +188,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     try:
         state = lab.up(scenario, name, run)
     finally:
@@ -373,11 +373,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faults_types(args: argparse.Namespace) -> int:
-    from chaos.faults.base import REGISTRY, fault_type
+    from chaos.faults.registry import fault_types
 
-    fault_type("stop")  # fills the registry
-    for kind in sorted(REGISTRY):
-        cls = REGISTRY[kind]
+    for kind, cls in sorted(fault_types().items()):
         notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
         if not cls.reversible:
             notes.append("irreversible")

@@ -222,7 +222,7 @@ def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[Run
     """The run directory, with the resolved scenario and the journal's run.start."""
     label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
     run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     run.journal.event(
         "run.start",
         scenario=scenario.name,

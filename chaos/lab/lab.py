@@ -8,9 +8,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chaos.collect.process import CGROUP_ROOT, cgroup_pids, process_roots
 from chaos.errors import LabError
 from chaos.kernel import netns, processes
+from chaos.kernel.proctree import CGROUP_ROOT, cgroup_pids, process_roots
 from chaos.lab import topology
 from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
 from chaos.lab.topology import LabState, Plan

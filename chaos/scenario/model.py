@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from chaos.load import contract
+from chaos.scenario.expression import check_expression, uses_baseline
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -505,8 +506,6 @@ class Expectation(Strict):
     @classmethod
     def _expression(cls, value: float | str) -> float | str:
         if isinstance(value, str):
-            from chaos.expect import check_expression
-
             check_expression(value)
         return value
 
@@ -643,8 +642,6 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _expectations_have_phases(self) -> Scenario:
-        from chaos.expect import uses_baseline
-
         for i, exp in enumerate(self.expect):
             if exp.when != "end" and not self.faults:
                 raise ValueError(
