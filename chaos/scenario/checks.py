@@ -115,7 +115,7 @@ def host_problems(data: dict[str, Any]) -> list[Found]:
     """What this host lacks for the scenario: kernel features of its faults, sysctl keys a
     namespace does not have or cannot write. Needs root (a probe namespace); without it,
     only the sysctl keys, against the host's own /proc/sys."""
-    from chaos.faults.base import fault_type  # the fault package imports the model
+    from chaos.faults.registry import fault_type  # the fault package imports the model
 
     needed: dict[str, Location] = {}
     for index, fault in _local_faults(data):
