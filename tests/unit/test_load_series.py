@@ -188,3 +188,13 @@ def test_the_series_writes_what_the_schema_names() -> None:
     for sample in second_samples(second, {"role": "client"}):
         written = schema.measurement(sample.measurement)
         assert all(written.has_field(name) for name in sample.fields), sample
+
+
+def test_mean_of_is_hdrh_mean_in_one_pass_over_recorded_buckets():
+    from chaos.load.series import mean_of, new_histogram
+
+    rng = random.Random(3)
+    histogram = new_histogram()
+    for _ in range(2000):
+        histogram.record_value(int(rng.lognormvariate(7, 1.5)) + 1)
+    assert mean_of(histogram) == histogram.get_mean_value()
