@@ -560,7 +560,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if sink:
         table.add_row("samples recorded", str(sink["recorded"]))
     if sink.get("influxdb"):
-        counts = ("written", "spooled", "replayed", "dropped", "left_in_spool")
+        counts = (
+            "written", "spooled", "replayed", "possibly_duplicated", "dropped", "left_in_spool"
+        )  # fmt: skip
         table.add_row(
             "InfluxDB points", ", ".join(f"{k.replace('_', ' ')} {sink[k]}" for k in counts)
         )
