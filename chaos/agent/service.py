@@ -223,8 +223,7 @@ class Scope:
     def _parse_types(self, given: list[str]) -> dict[str, frozenset[str]]:
         """``--allow-type TARGET=TYPE[,TYPE...]``: the only fault types allowed on TARGET (an
         entry of --allow); targets without one take every type."""
-        fault_type("stop")  # fills the registry
-        known = set(REGISTRY)
+        known = set(fault_types())
         names = {name.partition("=")[0] for name in self.allow}
         out: dict[str, frozenset[str]] = {}
         for text in given:
