@@ -176,3 +176,13 @@ def test_option_defaults_are_the_models() -> None:
     assert contract.target_rate(25.0, 0, [10, 20, 30], 10) == 30
     assert contract.target_rate(99.0, 0, [10, 20, 30], 10) == 30
     assert contract.target_rate(3.0, 7, [], 10) == 7
+
+
+def test_mean_of_is_hdrh_mean_in_one_pass_over_recorded_buckets():
+    from chaos.load.series import mean_of, new_histogram
+
+    rng = random.Random(3)
+    histogram = new_histogram()
+    for _ in range(2000):
+        histogram.record_value(int(rng.lognormvariate(7, 1.5)) + 1)
+    assert mean_of(histogram) == histogram.get_mean_value()
