@@ -451,7 +451,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from chaos.agent.service import serve
 
     return serve(
-        args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
+        args.listen,
+        args.token_file,
+        args.allow,
+        args.lab,
+        args.tls_cert,
+        args.tls_key,
+        args.allow_type,
     )
 
 
@@ -688,6 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TARGET",
         help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
+    )
+    p.add_argument(
+        "--allow-type",
+        action="append",
+        default=[],
+        metavar="TARGET=TYPE[,TYPE]",
+        help="only these fault types on TARGET (an --allow entry; repeat); default: all",
     )
     p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
     p.add_argument(
