@@ -2,7 +2,7 @@
 pass finds every problem (a model error elsewhere hides none of these):
 
 * against the lab the scenario plans: fault targets (a role the lab has, ``workers``,
-  ``pid:N``, ``ROLE:PATTERN`` with a pattern that compiles), ``ip_local_port_range``
+  ``pid:N``, ``ROLE:PATTERN`` with a pattern that compiles in RE2), ``ip_local_port_range``
   bounds, and ``expect`` metrics against what the collectors write
   (:mod:`chaos.record.schema`);
 * against this host (:func:`host_problems`): the kernel features the faults need (netem,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,10 +68,12 @@ def target_problem(target: str, roles: tuple[str, ...]) -> str | None:
     if sep and kind in roles:
         if not rest:
             return f"target {text!r}: empty pattern after {kind}:"
+        from chaos.kernel.processes import CommandPattern  # what the fault will match with
+
         try:
-            re.compile(rest)
-        except re.error as exc:
-            return f"target {text!r}: the pattern {rest!r} does not compile: {exc}"
+            CommandPattern(rest)
+        except ValueError as exc:
+            return f"target {text!r}: the pattern {rest!r} does not compile (RE2): {exc}"
         return None
     if sep and kind in ROLES:
         return f"target {text!r}: this lab has no {kind} namespace (targets: {forms})"
