@@ -6,6 +6,7 @@ from __future__ import annotations
 from chaos.faults import (
     netem,  # noqa: F401
     nft,  # noqa: F401
+    reload,  # noqa: F401
     signals,  # noqa: F401
     sysctl,  # noqa: F401
 )

@@ -59,6 +59,56 @@ class ProcessRecord:
         return asdict(self)
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (over all its threads), [] when it is gone."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def listening(pid: int, inodes: set[int] | None = None) -> set[str]:
+    """Local addresses (``HEXIP:HEXPORT`` as /proc/net/tcp has them) listening in the network
+    namespace of ``pid``; only sockets among ``inodes`` when given."""
+    out: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh)
+                for line in fh:
+                    fields = line.split()
+                    if fields[3] == "0A" and (inodes is None or int(fields[9]) in inodes):
+                        out.add(fields[1])
+        except OSError:
+            continue
+    return out
+
+
 def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
         text = Path(path).read_text(errors="replace")
