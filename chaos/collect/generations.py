@@ -32,7 +32,8 @@ from pathlib import Path
 
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
-from chaos.kernel.processes import children, socket_inodes, start_time
+from chaos.kernel.processes import socket_inodes, start_time
+from chaos.kernel.proctree import children
 from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "proxy_generations"

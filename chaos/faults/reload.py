@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 from chaos.kernel.processes import (
     ProcessRecord,
-    children,
     listening,
     socket_inodes,
     start_time,
     state_of,
 )
+from chaos.kernel.proctree import children
 
 if TYPE_CHECKING:
     from chaos.lab.topology import LabState
@@ -117,7 +117,6 @@ class _ProxyLifecycle(Fault):
         """A reload or restart has no undo; nothing to do, harmlessly."""
 
 
-@register
 class Reload(_ProxyLifecycle):
     kind = "reload"
     params_model = LifecycleParams
@@ -162,7 +161,6 @@ class Reload(_ProxyLifecycle):
             raise FaultError(f"caddy reload failed: {said.strip()[-400:]}")
 
 
-@register
 class Restart(_ProxyLifecycle):
     kind = "restart"
     params_model = LifecycleParams

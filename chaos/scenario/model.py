@@ -21,11 +21,16 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from chaos.load import contract
+from chaos.scenario.expression import check_expression, uses_baseline
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -51,7 +56,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlValue = int | str | list[int]
 
 
-def _lab_name(value: str) -> str:
+def valid_lab_name(value: str) -> str:
     # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
     # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
@@ -62,7 +67,7 @@ def _lab_name(value: str) -> str:
     return value
 
 
-LabName = Annotated[str, AfterValidator(_lab_name)]
+LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
@@ -308,15 +313,31 @@ class LabSpec(Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     origin: OriginSpec = Field(default_factory=OriginSpec)
+    log_cap: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description=(
+            "bytes each per-connection log (the proxy's, the origin's access log) may use on "
+            "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
+        ),
+    )
 
 
 # --- load --------------------------------------------------------------------------------
 
 
+# One definition of the modes: the load contract (the locustfiles' choices).
+TeardownMode = Literal[contract.TEARDOWN_MODES]  # type: ignore[valid-type]
+RateMode = Literal[contract.RATE_MODES]  # type: ignore[valid-type]
+
+
 class LoadSpec(Strict):
     """Locust load from the client namespace (see locustfiles/)."""
 
-    user: Literal["raw", "http"] = "raw"
+    user: Literal[contract.USER_KINDS] = Field(  # type: ignore[valid-type]
+        default="raw",
+        description="raw: RawTcpUser (every field below); http: HttpLoadUser (FastHttpUser: "
+        "rate, rate_mode, rate_steps, step_duration, connect_timeout, source addresses)",
+    )
     users: Annotated[int, Field(ge=1, le=100000)] = 20
     spawn_rate: Annotated[float, Field(gt=0)] = 100.0
     workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
@@ -325,25 +346,42 @@ class LoadSpec(Strict):
     rate: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="target new connections per second; unset: as fast as possible"
     )
-    rate_mode: Literal["per-user", "shared"] = "per-user"
+    rate_mode: RateMode = contract.default("rate_mode")  # type: ignore[assignment]
     rate_steps: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
-    step_duration: Duration = 10.0
-    teardown: Literal[
-        "client-close",
-        "wait-server-fin",
-        "half-close",
-        "abort",
-        "hold-after-fin",
-        "idle-before-send",
-        "slow-reader",
-    ] = "wait-server-fin"
+    step_duration: Duration = contract.default("step_seconds")  # type: ignore[assignment]
+    teardown: TeardownMode = contract.default("teardown")  # type: ignore[assignment]
     hold: Duration = Field(default=0.0, description="hold-after-fin: seconds held after FIN")
     idle_before_send: Duration = 0.0
     rcvbuf: Annotated[int, Field(ge=256)] | None = None
     read_rate: Annotated[int, Field(ge=0)] = 0
     keepalive: Keepalive = Field(default_factory=Keepalive)
-    connect_timeout: Duration = 5.0
-    slow_connect: Duration = Field(default=0.2, description="connects slower than this are slow")
+    connect_timeout: Duration = contract.default("connect_timeout")  # type: ignore[assignment]
+    slow_connect: Duration = Field(
+        default=float(contract.default("slow_connect_ms")) / 1000,  # type: ignore[arg-type]
+        description="a connect slower than this fails its connection as SlowConnect",
+    )
+
+    @field_validator(*contract.SCENARIO_FIELDS, mode="after")
+    @classmethod
+    def _honoured(cls, value: object, info: ValidationInfo) -> object:
+        """A field set in the file that the chosen user would silently ignore is an error
+        (at the field's own line). Runs for the fields the file sets; ``user`` comes first."""
+        user = info.data.get("user", contract.RAW)
+        name = info.field_name or ""
+        if contract.honoured_by(name, user):
+            return value
+        field = cls.model_fields[name]
+        unchanged = (
+            contract.HTTP_TEARDOWN
+            if name == "teardown"
+            else field.get_default(call_default_factory=True)
+        )
+        if value == unchanged:
+            return value
+        raise ValueError(
+            f"user: {user} does not honour {name} (only user: raw does); remove it or use "
+            "user: raw"
+        )
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> LoadSpec:
@@ -440,8 +478,6 @@ class Expectation(Strict):
     @classmethod
     def _expression(cls, value: float | str) -> float | str:
         if isinstance(value, str):
-            from chaos.expect import check_expression
-
             check_expression(value)
         return value
 
@@ -578,8 +614,6 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _expectations_have_phases(self) -> Scenario:
-        from chaos.expect import uses_baseline
-
         for i, exp in enumerate(self.expect):
             if exp.when != "end" and not self.faults:
                 raise ValueError(

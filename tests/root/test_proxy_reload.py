@@ -10,9 +10,9 @@ import time
 import pytest
 from test_lab import requests_from_client
 
-from chaos.faults.base import fault_type
 from chaos.faults.engine.targets import resolve
-from chaos.kernel.processes import children
+from chaos.faults.registry import fault_type
+from chaos.kernel.proctree import children
 from chaos.lab import lab, topology
 from chaos.lab.topology import LabState
 from chaos.record.rundir import RunDir

@@ -13,11 +13,12 @@ import pytest
 
 from chaos.collect.generations import ProxyGenerations
 from chaos.errors import FaultError
-from chaos.faults.base import Target, fault_type
+from chaos.faults.base import Target
 from chaos.faults.engine.schedule import check_offline
+from chaos.faults.registry import fault_type
 from chaos.faults.reload import _fresh_argv
 from chaos.kernel.nsref import NetnsRef
-from chaos.kernel.processes import children
+from chaos.kernel.proctree import children
 from chaos.scenario.model import FaultSpec
 
 
