@@ -13,7 +13,6 @@ Each problem is ``(location, message)``; the loader turns the location into the 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,10 +64,12 @@ def target_problem(target: str, roles: tuple[str, ...]) -> str | None:
     if sep and kind in roles:
         if not rest:
             return f"target {text!r}: empty pattern after {kind}:"
+        from chaos.kernel.processes import CommandPattern  # RE2, as the fault matches it
+
         try:
-            re.compile(rest)
-        except re.error as exc:
-            return f"target {text!r}: the pattern {rest!r} does not compile: {exc}"
+            CommandPattern(rest)
+        except ValueError as exc:
+            return f"target {text!r}: the pattern {rest!r} does not compile (RE2): {exc}"
         return None
     if sep and kind in ROLES:
         return f"target {text!r}: this lab has no {kind} namespace (targets: {forms})"
