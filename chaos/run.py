@@ -210,7 +210,7 @@ class Ending:
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
-        if self.interrupted is not exc:
+        if self.interrupted is not None and self.interrupted is not exc:
             raise self.interrupted  # a signal during teardown after a finished body
 
 

@@ -139,3 +139,26 @@ def test_run_killed_takes_its_processes_along(tmp_path, lab_name, monkeypatch, c
     result = chaos_cli("revert-all")
     assert result.returncode == 0 and "reverted" in result.stdout, result.stdout
     assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"chaos-{lab_name}-")]
+
+
+def test_a_run_ended_by_a_failing_fault_leaves_its_report(chaos_cli, tmp_path, lab_name):
+    """A fault that fails mid-run (its pattern matches no process at its `at`) ends the run
+    with the fault's exit code, and the report of what was gathered until then."""
+    scenario = tmp_path / "failing.yaml"
+    scenario.write_text((REPO / "chaos/scenario/builtin/smoke.yaml").read_text() + """
+faults:
+  - type: stop
+    target: "origin:no-such-program-here"
+    at: 3s
+    for: 2s
+""")
+    runs_dir = tmp_path / "runs"
+    result = chaos_cli("run", str(scenario), "--duration", "8s", "--workers", "1",
+                       "--name", lab_name, "--runs-dir", str(runs_dir))  # fmt: skip
+    assert result.returncode == 7, result.stderr
+    assert "no live process matches" in result.stderr and "Traceback" not in result.stderr
+    (run,) = run_dirs(runs_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is False and "no live process matches" in summary["error"]
+    assert (run / "report.html").exists()
+    assert lab_name not in list_labs()
