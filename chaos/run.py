@@ -407,7 +407,12 @@ def process_collectors(state: LabState) -> list[Collector]:
     proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
     from exhausted ports by it."""
     made: list[Collector] = [
-        ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
+        ProcessCpu(
+            record.pid,
+            netns=record.namespace or "host",
+            tags={"role": role},
+            follow=recorded_pid(state.name, role),  # a restart fault starts a new process
+        )
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
@@ -424,6 +429,17 @@ def process_collectors(state: LabState) -> list[Collector]:
     return made
 
 
+def recorded_pid(lab_name: str, role: str) -> Callable[[], int | None]:
+    """The live process the lab's state file records for ``role`` now (read when asked)."""
+
+    def pid() -> int | None:
+        now = LabState.load(lab_name)
+        record = now.process(role) if now is not None else None
+        return record.pid if record is not None and record.alive() else None
+
+    return pid
+
+
 def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None:
     """Reloads of the proxy (old workers draining, their sockets): the lab's proxy, found
     again in the lab's state every tick (a restart fault records the new process), or an
@@ -431,13 +447,7 @@ def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None
     if ref is None:
         return None
     if state.process("proxy") is not None:
-
-        def main_pid() -> int | None:
-            now = LabState.load(state.name)
-            record = now.process("proxy") if now is not None else None
-            return record.pid if record is not None and record.alive() else None
-
-        return ProxyGenerations(ref, main_pid, tags={"role": "proxy"})
+        return ProxyGenerations(ref, recorded_pid(state.name, "proxy"), tags={"role": "proxy"})
     if "pid" in state.proxy:
         pid = int(state.proxy["pid"])  # type: ignore[call-overload]
         return ProxyGenerations(ref, lambda: pid, tags={"role": "proxy"})
