@@ -25,19 +25,19 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect import Collector, NetnsRef, Sample, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
-from chaos.collect.process import ProcessCpu
+from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
@@ -47,7 +47,7 @@ from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
-from chaos.progress import Progress, live_progress
+from chaos.progress import Progress, live_progress, sink_tap
 from chaos.report import write_report
 from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
@@ -106,8 +106,13 @@ def resolve(options: RunOptions) -> Scenario:
     return scenario.model_copy(update=updates) if updates else scenario
 
 
-#: asked about once a second during the load with the run directory; a reason ends it early
-StopCheck = Callable[[Path], str | None]
+class StopCheck(Protocol):
+    """Ends a run's load early: it sees every batch of samples on its way to the sink
+    (``observe``) and is asked once a second with the run directory; a reason ends it."""
+
+    def observe(self, samples: list[Sample]) -> None: ...
+
+    def __call__(self, run_path: Path) -> str | None: ...
 
 
 def run_scenario(
@@ -144,6 +149,7 @@ def run_scenario(
             schedule.validate()  # every fault checked before the load starts
             with (
                 run_progress(options, scenario, sink, console, schedule),
+                sink_tap(sink, stop_early.observe) if stop_early else nullcontext(),
                 sampling(scenario, state, run, sink),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
@@ -328,13 +334,21 @@ def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU of the proxy and origin processes the lab started (none for an external proxy):
-    a capacity sweep tells a saturated proxy from exhausted ports by it."""
-    return [
+    """CPU of the proxy and origin processes the lab started (none for an external proxy),
+    of every Locust process in the client namespace, and of the host: a capacity sweep
+    tells a saturated proxy from exhausted ports, and both from a saturated load generator
+    or host, by them."""
+    client_ns = state.namespaces["client"]
+    collectors: list[Collector] = [
         ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
+    collectors.append(
+        LoadGeneratorCpu(netns.path_of(client_ns), netns=client_ns, tags={"role": "client"})
+    )
+    collectors.append(HostCpu())
+    return collectors
 
 
 def run_progress(
