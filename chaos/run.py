@@ -39,7 +39,7 @@ from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.errors import ChaosError
-from chaos.expect import Timeline, Verdict, evaluate
+from chaos.expect import Verdict, evaluate, run_timeline
 from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.faults.schedule import FaultSchedule
 from chaos.faults.targets import is_agent_url
@@ -47,6 +47,7 @@ from chaos.lab import lab, netns, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.progress import Progress, live_progress, sink_tap
 from chaos.report import write_report
 from chaos.rundir import RunDir, chown_to_invoker, read_journal
@@ -217,7 +218,7 @@ def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
     if not scenario.expect:
         return []
     points = read_points(run_path / "samples.lp")
-    timeline = Timeline.from_journal(read_journal(run_path / "journal.jsonl"))
+    timeline = run_timeline(read_journal(run_path / "journal.jsonl"), points)
     return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
 
 
@@ -454,6 +455,14 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_path)}
     if result is not None:
         summary["load"] = result.as_dict()
+        # Latency from the load series' histograms, in microseconds, over the seconds the
+        # load issued connections (Locust's own percentiles are whole milliseconds)
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            summary["load"].pop(key, None)
+        window = issuing_window(load_seconds(read_points(run_path / "samples.lp")))
+        if window is not None:
+            latency = window_latency_us(run_path, *window)
+            summary["load"].update({k: v for k, v in latency.items() if k != "count"})
     stats = run_path / "origin-stats.json"
     if stats.exists():
         summary["origin"] = json.loads(stats.read_text())

@@ -66,7 +66,14 @@ from rich.text import Text
 from chaos.collect.base import Sample
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
-from chaos.load.seconds import LoadSecond, is_load_point, issuing_end, load_seconds, totals
+from chaos.load.seconds import (
+    LATENCY_PHASE,
+    LoadSecond,
+    is_load_point,
+    issuing_end,
+    load_seconds,
+    totals,
+)
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.rundir import read_journal
@@ -85,7 +92,6 @@ PORT_CLASSES = ("EADDRNOTAVAIL", "SlowConnect")  # failures that mean "no local 
 CONNTRACK_COUNTERS = ("insert_failed", "drop", "early_drop")
 RESOURCES = ("ports", "time_wait_buckets", "conntrack", "proxy_cpu", "origin")
 GENERATOR = "load_generator"
-LATENCY_PHASE = "total"  # the p99 criterion: whole connections, connect to close
 
 
 # --- the rates -------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 MEASUREMENT = "load"
 FAILURES_MEASUREMENT = "load_failures"
 PHASES = ("connect", "first_byte", "total", "close")
+LATENCY_PHASE = "total"  # "the" latency of a connection: connect start to close done
 PERCENTILES = ("p50", "p90", "p99", "max")
 COUNTS = ("users", "started", "completed", "failed")
 
@@ -122,6 +124,30 @@ def totals(window: Iterable[LoadSecond]) -> LoadTotals:
         failed=sum(r.failed for r in rows),
         classes=classes,
     )
+
+
+def issuing_window(seconds: Mapping[int, LoadSecond]) -> tuple[float, float] | None:
+    """[first second a connection started, :func:`issuing_end`): the load's own window."""
+    started = [t for t, s in seconds.items() if s.started > 0]
+    return (float(min(started)), float(max(started) + 1)) if started else None
+
+
+def window_latency_us(
+    run_dir: Path, start: float, end: float, phase: str = LATENCY_PHASE
+) -> dict[str, float | int]:
+    """count, p50_us, p90_us, p99_us, max_us and mean_us of ``phase`` over the seconds in
+    [start, end), merged from the workers' histograms (percentiles of percentiles would be
+    wrong); empty when the run kept none."""
+    from chaos.load.series import window_latency  # the producer's side: the histograms
+
+    summary = window_latency(run_dir, phase, start, end)
+    if not summary.count:
+        return {}
+    return {
+        "count": summary.count,
+        **{name: getattr(summary, name) for name in ("p50_us", "p90_us", "p99_us", "max_us")},
+        "mean_us": round(summary.mean_us, 1),
+    }
 
 
 def issuing_end(seconds: Mapping[int, LoadSecond]) -> float | None:

@@ -71,17 +71,17 @@ def signature(summary: dict[str, Any]) -> dict[tuple[str, str], Value]:
     sig[("run", "faults")] = len(summary["faults"])
     load = summary["load"]
     for key, name in (
-        ("total_requests", "connections"),
+        ("connections", "connections"),
         ("achieved_rate", "achieved rate /s"),
-        ("total_failures", "failures"),
-        ("p50_ms", "p50 ms"),
-        ("p99_ms", "p99 ms"),
-        ("max_ms", "max ms"),
+        ("failures", "failures"),
+        ("p50_us", "p50 µs"),
+        ("p99_us", "p99 µs"),
+        ("max_us", "max µs"),
     ):
         if key in load:
             sig[("load", name)] = load[key]
     if load.get("rate"):
-        sig[("load", "attempts/s peak")] = load["rate"]["peak"]
+        sig[("load", "started/s peak")] = load["rate"]["peak"]
     if load.get("failures_per_s"):
         sig[("load", "failures/s peak")] = load["failures_per_s"]["peak"]
     for error, count in load["failures_by_class"].items():
@@ -228,11 +228,11 @@ def render_html(a: Report, b: Report, rows: list[Row]) -> str:
             ),
         ),
         (
-            "Connection attempts and failures per second",
+            "Connections started and failed per second",
             _overlay(
                 ra, rb,
-                {"attempts/s": ra.load.rate, "failures/s": ra.load.failures},
-                {"attempts/s": rb.load.rate, "failures/s": rb.load.failures},
+                {"started/s": ra.load.rate, "failures/s": ra.load.failures},
+                {"started/s": rb.load.rate, "failures/s": rb.load.failures},
                 "per second",
             ),
         ),

@@ -73,18 +73,27 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     return f'<table class="{cls}"><tr>{head_html}</tr>{body}</table>'
 
 
+def _us(value: Any) -> str:
+    """Microseconds as a person reads them: 412 µs, 3.25 ms, 1,204 ms."""
+    if not isinstance(value, int | float):
+        return "–"
+    if value < 1000:
+        return f"{value:.0f} µs"
+    return f"{value / 1000:.2f} ms" if value < 100_000 else f"{value / 1000:,.0f} ms"
+
+
 def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(title, value, detail) cards for the header; shared with the terminal summary."""
     load = summary["load"]
     cards = [
         ("duration", _num(summary["duration_s"], " s"), f"{len(summary['faults'])} fault(s)"),
-        ("connections", _num(load.get("total_requests")),
+        ("connections", _num(load.get("connections")),
          f"{_num(load.get('achieved_rate'))}/s achieved"),
-        ("failures", _num(load.get("total_failures")),
+        ("failures", _num(load.get("failures")),
          ", ".join(f"{k} {v:,}" for k, v in list(load["failures_by_class"].items())[:3])
          or "none"),
-        ("latency p50 / p99", f"{_num(load.get('p50_ms'))} / {_num(load.get('p99_ms'))} ms",
-         f"max {_num(load.get('max_ms'))} ms"),
+        ("latency p50 / p99", f"{_us(load.get('p50_us'))} / {_us(load.get('p99_us'))}",
+         f"max {_us(load.get('max_us'))}, connect to close"),
     ]  # fmt: skip
     roles = summary["roles"]
     peak_tw = max(
