@@ -1,6 +1,6 @@
 """Collectors against real sockets in throw-away namespaces (root).
 
-Every namespace is named ``ctest-<random>-<n>`` and removed by the fixture, whatever
+Every namespace is named ``ctest-<session token><random>-<n>`` and removed by the fixture, whatever
 happens; sockets live in this process (made from threads inside the namespaces) and are
 closed by the fixture, and the timewait sockets die with their namespace.
 """
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sockets
 from container_cli import docker_stand_in
+from session_token import TOKEN
 from sockets import listener
 
 from chaos.collect import collectors_for
@@ -41,7 +42,7 @@ class Lab:
     """Namespaces and sockets of one test; everything is undone by :meth:`cleanup`."""
 
     def __init__(self) -> None:
-        self.prefix = f"ctest-{secrets.token_hex(3)}-"
+        self.prefix = f"ctest-{TOKEN}{secrets.token_hex(3)}-"
         self.names: list[str] = []
         self.sockets: list[socket.socket] = []
         self.refs: list[NetnsRef] = []
