@@ -548,10 +548,13 @@ def sweep_summary(run_path: Path) -> dict[str, Any] | None:
         data = json.loads((run_path / "sweep.json").read_text())
     except (OSError, ValueError):
         return None
-    keep = ("target", "achieved", "failures", "classes", "ports", "proxy_cpu", "origin_cpu",
-            "exhausted", "passed", "why")
+    keep = ("target", "start", "achieved", "failures", "classes", "p99_us", "ports", "proxy_cpu",
+            "origin_cpu", "generator_cpu", "host_idle", "host_steal", "controller_cpu",
+            "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
     return {
         "knee": data.get("knee"),
+        "lower_bound": data.get("lower_bound", False),
+        "verdict": data.get("verdict", ""),
         "first_exhausted": data.get("first_exhausted"),
         "evidence": data.get("evidence", ""),
         "steps": [{k: step.get(k) for k in keep} for step in data.get("steps", [])],

@@ -164,28 +164,36 @@ def _percent(value: object) -> str:
 
 def _sweep(sweep: dict[str, Any]) -> str:
     knee = sweep.get("knee")
+    bound = " — a lower bound: the load generator ran out first" if sweep.get("lower_bound") else ""
     head = (
-        f"<p>knee: <b>{escape(_num(knee))} conn/s</b> (the highest step that held); "
+        f"<p>knee: <b>{escape(_num(knee))} conn/s</b> (the highest step that held{bound}); "
         f"first exhausted: <b>{escape(str(sweep.get('first_exhausted') or 'unknown'))}</b>"
         f" — {escape(str(sweep.get('evidence', '')))}</p>"
         if knee is not None
         else "<p class='bad'>no knee: the first step already broke, or none did</p>"
     )
+    if sweep.get("verdict"):
+        head += f"<p>{escape(str(sweep['verdict']))}</p>"
     rows = [
         (
             escape(_num(step.get("target"))),
             escape(_num(step.get("achieved"))),
             escape(f"{step.get('failures', 0)} "
                    + " ".join(f"{k}:{v}" for k, v in (step.get("classes") or {}).items())),
+            escape(_us(step.get("p99_us"))),
             _percent(step.get("ports")),
             _percent(step.get("proxy_cpu")),
+            _percent(step.get("origin_cpu")),
+            _percent(step.get("generator_cpu")) + (" (saturated)" if step.get("saturated") else ""),
+            _percent(step.get("host_idle")),
             escape(", ".join(step.get("exhausted") or []) or "–"),
             "<span class='ok'>held</span>" if step.get("passed")
             else f"<span class='bad'>broke</span> {escape(str(step.get('why') or ''))}",
         )
         for step in sweep.get("steps", [])
     ]
-    header = ("target/s", "achieved/s", "failures", "ports", "proxy CPU", "ran out", "step")
+    header = ("target/s", "achieved/s", "failures", "p99", "ports", "proxy CPU", "origin CPU",
+              "load CPU", "host idle", "ran out", "step")  # fmt: skip
     tail = ""
     if sweep.get("not_run"):
         rates = ", ".join(_num(r) for r in sweep["not_run"])
