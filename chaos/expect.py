@@ -19,9 +19,8 @@ for a run without the series). Not later: once Locust stops its users the socket
 and a "last value" taken then would describe the load's teardown, not the system. Every
 window is half-open, ``[first, stop)``: a phase's first sample is the first one taken at or
 after its start (a sample at the apply instant belongs to ``during``, not ``baseline``), and
-its last sample the last one taken before its stop; only ``end`` also keeps a sample taken
-exactly at the stop. Per-second ``load`` points are stamped with the start of their second,
-so a second belongs to the phase in which it began.
+its last sample the last one taken before its stop. Per-second ``load`` points are stamped
+with the start of their second, so a second belongs to the phase in which it began.
 
 The metric is ``measurement.field`` (see docs/metrics.md). Points are filtered by ``role``
 and by ``where`` tags (``tcp_states`` defaults to its ``family=all`` totals); the
@@ -202,8 +201,9 @@ class Timeline:
 
 
 def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
-    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline."""
-    end = math.nextafter(timeline.end, math.inf)  # the run's last sample belongs to it
+    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline,
+    one taken at the load's stop is not part of the load."""
+    end = timeline.end
     faults = [w for w in timeline.faults if exp.fault is None or w.spec == exp.fault]
     if exp.when == "end":
         return [(timeline.start, end)]

@@ -403,9 +403,7 @@ def _check(
         return []
     load = scenario.load.model_copy(update={"rate": target})
     judged = scenario.model_copy(update={"load": load, "expect": clauses})
-    # the timeline's end sample belongs to it: end just before the next step's first second
-    timeline = Timeline(window[0], math.nextafter(window[1], -math.inf))
-    verdicts = evaluate(judged, points, timeline)  # type: ignore[arg-type]
+    verdicts = evaluate(judged, points, Timeline(*window))  # type: ignore[arg-type]
     return [v.as_dict() for v in verdicts]
 
 
