@@ -529,7 +529,7 @@ class EarlyStop:
         # a step is finished once the series has a second of the step after it
         finished = [p for p in parts if step_of(latest, ramp, self.step_duration) > p.index]
         broke = next((p for p in finished if step_broke(self.rates[p.index], p.rows)), None)
-        if broke is None or len(finished) - 1 - broke.index < self.extra_steps:
+        if broke is None or finished[-1].index - broke.index < self.extra_steps:
             return None
         self.complete = broke.index + 1 + self.extra_steps
         cause = step_broke(self.rates[broke.index], broke.rows)

@@ -12,6 +12,7 @@ module                      measurements                                        
 :mod:`.kernel`              tcp_counters, sockstat                                /proc/net
 :mod:`.conntrack`           conntrack                                             ctnetlink
 :mod:`.locust_stats`        locust                                                Locust's CSV
+:mod:`.process`             process (proxy, origin, Locust), host_cpu             /proc
 :mod:`.sampler`             collector_cost                                        itself
 ==========================  ====================================================  ============
 

@@ -179,6 +179,7 @@ class HostCpu:
     ``idle`` ≈ 0 measures its own limit, not the system under test's."""
 
     name = "host_cpu"
+    netns = "host"
     period = 0.0
 
     def __init__(self, tags: dict[str, str] | None = None, stat_path: str = "/proc/stat") -> None:
