@@ -21,9 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from chaos.collect.base import Sample
 from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
 from chaos.load.seconds import MEASUREMENT as LOAD
+from chaos.record.point import Sample
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
 

@@ -63,7 +63,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from chaos.collect.base import Sample
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
 from chaos.load.seconds import (
@@ -74,11 +73,12 @@ from chaos.load.seconds import (
     load_seconds,
     totals,
 )
+from chaos.record.lineproto import Point, read_points
+from chaos.record.point import Sample
+from chaos.record.rundir import read_journal
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
-from chaos.rundir import read_journal
 from chaos.scenario.model import Expectation, Scenario
-from chaos.sink.lineproto import Point, read_points
 
 MAX_STEPS = 100
 SUSTAINED = 0.9  # a step holds when it reaches this share of its target

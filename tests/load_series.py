@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos.collect.base import Sample, to_lines
+from chaos.record.point import Sample, to_lines
 
 SECOND_NS = 1_000_000_000
 

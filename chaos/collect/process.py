@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from chaos.collect.base import Sample, time_ns_of
+from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "process"
 _TICKS = os.sysconf("SC_CLK_TCK")

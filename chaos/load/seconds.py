@@ -9,8 +9,8 @@ milliseconds. Percentiles over a window of several seconds come from the merged 
 (:func:`chaos.load.series.window_latency`), not from these per-second values.
 
 Works on anything with ``measurement``, ``tags``, ``fields`` and ``time_ns`` (the
-controller's :class:`~chaos.collect.base.Sample` as well as a parsed
-:class:`~chaos.sink.lineproto.Point`).
+controller's :class:`~chaos.record.point.Sample` as well as a parsed
+:class:`~chaos.record.lineproto.Point`).
 """
 
 from __future__ import annotations

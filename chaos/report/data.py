@@ -5,7 +5,7 @@ not one the report can say anything about):
 
 * ``journal.jsonl``: run and load start/end, fault windows (``fault.apply``/``fault.revert``).
 * ``samples.lp``: every collected point (docs/metrics.md), read with
-  :func:`chaos.sink.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
+  :func:`chaos.record.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
   points when the journal has none.
 * Load over time: the per-second ``load`` series and ``load_failures`` by class (see
   :mod:`chaos.load.seconds`), on the run's own clock. Each second's value is drawn at the
@@ -31,7 +31,7 @@ from chaos.errors import SinkError
 from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
 from chaos.load.seconds import LATENCY_PHASE, issuing_window, load_seconds, totals
 from chaos.load.seconds import MEASUREMENT as LOAD
-from chaos.sink.lineproto import ParseStats, Point, read_points
+from chaos.record.lineproto import ParseStats, Point, read_points
 
 ROLE_ORDER = ("client", "gateway", "proxy", "origin")
 SOCKET_MEASUREMENTS = ("tcp_states", "port_budget_summary", "tcp_zombies", "tcp_counters")

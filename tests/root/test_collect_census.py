@@ -21,17 +21,17 @@ from session_token import TOKEN
 from sockets import listener
 
 from chaos.collect import collectors_for
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import to_lines
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.cli import collect_main
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
 from chaos.collect.zombies import ZombieScan, confirm_zombies, scan, socket_tuples
-from chaos.lab import netns
+from chaos.kernel import netns
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.record.point import to_lines
 
 pytestmark = pytest.mark.root
 

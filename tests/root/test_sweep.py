@@ -21,7 +21,7 @@ from pathlib import Path
 
 from chaos.lab.origin import read_access_records
 from chaos.lab.topology import list_labs
-from chaos.rundir import read_journal
+from chaos.record.rundir import read_journal
 
 
 def run_dir(runs: Path) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from load_series import SECOND_NS, Second, load_samples, write_run
 
-from chaos.collect.base import Sample
 from chaos.errors import ChaosError
+from chaos.record.point import Sample
 from chaos.scenario.model import Scenario
 from chaos.sweep import (
     GENERATOR,

@@ -16,7 +16,7 @@ import pytest
 from netem_pair import A_IP, B_IP, Pair
 from session_token import TOKEN
 
-from chaos.lab import netns
+from chaos.kernel import netns
 
 if not (os.environ.get("CHAOS_IN_VM") or os.environ.get("CHAOS_NETEM_DIRECT")):
     collect_ignore_glob = ["test_*.py"]
