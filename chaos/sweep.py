@@ -346,13 +346,28 @@ def _exhausted(step: Step) -> list[str]:
     return out
 
 
+def saturation(step: Step) -> str | None:
+    """What ran out on the load generator's side at this step, in words (None: nothing): a
+    Locust process used its whole core, or the host it runs on had no CPU left."""
+    if (step.generator_cpu or 0) >= GENERATOR_FULL:
+        return (
+            f"load generator saturated (busiest {step.generator_process} "
+            f"{step.generator_cpu:.0%} of its core)"
+        )
+    if step.host_idle is not None and step.host_idle < HOST_IDLE_MIN:
+        busiest = (
+            f", busiest {step.generator_process} {step.generator_cpu:.0%} of its core"
+            if step.generator_cpu is not None
+            else ""
+        )
+        return f"host saturated ({step.host_idle:.0%} idle{busiest})"
+    if (step.host_steal or 0) > HOST_STEAL_MAX:
+        return f"host saturated ({step.host_steal:.0%} steal time)"
+    return None
+
+
 def generator_saturated(step: Step) -> bool:
-    """A Locust process used its whole core, or the host it runs on had no CPU left."""
-    return (
-        (step.generator_cpu or 0) >= GENERATOR_FULL
-        or (step.host_idle is not None and step.host_idle < HOST_IDLE_MIN)
-        or (step.host_steal or 0) > HOST_STEAL_MAX
-    )
+    return saturation(step) is not None
 
 
 def _evidence(resource: str, step: Step) -> str:
@@ -373,19 +388,7 @@ def _evidence(resource: str, step: Step) -> str:
             return f"proxy CPU {step.proxy_cpu or 0:.0%} of its cores {at}"
         case "origin":
             return f"origin CPU {step.origin_cpu or 0:.0%} of its cores {at}"
-    return f"{generator_load(step)} {at}"
-
-
-def generator_load(step: Step) -> str:
-    """What the load generator and its host had left, in words."""
-    parts = []
-    if step.generator_cpu is not None:
-        parts.append(f"busiest {step.generator_process} {step.generator_cpu:.0%} of its core")
-    if step.host_idle is not None:
-        parts.append(f"host {step.host_idle:.0%} idle")
-    if step.host_steal:
-        parts.append(f"{step.host_steal:.0%} steal")
-    return ", ".join(parts) or "no CPU measured"
+    return f"{saturation(step) or 'load generator'} {at}"
 
 
 def _p99_us(run_path: Path, window: tuple[float, float], rows: list[LoadSecond]) -> int | None:
@@ -560,21 +563,20 @@ def conclude(name: str, step_duration: float, steps: list[Step], skipped: int) -
     if first_bad is None:
         verdict = f"no step broke: the knee is above {steps[-1].target:g}/s"
         if steps[-1].saturated:
-            verdict += f" (load generator saturated at {steps[-1].target:g}/s)"
+            verdict += f" ({saturation(steps[-1])} at {steps[-1].target:,g}/s)"
     elif knee is None:
         verdict = f"the first step ({steps[0].target:g}/s) already broke: {steps[0].why}"
     else:
         broke = steps[first_bad]
         verdict = f"knee {knee:g}/s; {broke.target:g}/s broke ({broke.why})"
-    if lower_bound:
-        verdict = (
-            f"load generator saturated at {steps[first_bad].target:g}/s "  # type: ignore[index]
-            f"({generator_load(steps[first_bad])}): "  # type: ignore[index]
-            + ("the knee is a lower bound; " if knee is not None else "no knee measured; ")
-            + verdict
-        )
-    elif first_bad is not None and steps[first_bad].saturated:
-        verdict += f" (the load generator was saturated too: {generator_load(steps[first_bad])})"
+    if first_bad is not None and steps[first_bad].saturated:
+        broke = steps[first_bad]
+        said = f"{saturation(broke)} at {broke.target:,g}/s"
+        if lower_bound:  # e.g. "load generator saturated (...) at 4,000/s: the knee is a ..."
+            bound = "the knee is a lower bound" if knee is not None else "no knee measured"
+            verdict = f"{said}: {bound}; {verdict}"
+        else:
+            verdict += f" ({said} too)"
     return SweepResult(
         name, step_duration, steps, knee, resource, evidence, verdict, skipped,
         lower_bound=lower_bound,

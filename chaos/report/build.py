@@ -105,7 +105,7 @@ def _fmt(value: float, unit: str = "") -> str:
 def _chart(run: RunData, lines: list[Line], y_title: str, **kw: Any) -> Chart:
     marks = []
     if run.load_window:
-        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load end")]
+        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load stop")]
     marks += [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
     return Chart(
         lines=lines,
@@ -242,12 +242,12 @@ def lab_packets_plot(run: RunData) -> Plot | None:
 def rate_plot(run: RunData) -> Plot:
     load = run.load
     lines = [
-        Line("started/s", load.rate, PALETTE[0], width=2.2),
-        Line("completed/s", load.completed, PALETTE[2], dash="5 3"),
-        Line("failures/s", load.failures, FAILURE_COLOR),
+        Line("started/s", load.rate, PALETTE[0], width=2.2, step=1.0),
+        Line("completed/s", load.completed, PALETTE[2], dash="5 3", step=1.0),
+        Line("failures/s", load.failures, FAILURE_COLOR, step=1.0),
     ]
     lines = [line for line in lines if line.points]
-    note = "connections begun, ended well and failed in each second (drawn mid-second)"
+    note = "connections begun, ended well and failed in each second (a step per second)"
     return Plot(
         "rate",
         "rate",
@@ -267,14 +267,12 @@ def errors_plot(run: RunData) -> Plot:
     if classes:
         ordered = sorted(classes, key=lambda c: -totals.get(c, 0))
         lines = [
-            Line(name, classes[name], PALETTE[(i + 1) % len(PALETTE)])
+            Line(name, classes[name], PALETTE[(i + 1) % len(PALETTE)], step=1.0)
             for i, name in enumerate(ordered)
         ]
         note = "failures per second by class; " + total_text
-    else:
-        # Locust's CSVs give per-class totals only: draw all failures over time and name the
-        # classes with their totals.
-        lines = [Line("all failures/s", run.load.failures, FAILURE_COLOR)] if totals else []
+    else:  # a run without the load series: summary.json's per-class totals only
+        lines = []
         note = "per-class split over time not recorded; " + total_text
     return Plot(
         "errors",
@@ -288,18 +286,19 @@ def errors_plot(run: RunData) -> Plot:
 
 def latency_plot(run: RunData) -> Plot:
     lines = [
-        Line(label, xy, PERCENTILE_COLORS.get(label, PALETTE[(i + 5) % len(PALETTE)]))
+        Line(label, xy, PERCENTILE_COLORS.get(label, PALETTE[(i + 5) % len(PALETTE)]), step=1.0)
         for i, (label, xy) in enumerate(run.load.percentiles.items())
     ]
     if run.load.connect_p99:
-        lines.append(Line("connect p99", run.load.connect_p99, PALETTE[4], dash="5 3"))
+        lines.append(Line("connect p99", run.load.connect_p99, PALETTE[4], "5 3", step=1.0))
     return Plot(
         "latency",
         "latency",
         "Connection latency percentiles",
         _chart(run, lines, "milliseconds", empty_text="no latency in the load series"),
-        note="per second, whole connection (connect start to close done), from the workers' "
-        "microsecond histograms; dashed: the connect phase's p99",
+        note="whole connection (connect start to close done) of the connections that ended in "
+        "each second, from the workers' microsecond histograms (a gap: none ended); dashed: "
+        "the connect phase's p99",
         legend_stats=_legend(lines, run.load_window, "ms"),
     )
 
@@ -457,13 +456,13 @@ def load_summary(run: RunData) -> dict[str, Any]:
     microseconds), with the per-second series' peaks and means beside them."""
     load = run.load
     out: dict[str, Any] = {}
-    if load.window is not None:
+    if load.window is not None and load.totals is not None:
         start, end = load.window
         out["window_s"] = [round(start - run.t0, 3), round(end - run.t0, 3)]
-        out["connections"] = load.started
-        out["completed"] = load.completed
-        out["failures"] = load.failed
-        out["achieved_rate"] = round(load.started / max(end - start, 1.0), 2)
+        out["connections"] = load.totals.started
+        out["completed"] = load.totals.completed
+        out["failures"] = load.totals.failed
+        out["achieved_rate"] = round(load.totals.started / max(end - start, 1.0), 2)
         out["latency_us"] = window_latency_us(run.path, start, end)
         out.update({k: v for k, v in out["latency_us"].items() if k != "count"})
     out["failures_by_class"] = dict(sorted(run.failures_by_class.items(), key=lambda i: -i[1]))

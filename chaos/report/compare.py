@@ -192,17 +192,18 @@ def _verdict_markup(text: str) -> str:
 
 def _overlay(
     a: RunData, b: RunData, series_a: dict[str, XY], series_b: dict[str, XY], y_title: str,
-    **kw: Any,
+    step: float | None = None, **kw: Any,
 ) -> Chart:  # fmt: skip
-    """A solid, B dashed, same colour per key; both runs' fault bands."""
+    """A solid, B dashed, same colour per key; both runs' fault bands. ``step``: per-interval
+    series (the load's seconds), drawn as steps."""
     keys = list(dict.fromkeys([*series_a, *series_b]))
     lines = []
     for i, key in enumerate(keys):
         color = ROLE_COLORS.get(key, PALETTE[i % len(PALETTE)])
         if key in series_a:
-            lines.append(Line(f"A {key}", series_a[key], color))
+            lines.append(Line(f"A {key}", series_a[key], color, step=step))
         if key in series_b:
-            lines.append(Line(f"B {key}", series_b[key], color, dash="6 4"))
+            lines.append(Line(f"B {key}", series_b[key], color, dash="6 4", step=step))
     bands = [Band(f"A-{f.id}", f"A {f.label}", f.start, f.end) for f in a.faults]
     bands += [Band(f"B-{f.id}", f"B {f.label}", f.start, f.end) for f in b.faults]
     return Chart(lines, (0.0, max(a.end, b.end, 1.0)), y_title, bands=bands, **kw)
@@ -233,12 +234,12 @@ def render_html(a: Report, b: Report, rows: list[Row]) -> str:
                 ra, rb,
                 {"started/s": ra.load.rate, "failures/s": ra.load.failures},
                 {"started/s": rb.load.rate, "failures/s": rb.load.failures},
-                "per second",
+                "per second", step=1.0,
             ),
         ),
         (
             "Latency percentiles",
-            _overlay(ra, rb, ra.load.percentiles, rb.load.percentiles, "milliseconds"),
+            _overlay(ra, rb, ra.load.percentiles, rb.load.percentiles, "milliseconds", step=1.0),
         ),
         (
             "Zombie candidates",

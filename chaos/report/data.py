@@ -8,8 +8,8 @@ not one the report can say anything about):
   :func:`chaos.record.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
   points when the journal has none.
 * Load over time: the per-second ``load`` series and ``load_failures`` by class (see
-  :mod:`chaos.load.seconds`), on the run's own clock. Each second's value is drawn at the
-  middle of the second it describes. Locust's own CSVs (rolling stats, ~5 s late, whole
+  :mod:`chaos.load.seconds`), on the run's own clock. Each second's value is drawn as a
+  step over the second it describes. Locust's own CSVs (rolling stats, ~5 s late, whole
   milliseconds) are artefacts of the run, never read here.
 * ``summary.json``: totals of the load and expectation results, when ``chaos run`` wrote it.
 * ``sweep.json``: a capacity sweep's steps, drawn as marks on every plot.
@@ -29,7 +29,13 @@ from typing import Any
 
 from chaos.errors import SinkError
 from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
-from chaos.load.seconds import LATENCY_PHASE, issuing_window, load_seconds, totals
+from chaos.load.seconds import (
+    LATENCY_PHASE,
+    LoadTotals,
+    issuing_window,
+    load_seconds,
+    totals,
+)
 from chaos.load.seconds import MEASUREMENT as LOAD
 from chaos.record.lineproto import ParseStats, Point, read_points
 
@@ -67,9 +73,7 @@ class LoadSeries:
     percentiles: dict[str, XY] = field(default_factory=dict)  # "p50" -> ms (whole connection)
     connect_p99: XY = field(default_factory=list)  # ms
     window: tuple[float, float] | None = None  # unix seconds: first start to the last one
-    started: int = 0  # connections started in the window
-    completed: int = 0
-    failed: int = 0
+    totals: LoadTotals | None = None  # connections started, completed, failed in the window
     users: XY = field(default_factory=list)
 
 
@@ -82,7 +86,7 @@ class RunData:
     end: float  # seconds since t0 of the last thing seen
     journal: list[dict[str, Any]]
     faults: list[Fault]
-    load_window: tuple[float, float] | None  # seconds since t0
+    load_window: tuple[float, float] | None  # seconds since t0: users started → load stop
     steps: list[tuple[float, float]]  # a sweep's steps: (start since t0, target/s)
     points: dict[str, list[Point]]  # by measurement
     parse: ParseStats
@@ -201,6 +205,7 @@ def load_run(path: str | Path) -> RunData:
     )
     run.faults = _faults_from_journal(journal, t0) or _faults_from_events(run)
     run.load = _load_series(run)
+    run.load_window = _load_window(journal, t0, run.load)
     run.failures_by_class = _failures_by_class(run)
     return run
 
@@ -240,6 +245,21 @@ def _window(
         return None
     stop = float(last["ts"]) if last else float(journal[-1]["ts"])
     return (float(first["ts"]) - t0, stop - t0)
+
+
+def _load_window(
+    journal: list[dict[str, Any]], t0: float, load: LoadSeries
+) -> tuple[float, float] | None:
+    """From the users' start (``load.ramp``, else ``load.start``) to where the load stopped
+    issuing connections (the load series; else the journal's ``load.end``): the window of
+    the means in report.json and of the "load start"/"load stop" marks, as in ``expect``."""
+    window = _window(journal, "load.start", "load.end", t0)
+    if window is None:
+        return None
+    ramp = _event(journal, "load.ramp")
+    start = float(ramp["ts"]) - t0 if ramp else window[0]
+    stop = load.window[1] - t0 if load.window else window[1]
+    return (start, max(stop, start))
 
 
 def _run_id(path: Path, points: dict[str, list[Point]]) -> str:
@@ -343,25 +363,23 @@ def _load_series(run: RunData) -> LoadSeries:
         return LoadSeries()
     load = LoadSeries(source="samples.lp (load series, per second, on the run's clock)")
     load.window = issuing_window(seconds)
-    counted = totals(seconds.values())
-    load.started, load.completed, load.failed = counted.started, counted.completed, counted.failed
-    classes: dict[str, XY] = defaultdict(list)
+    load.totals = totals(seconds.values())
+    names = sorted({name for row in seconds.values() for name in row.classes})
     for second, row in seconds.items():
-        t = second + 0.5 - run.t0  # the middle of the second it describes
+        t = second - run.t0  # the start of the second it describes (drawn as a step)
         load.rate.append((t, float(row.started)))
         load.completed.append((t, float(row.completed)))
         load.failures.append((t, float(row.failed)))
         load.users.append((t, float(row.users)))
-        for name, count in row.classes.items():
-            classes[name].append((t, float(count)))
-        for name in _PLOTTED:
+        for name in names:  # a second without a point of a class had none of it
+            load.classes.setdefault(name, []).append((t, float(row.classes.get(name, 0))))
+        for name in _PLOTTED:  # a second in which no connection ended has no percentile
             value = row.percentile_us(LATENCY_PHASE, name)
             if value is not None:
                 load.percentiles.setdefault(name, []).append((t, value / 1000))
         connect = row.percentile_us("connect", "p99")
         if connect is not None:
             load.connect_p99.append((t, connect / 1000))
-    load.classes = dict(classes)
     return load
 
 

@@ -76,8 +76,8 @@ def test_a_saturated_generator_is_the_limit_and_the_knee_a_lower_bound() -> None
                   host_idle=0.0, origin_cpu=0.3, proxy_cpu=0.4)]  # fmt: skip
     result = conclude("s", 5, steps, 0)
     assert result.knee == 2000 and result.first_exhausted == GENERATOR and result.lower_bound
-    assert result.verdict.startswith("load generator saturated at 4000/s")
-    assert "the knee is a lower bound" in result.verdict
+    assert result.verdict.startswith("load generator saturated (busiest locust-worker 97% of")
+    assert "at 4,000/s: the knee is a lower bound; knee 2000/s" in result.verdict
     assert "locust-worker 97% of its core" in result.evidence
     assert "origin" not in result.verdict and "proxy" not in result.verdict
 
@@ -89,15 +89,17 @@ def test_the_host_without_idle_time_is_a_saturated_generator() -> None:
     assert not generator_saturated(step(1))  # nothing measured: no claim
     result = conclude("s", 5, [step(100, host_idle=0.3), step(200, achieved=100.0,
                                                                host_idle=0.01)], 0)  # fmt: skip
-    assert result.first_exhausted == GENERATOR and "host 1% idle" in result.evidence
+    assert result.first_exhausted == GENERATOR and "host saturated (1% idle)" in result.evidence
 
 
 def test_evidence_of_the_system_wins_and_saturation_is_still_said() -> None:
     steps = [step(100), step(200, failures=9, classes={"EADDRNOTAVAIL": 9}, ports=1.0,
-                              ports_role="proxy", generator_cpu=0.95)]  # fmt: skip
+                              ports_role="proxy", generator_cpu=0.95,
+                              generator_process="locust-worker")]  # fmt: skip
     result = conclude("s", 5, steps, 0)
     assert result.first_exhausted == "ports" and not result.lower_bound
-    assert "load generator was saturated too" in result.verdict
+    assert "(load generator saturated (busiest locust-worker 95%" in result.verdict
+    assert result.verdict.endswith("at 200/s too)")
 
 
 def test_no_knee_when_the_first_step_breaks_or_none_does() -> None:
