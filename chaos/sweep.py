@@ -594,22 +594,41 @@ def _passed(results: list[dict[str, Any]]) -> str:
     return f"{sum(bool(e['passed']) for e in results)}/{len(results)}" if results else "-"
 
 
+def _classes(step: Step) -> Text:
+    ordered = sorted(step.classes.items(), key=lambda kv: -kv[1])
+    return Text(", ".join(f"{k} {v}" for k, v in ordered) or "-")
+
+
+# (header, cell, shown): the indicator columns appear only when some step measured them
+_COLUMNS: list[tuple[str, Any, Any]] = [
+    ("target/s", lambda s: f"{s.target:g}", None),
+    ("achieved/s", lambda s: f"{s.achieved:,.0f}", None),
+    ("failures", lambda s: str(s.failures), None),
+    ("classes", _classes, None),
+    ("p99", lambda s: _ms(s.p99_us), None),
+    ("ports", lambda s: _pct(s.ports) + (f" {s.ports_role}" if s.ports_role and s.ports else ""),
+     lambda s: s.ports is not None),
+    ("TW ovf", lambda s: str(s.tw_overflow), lambda s: s.tw_overflow),
+    ("conntrack", lambda s: _pct(s.conntrack), lambda s: s.conntrack is not None),
+    ("proxy cpu", lambda s: _pct(s.proxy_cpu), lambda s: s.proxy_cpu is not None),
+    ("origin cpu", lambda s: _pct(s.origin_cpu), lambda s: s.origin_cpu is not None),
+    ("load cpu", lambda s: Text(_pct(s.generator_cpu), "bold yellow" if s.saturated else ""),
+     lambda s: s.generator_cpu is not None),
+    ("host idle", lambda s: _pct(s.host_idle), lambda s: s.host_idle is not None),
+    ("signature", lambda s: _passed(s.signature), lambda s: s.signature),
+    ("", lambda s: Text("PASS", "bold green") if s.passed else Text("FAIL", "bold red"), None),
+]  # fmt: skip
+
+
 def print_sweep(console: Console, result: SweepResult) -> None:
-    table = Table(
-        "target/s", "achieved/s", "failures", "classes", "p99", "ports", "TW ovf", "conntrack",
-        "proxy cpu", "origin cpu", "load cpu", "host idle", "signature", "",
-        box=None, pad_edge=False,
-    )  # fmt: skip
-    for s in result.steps:
-        classes = ", ".join(f"{k} {v}" for k, v in sorted(s.classes.items(), key=lambda kv: -kv[1]))
-        ports = _pct(s.ports) + (f" {s.ports_role}" if s.ports_role and s.ports else "")
-        mark = Text("PASS", "bold green") if s.passed else Text("FAIL", "bold red")
-        load_cpu = Text(_pct(s.generator_cpu), "bold yellow" if s.saturated else "")
-        table.add_row(
-            f"{s.target:g}", f"{s.achieved:,.0f}", str(s.failures), Text(classes or "-"),
-            _ms(s.p99_us), ports, str(s.tw_overflow), _pct(s.conntrack), _pct(s.proxy_cpu),
-            _pct(s.origin_cpu), load_cpu, _pct(s.host_idle), _passed(s.signature), mark,
-        )  # fmt: skip
+    columns = [
+        (header, cell)
+        for header, cell, shown in _COLUMNS
+        if shown is None or any(shown(step) for step in result.steps)
+    ]
+    table = Table(*(header for header, _ in columns), box=None, pad_edge=False, padding=(0, 1))
+    for step in result.steps:
+        table.add_row(*(cell(step) for _, cell in columns))
     console.print(table)
     if result.steps and result.steps[0].signature:
         console.print(
