@@ -72,6 +72,7 @@ from chaos.load.seconds import (
     issuing_end,
     load_seconds,
     totals,
+    window_latency_us,
 )
 from chaos.record.lineproto import Point, read_points
 from chaos.record.point import Sample
@@ -392,8 +393,11 @@ def _evidence(resource: str, step: Step) -> str:
 
 
 def _p99_us(run_path: Path, window: tuple[float, float], rows: list[LoadSecond]) -> int | None:
-    """The p99 of whole connections over ``window``: the merged histograms when the run
-    has them, else the worst second's p99 (an upper bound)."""
+    """The p99 of whole connections over ``window``: merged from the seconds' histograms,
+    else (a run directory without the series file) the worst second's p99."""
+    merged = window_latency_us(run_path, *window)
+    if merged:
+        return int(merged["p99_us"])
     values = [v for r in rows if (v := r.percentile_us(LATENCY_PHASE, "p99")) is not None]
     return max(values) if values else None
 

@@ -1,5 +1,7 @@
-"""Synthetic per-second load series (the ``load`` and ``load_failures`` points of
-docs/metrics.md) for unit tests of what reads them: the sweep, the report, ``expect``."""
+"""Synthetic per-second load series for unit tests of what reads them (the sweep, the
+report, ``expect``): built with the producer's own :class:`chaos.load.series.Second` (real
+HdrHistograms), written as the master writes it (``locust/load_series.jsonl``) and as the
+collector turns it into ``load`` / ``load_failures`` points (``samples.lp``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaos.collect.load_series import second_samples
+from chaos.load import series
 from chaos.record.point import Sample, to_lines
 
 SECOND_NS = 1_000_000_000
@@ -14,6 +18,9 @@ SECOND_NS = 1_000_000_000
 
 @dataclass
 class Second:
+    """One second of load: ``started`` connections, ``failed`` of them failed (by
+    ``classes``); whole-connection latencies: 97 % at ``p50_us``, 3 % at ``p99_us``."""
+
     started: int
     failed: int = 0
     classes: dict[str, int] = field(default_factory=dict)
@@ -21,19 +28,18 @@ class Second:
     p99_us: int = 2_000
     users: int = 20
 
+    def series(self, t: int) -> series.Second:
+        ended = self.started
+        second = series.Second(t=t, users=self.users, started=self.started,
+                               completed=ended - self.failed, failed=self.failed,
+                               failures=dict(self.classes), workers=1)  # fmt: skip
+        slow = round(ended * 0.03)
+        series.record_values(second.histogram("total"), [self.p50_us] * (ended - slow))
+        series.record_values(second.histogram("total"), [self.p99_us] * slow)
+        return second
+
     def samples(self, t: int) -> list[Sample]:
-        completed = self.started - self.failed
-        fields = {"users": self.users, "started": self.started, "completed": completed,
-                  "failed": self.failed, "total_count": completed}  # fmt: skip
-        if completed:
-            fields |= {"total_p50_us": self.p50_us, "total_p90_us": self.p50_us * 2,
-                       "total_p99_us": self.p99_us, "total_max_us": self.p99_us * 2}  # fmt: skip
-        out = [Sample("load", {"role": "client"}, fields, t * SECOND_NS)]
-        out += [
-            Sample("load_failures", {"role": "client", "class": name}, {"count": n}, t * SECOND_NS)
-            for name, n in self.classes.items()
-        ]
-        return out
+        return second_samples(self.series(t), {"role": "client"})
 
 
 def load_samples(first: int, seconds: list[Second]) -> list[Sample]:
@@ -49,10 +55,14 @@ def write_run(
     extra: list[Sample] = (),  # type: ignore[assignment]
     events: list[dict] = (),  # type: ignore[assignment]
 ) -> None:
-    """samples.lp and journal.jsonl of a run whose load ran from ``first`` (unix seconds),
-    one :class:`Second` a second; ``ramp``: the load.ramp event (default ``first``)."""
+    """samples.lp, the series file and journal.jsonl of a run whose load ran from ``first``
+    (unix seconds), one :class:`Second` a second; ``ramp``: the load.ramp event (default
+    ``first``)."""
     run.mkdir(parents=True, exist_ok=True)
     (run / "samples.lp").write_text(to_lines([*load_samples(first, seconds), *extra]))
+    path = series.series_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(s.series(first + i).to_line() for i, s in enumerate(seconds)))
     ramp = float(first) if ramp is None else ramp
     end = first + len(seconds) + 1.5
     journal = [

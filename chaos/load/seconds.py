@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-MEASUREMENT = "load"
-FAILURES_MEASUREMENT = "load_failures"
-PHASES = ("connect", "first_byte", "total", "close")
+from chaos.collect.load_series import FAILURES_MEASUREMENT, MEASUREMENT
+from chaos.load.series import PHASES, window_latency
+
 LATENCY_PHASE = "total"  # "the" latency of a connection: connect start to close done
 PERCENTILES = ("p50", "p90", "p99", "max")
 COUNTS = ("users", "started", "completed", "failed")
@@ -138,8 +138,6 @@ def window_latency_us(
     """count, p50_us, p90_us, p99_us, max_us and mean_us of ``phase`` over the seconds in
     [start, end), merged from the workers' histograms (percentiles of percentiles would be
     wrong); empty when the run kept none."""
-    from chaos.load.series import window_latency  # the producer's side: the histograms
-
     summary = window_latency(run_dir, phase, start, end)
     if not summary.count:
         return {}
