@@ -8,7 +8,7 @@ exit path. Expectations are checked from ``samples.lp`` and the journal afterwar
 failure makes ``chaos run`` exit 10.
 
 While the load runs, a sampler takes the collectors of every role namespace
-(``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
+(``scenario.collectors``) and the per-second load series into the sink: ``samples.lp`` in the
 run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
 
 Teardown runs on every exit path: a normal end, an exception, Ctrl-C, and SIGTERM, SIGHUP
@@ -41,7 +41,6 @@ from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, Agen
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
-from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
@@ -53,7 +52,7 @@ from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
-from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.runner import LoadResult, LocustRun
 from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress, sink_tap
@@ -304,8 +303,8 @@ def open_sink(
 
 @contextmanager
 def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Sample every role namespace and Locust's per-second stats into ``sink`` while the
-    body runs; one last tick after it (Locust writes its last rows when it exits). The
+    """Sample every role namespace and the per-second load series into ``sink`` while the
+    body runs; one last tick after it (the master writes its last seconds when it exits). The
     collectors are closed on every path: they hold the lab's namespaces open."""
     from chaos.collect import peers_from_rules
     from chaos.lab.topology import Plan
@@ -348,8 +347,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 for measurement, counter in LAB_COUNTERS.items()
                 if counter.role == role
             ]
-        # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
-        collectors += locust_collectors(run.path, state.namespaces["client"])
+        # the series file the Locust master of our locustfiles writes
+        collectors += load_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=sink.write, controller=True
@@ -371,17 +370,11 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             opened.close()
 
 
-def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
-    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
-    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
-    history = run_path / "locust" / "locust_stats_history.csv"
-    failures = history.with_name(FAILURES_CSV)
-    return [
-        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
-        LocustHistory(history, netns=netns_label, tags={"role": "client"}),
-        LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
-    ]
+def load_collectors(run_path: Path, netns_label: str) -> list[Collector]:
+    """The per-second load series (``load``, ``load_failures``), tailed from the file the
+    Locust master of our locustfiles writes (``locust/load_series.jsonl``). Locust's own CSVs
+    stay in ``locust/`` as artefacts; nothing is computed from its rolling stats."""
+    return [LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"})]
 
 
 def process_collectors(state: LabState) -> list[Collector]:
@@ -470,7 +463,7 @@ def drive_load(
         run_dir=run.path,
         user_args=args,
         spawn=lambda argv, **kw: netns.popen(client_ns, argv, prepare=die_with_parent, **kw),
-        rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
+        rate_csv=True,  # per-second target and achieved rate: an artefact beside Locust's CSVs
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
     return load_with_faults(
@@ -686,14 +679,14 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
 
 @contextmanager
 def remote_sampling(scenario: Scenario, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Locust's per-second stats into the sink (the hosts' collectors write the rest)."""
-    collectors = locust_collectors(run.path, "controller")
+    """The per-second load series into the sink (the hosts' collectors write the rest)."""
+    collectors = load_collectors(run.path, "controller")
     sampler = Sampler(collectors, interval=scenario.collectors.interval, on_samples=sink.write)
     sampler.start()
     try:
         yield
         sampler.stop()
-        sink.write(sampler.tick())  # Locust writes its last rows when it exits
+        sink.write(sampler.tick())  # the master writes its last seconds when it exits
     finally:
         sampler.stop()
         for collector in collectors:
