@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.endings import Terminated, exit_code_of
-from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
+from chaos.errors import ChaosError, ExpectationFailed, ScenarioError, UsageError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
     from chaos.run import RunOptions
@@ -73,11 +73,44 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags of `chaos run` and `chaos sweep`, checked before anything is read or built."""
+    from chaos.scenario.model import parse_duration, valid_lab_name
+
+    if args.name is not None:
+        try:
+            valid_lab_name(args.name)
+        except ValueError as exc:
+            raise UsageError(f"--name {args.name!r}: {exc}", "e.g. --name soak1") from None
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise UsageError(
+            f"--workers {args.workers}: Locust needs 1 to 256 worker processes",
+            "e.g. --workers 2, or leave it out for one per core",
+        )
+    if args.variant is not None and not args.variant.strip():
+        raise UsageError("--variant needs a variant's name", "leave --variant out for the base")
+    duration = getattr(args, "duration", None)
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration {duration!r}: {exc}", "e.g. 30s, 10m or 1h") from None
+        if seconds <= 0:
+            raise UsageError(f"--duration {duration!r}: must be longer than 0", "e.g. 30s")
+    rate = getattr(args, "rate", None)
+    if rate is not None and not (rate > 0 and rate < float("inf")):
+        raise UsageError(f"--rate {rate:g}: new connections/s must be above 0", "e.g. --rate 200")
+    users = getattr(args, "users", None)
+    if users is not None and not 1 <= users <= 100000:
+        raise UsageError(f"--users {users}: must be 1 to 100000", "e.g. --users 20")
+
+
 def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
-    """RunOptions from the flags `chaos run` and `chaos sweep` share."""
+    """RunOptions from the flags `chaos run` and `chaos sweep` share (checked first)."""
     from chaos.run import RunOptions
     from chaos.sink import InfluxFlags
 
+    _check_run_flags(args)
     fields: dict[str, object] = dict(
         scenario=args.scenario,
         runs_root=Path(args.runs_dir),
@@ -101,7 +134,8 @@ def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
 def cmd_run(args: argparse.Namespace) -> int:
     from chaos.run import run_scenario
 
-    return run_scenario(_run_options(args, duration=args.duration), out)
+    options = _run_options(args, duration=args.duration, rate=args.rate, users=args.users)
+    return run_scenario(options, out)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -161,7 +195,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     try:
         state = lab.up(scenario, name, run)
     finally:
@@ -346,11 +380,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faults_types(args: argparse.Namespace) -> int:
-    from chaos.faults.base import REGISTRY, fault_type
+    from chaos.faults.registry import fault_types
 
-    fault_type("stop")  # fills the registry
-    for kind in sorted(REGISTRY):
-        cls = REGISTRY[kind]
+    for kind, cls in sorted(fault_types().items()):
         notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
         if not cls.reversible:
             notes.append("irreversible")
@@ -434,11 +466,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from chaos.report import print_summary, write_report
+    from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
     print_summary(out, report)
-    failed = report.summary["verdict"] == "FAIL"
+    failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 
 
@@ -531,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in name or YAML file (default: smoke)",
     )
     p.add_argument("--duration", type=str, default=None, help="override, e.g. 30s or 1h")
+    p.add_argument(
+        "--rate", type=float, default=None, help="override load.rate: new connections/s"
+    )
+    p.add_argument("--users", type=int, default=None, help="override load.users")
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
@@ -674,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")
     p.add_argument(
-        "--check", action="store_true", help="exit 10 when an expectation of the run failed"
+        "--check",
+        action="store_true",
+        help="exit 10 when an expectation of the run failed, or its drift verdict did",
     )
     p = add("compare", cmd_compare, "show two runs' signatures side by side")
     p.add_argument("run_a", metavar="RUN_A")

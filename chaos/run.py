@@ -56,10 +56,12 @@ from chaos.load.runner import LoadResult, LocustRun
 from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress, sink_tap
+from chaos.record import logcap
 from chaos.record.lineproto import read_points
 from chaos.record.point import Sample
 from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
-from chaos.report import write_report
+from chaos.report import drift_failed, load_run, print_drift, write_report
+from chaos.report.drift import judge as judge_drift
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
@@ -74,6 +76,8 @@ class RunOptions:
     workers: int | None = None
     influx: InfluxFlags = field(default_factory=InfluxFlags)
     variant: str | None = None
+    rate: float | None = None  # overrides load.rate (new connections/s)
+    users: int | None = None  # overrides load.users
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
     proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
@@ -92,8 +96,15 @@ def resolve(options: RunOptions) -> Scenario:
             updates["duration"] = parse_duration(options.duration)
         except ValueError as exc:
             raise ChaosError(f"--duration {options.duration!r}: {exc}") from None
-    if options.workers:
-        updates["load"] = scenario.load.model_copy(update={"workers": options.workers})
+    load_updates = {
+        key: value
+        for key, value in (
+            ("workers", options.workers), ("rate", options.rate), ("users", options.users)
+        )
+        if value is not None
+    }
+    if load_updates:
+        updates["load"] = scenario.load.model_copy(update=load_updates)
     return scenario.model_copy(update=updates) if updates else scenario
 
 
@@ -218,7 +229,7 @@ def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[Run
     """The run directory, with the resolved scenario and the journal's run.start."""
     label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
     run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     run.journal.event(
         "run.start",
         scenario=scenario.name,
@@ -246,14 +257,23 @@ def conclude(
     (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
-    if options.report:
-        try:
+    drift: dict[str, Any] | None = None
+    try:
+        if options.report:
             report = write_report(run_path)
+            drift = report.summary["drift"]
             console.print(f"report: {report.html_path}")
-        except ChaosError as exc:  # the run's verdict stands without its report
-            console.print(Text(f"no report: {exc.message}", "yellow"))
+        else:
+            drift = judge_drift(load_run(run_path)).as_dict()
+    except ChaosError as exc:  # the run's verdict stands without its report
+        console.print(Text(f"no report: {exc.message}", "yellow"))
+    if drift is not None:
+        print_drift(console, drift)
+        summary["drift"] = drift
+        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
-    return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
+    failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
+    return EXIT_EXPECTATION_FAILED if failed else 0
 
 
 EXIT_EXPECTATION_FAILED = 10
@@ -532,6 +552,8 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     proxy_log = run_path / "logs" / "proxy.log"
     if proxy_log.exists():
         summary["proxy_logged"] = len(proxies.parse_log(proxy_log))
+        if rotated := logcap.rotated_away(proxy_log):  # lab.log_cap deleted the oldest lines
+            summary["proxy_log_parts_deleted"] = rotated
     return summary
 
 

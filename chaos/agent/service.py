@@ -66,10 +66,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chaos import capabilities
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
-from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
+from chaos.faults.base import Fault, Handle, Target
 from chaos.faults.engine.guard import FaultGuard, revert_recorded
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import links_of, resolve
+from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
@@ -414,7 +415,6 @@ class Agent:
 
     @staticmethod
     def types() -> dict[str, Any]:
-        fault_type("stop")  # fills the registry
         return {
             "types": [
                 {
@@ -423,7 +423,7 @@ class Agent:
                     "features": list(cls.features),
                     "params": cls.params_model.model_json_schema(),
                 }
-                for kind, cls in sorted(REGISTRY.items())
+                for kind, cls in sorted(fault_types().items())
             ]
         }
 

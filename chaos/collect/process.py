@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+from chaos.kernel.proctree import cgroup_pids
 from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "process"
@@ -53,43 +54,6 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return out
-
-
-CGROUP_ROOT = "/sys/fs/cgroup"
-#: where a cgroup path is looked for: cgroup v2, then a hybrid host's v2 and v1 hierarchies
-_CGROUP_MOUNTS = ("", "unified", "systemd", "pids", "cpu")
-
-
-def cgroup_pids(cgroup: str) -> list[int]:
-    """The processes of a cgroup (``/system.slice/haproxy.service``), [] when gone."""
-    for mount in _CGROUP_MOUNTS:
-        try:
-            text = Path(CGROUP_ROOT, mount, cgroup.lstrip("/"), "cgroup.procs").read_text()
-        except OSError:
-            continue
-        return [int(pid) for pid in text.split()]
-    return []
-
-
-def process_roots(name: str) -> list[int]:
-    """Pids of the processes called ``name`` (comm) whose parent is not also called so:
-    one per process tree (a master and its workers count once)."""
-    comms: dict[int, tuple[str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        comms[int(entry)] = (comm, ppid)
-    return sorted(
-        pid
-        for pid, (comm, ppid) in comms.items()
-        if comm == name and comms.get(ppid, ("", 0))[0] != name
-    )
 
 
 class ProcessCpu:

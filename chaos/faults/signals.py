@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 from chaos.kernel.processes import start_time, state_of
 
@@ -132,7 +132,6 @@ class _SignalFault(Fault):
         return True
 
 
-@register
 class Stop(_SignalFault):
     kind = "stop"
     params_model = SignalParams
@@ -186,7 +185,6 @@ class Stop(_SignalFault):
             )
 
 
-@register
 class Kill(_SignalFault):
     kind = "kill"
     params_model = SignalParams

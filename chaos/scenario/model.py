@@ -21,6 +21,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from chaos.load import contract
+from chaos.scenario.expression import check_expression, uses_baseline
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -54,7 +56,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlValue = int | str | list[int]
 
 
-def _lab_name(value: str) -> str:
+def valid_lab_name(value: str) -> str:
     # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
     # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
@@ -65,7 +67,7 @@ def _lab_name(value: str) -> str:
     return value
 
 
-LabName = Annotated[str, AfterValidator(_lab_name)]
+LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
@@ -311,6 +313,13 @@ class LabSpec(Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     origin: OriginSpec = Field(default_factory=OriginSpec)
+    log_cap: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description=(
+            "bytes each per-connection log (the proxy's, the origin's access log) may use on "
+            "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
+        ),
+    )
 
 
 # --- load --------------------------------------------------------------------------------
@@ -469,8 +478,6 @@ class Expectation(Strict):
     @classmethod
     def _expression(cls, value: float | str) -> float | str:
         if isinstance(value, str):
-            from chaos.expect import check_expression
-
             check_expression(value)
         return value
 
@@ -645,8 +652,6 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _expectations_have_phases(self) -> Scenario:
-        from chaos.expect import uses_baseline
-
         for i, exp in enumerate(self.expect):
             if exp.when != "end" and not self.faults:
                 raise ValueError(

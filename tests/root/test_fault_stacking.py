@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from fault_lab import spawn_sleeper
 
-from chaos.faults.base import Target, fault_type
+from chaos.faults.base import Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
+from chaos.faults.registry import fault_type
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
 

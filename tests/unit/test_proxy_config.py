@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chaos.collect.process import ProcessCpu, cgroup_pids, process_roots
+from chaos.collect.process import ProcessCpu
 from chaos.errors import ChaosError, LabError
+from chaos.kernel.proctree import cgroup_pids, process_roots
 from chaos.lab import lab
 from chaos.lab.proxies import PROXIES, Endpoints, fill_placeholders, proxy_for
 from chaos.scenario import loader
