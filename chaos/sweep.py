@@ -8,8 +8,12 @@ One lab, one Locust run with ``--rate-steps``: the users raise the rate themselv
 Each step is judged afterwards from the run directory, on the run's own clock:
 
 * its seconds: step ``i`` holds the seconds of the ``load`` series (see
-  :mod:`chaos.load.seconds`) whose middle falls in ``[ramp + i*d, ramp + (i+1)*d)``, where
-  ``ramp`` is the journal's ``load.ramp`` (the users started) and ``d`` the step duration;
+  :mod:`chaos.load.seconds`) whose middle falls in ``[s + i*d, s + (i+1)*d)``, where ``s`` is
+  the first second in which a connection started and ``d`` the step duration. The users'
+  rate schedule starts on each worker when it gets its users, which on a busy host is
+  seconds after the master's start (``load.ramp`` in the journal); the first connection
+  starts less than a second after the schedule did, and a step's first second is not
+  measured, so the steps are measured on the workers' own clock;
 * connections and failures (by class, ``SlowConnect`` included) are summed over those
   seconds; the achieved rate is connections *started* per second over the settled ones (the
   first second of a step still carries the previous rate; the load's last second is cut
@@ -76,7 +80,6 @@ from chaos.load.seconds import (
 )
 from chaos.record.lineproto import Point, read_points
 from chaos.record.point import Sample
-from chaos.record.rundir import read_journal
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.scenario.model import Expectation, Scenario
@@ -215,20 +218,15 @@ class SweepResult:
         return asdict(self)
 
 
-def ramp_time(journal: Iterable[Mapping[str, Any]]) -> float | None:
-    """When the users started (``load.ramp``, else ``load.start``), wall seconds."""
-    start = None
-    for event in journal:
-        if event.get("event") == "load.ramp":
-            return float(event["ts"])
-        if event.get("event") == "load.start" and start is None:
-            start = float(event["ts"])
-    return start
+def schedule_start(seconds: Mapping[int, LoadSecond]) -> float | None:
+    """Where the users' rate schedule began, to within the second: the first second of the
+    load series in which a connection started (see the module docstring)."""
+    return next((float(t) for t, row in seconds.items() if row.started > 0), None)
 
 
-def step_of(second: int, ramp: float, step_duration: float) -> int:
+def step_of(second: int, start: float, step_duration: float) -> int:
     """The step a second of the load series belongs to: the one holding its middle."""
-    return math.floor((second + 0.5 - ramp) / step_duration)
+    return math.floor((second + 0.5 - start) / step_duration)
 
 
 @dataclass(frozen=True)
@@ -250,7 +248,7 @@ class StepSeconds:
 
 
 def step_seconds(
-    seconds: Mapping[int, LoadSecond], ramp: float, rates: list[float], step_duration: float
+    seconds: Mapping[int, LoadSecond], start: float, rates: list[float], step_duration: float
 ) -> list[StepSeconds]:
     """The load series cut into steps (in order; steps without a second are left out).
 
@@ -261,7 +259,7 @@ def step_seconds(
     for second, row in seconds.items():
         if last is not None and second >= last:
             continue  # after the load stopped issuing: the drain, not a step
-        index = step_of(second, ramp, step_duration)
+        index = step_of(second, start, step_duration)
         if 0 <= index < len(rates):
             rows[index].append(row)
     out = []
@@ -270,8 +268,8 @@ def step_seconds(
         settled = mine[1:] if len(mine) > 2 else mine
         if last is not None and len(settled) > 1 and settled[-1].second + 1 >= last:
             settled = settled[:-1]
-        start = ramp + index * step_duration
-        out.append(StepSeconds(index, start, start + step_duration, mine, settled))
+        begin = start + index * step_duration
+        out.append(StepSeconds(index, begin, begin + step_duration, mine, settled))
     return out
 
 
@@ -425,9 +423,9 @@ def analyse(
     """Judge every step of a finished sweep run (``scenario``: with its expectations);
     after an early ``stop``, only the steps it judged complete."""
     points = read_points(run_path / "samples.lp")
-    ramp = ramp_time(read_journal(run_path / "journal.jsonl"))
     seconds = load_seconds(points)
-    steps_seconds = step_seconds(seconds, ramp, rates, step_duration) if ramp else []
+    start = schedule_start(seconds)
+    steps_seconds = step_seconds(seconds, start, rates, step_duration) if start else []
     if stop is not None and stop.complete is not None:
         steps_seconds = [s for s in steps_seconds if s.index < stop.complete]
     if not steps_seconds:
@@ -525,10 +523,10 @@ class EarlyStop:
         self._points += [s for s in samples if is_load_point(s)]
 
     def __call__(self, run_path: Path) -> str | None:
-        ramp = ramp_time(read_journal(run_path / "journal.jsonl"))
-        if ramp is None or not self._points:
-            return None
         self.seen = load_seconds(self._points)
+        ramp = schedule_start(self.seen)
+        if ramp is None:
+            return None
         latest = max(self.seen)
         if step_of(latest, ramp, self.step_duration) >= len(self.rates) - 1:
             return None  # the last step is under way: stopping would only leave it unjudged

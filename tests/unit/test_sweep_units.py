@@ -125,13 +125,14 @@ def cpu(t: float, measurement: str, tags: dict[str, str], **fields: float) -> Sa
 
 
 def test_steps_are_cut_from_the_load_series_at_the_ramp(tmp_path: Path) -> None:
-    """4 steps of 5 s from a ramp at T0 + 0.3: seconds T0..T0+4 are the 100 step, etc."""
+    """4 steps of 5 s on the workers' clock: the master started 3.5 s before the workers'
+    first connection (a busy host), so seconds T0..T0+4 are the 100 step, etc."""
     seconds = ([Second(100)] * 5 + [Second(200, p99_us=3_000)] * 5
                + [Second(320, failed=4, classes={"ECONNREFUSED": 4})] * 5 + [Second(390)] * 5)
     worker = {"role": "client", "process": "locust-worker", "pid": "7"}
     extra = [cpu(T0 + i + 0.5, "process", worker, busy=0.3 + 0.03 * i) for i in range(20)]
     extra += [cpu(T0 + i + 0.5, "host_cpu", {}, idle=0.5, steal=0.0) for i in range(20)]
-    write_run(tmp_path, T0, seconds, ramp=T0 + 0.3, extra=extra)
+    write_run(tmp_path, T0, seconds, ramp=T0 - 3.5, extra=extra)
     scenario = Scenario.model_validate({
         "name": "s",
         "expect": [{"metric": "load.failed", "agg": "sum", "op": ">", "value": 0,
