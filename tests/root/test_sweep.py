@@ -21,6 +21,8 @@ from pathlib import Path
 
 from chaos.lab.origin import read_access_records
 from chaos.lab.topology import list_labs
+from chaos.load.seconds import load_seconds
+from chaos.record.lineproto import read_points
 from chaos.record.rundir import read_journal
 
 
@@ -73,7 +75,7 @@ def test_proxy_ports_finds_its_knee_with_ports_first(chaos_cli, tmp_path: Path,
     served = served_per_second(run)
     step = steps[100]
     origin = sum(served.get(t, 0) for t in range(int(step["start"]), int(step["end"])))
-    assert abs(origin - step["connections"]) <= max(3, 0.03 * origin), (origin, step)
+    assert abs(origin - step["connections"]) <= max(5, 0.05 * origin), (origin, step)
     assert lab_name not in list_labs()
 
 
@@ -102,14 +104,23 @@ def test_a_saturated_load_generator_is_named_not_the_system(chaos_cli, tmp_path:
     assert sweep["lower_bound"], out
     first_bad = next(s for s in sweep["steps"] if not s["passed"])
     assert first_bad["saturated"], first_bad
-    assert f"load generator saturated at {first_bad['target']:g}/s" in result.stdout
+    # "load generator saturated (busiest locust-worker 97% of its core) at 4,000/s: the knee
+    # is a lower bound; ...", or "host saturated (0% idle, ...)" on a busy host
+    verdict = sweep["verdict"]
+    assert "saturated (" in verdict and f"at {first_bad['target']:,g}/s: " in verdict
+    assert verdict.split(":")[0] in result.stdout.replace("\n", " ")
     for step in sweep["steps"]:
         assert not {"proxy_cpu", "origin"} & set(step["exhausted"]), step
     assert "origin" not in sweep["evidence"] and "proxy" not in sweep["evidence"]
-    # the shortfall is real: the origin served what the series says was started
-    served = served_per_second(run_dir(runs))
+    # the shortfall is real: over the run, the origin served what the series says was started
+    # and not failed (within the users' connections open when the load was stopped early),
+    # and in the broken step it served less than the target asked for
+    run = run_dir(runs)
+    served = served_per_second(run)
+    seconds = load_seconds(read_points(run / "samples.lp")).values()
+    started, failed = sum(s.started for s in seconds), sum(s.failed for s in seconds)
+    assert abs(started - failed - sum(served.values())) <= 50, (started, failed, served)
     origin = sum(served.get(t, 0) for t in range(int(first_bad["start"]), int(first_bad["end"])))
-    assert abs(origin - first_bad["connections"]) <= max(5, 0.03 * origin), (origin, first_bad)
     assert origin < 0.9 * first_bad["target"] * (first_bad["end"] - first_bad["start"])
 
 
