@@ -39,6 +39,7 @@ from rich.text import Text
 
 from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
 from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
@@ -370,6 +371,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
         # the series file the Locust master of our locustfiles writes
         collectors += load_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
+        if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
+            collectors.append(generations)
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=sink.write, controller=True
         ).start()
@@ -404,7 +407,12 @@ def process_collectors(state: LabState) -> list[Collector]:
     ports, and both from a saturated load generator or host, by them."""
     client_ns = state.namespaces["client"]
     made: list[Collector] = [
-        ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
+        ProcessCpu(
+            record.pid,
+            netns=record.namespace or "host",
+            tags={"role": role},
+            follow=recorded_pid(state.name, role),  # a restart fault starts a new process
+        )
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
@@ -423,6 +431,31 @@ def process_collectors(state: LabState) -> list[Collector]:
     )
     made.append(HostCpu())
     return made
+
+
+def recorded_pid(lab_name: str, role: str) -> Callable[[], int | None]:
+    """The live process the lab's state file records for ``role`` now (read when asked)."""
+
+    def pid() -> int | None:
+        now = LabState.load(lab_name)
+        record = now.process(role) if now is not None else None
+        return record.pid if record is not None and record.alive() else None
+
+    return pid
+
+
+def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None:
+    """Reloads of the proxy (old workers draining, their sockets): the lab's proxy, found
+    again in the lab's state every tick (a restart fault records the new process), or an
+    external proxy the scenario names by pid or process name."""
+    if ref is None:
+        return None
+    if state.process("proxy") is not None:
+        return ProxyGenerations(ref, recorded_pid(state.name, "proxy"), tags={"role": "proxy"})
+    if "pid" in state.proxy:
+        pid = int(state.proxy["pid"])  # type: ignore[call-overload]
+        return ProxyGenerations(ref, lambda: pid, tags={"role": "proxy"})
+    return None
 
 
 def external_proxy_netns(state: LabState) -> NetnsRef | None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from chaos.kernel.proctree import cgroup_pids
+from chaos.kernel.proctree import cgroup_pids, children
 from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "process"
@@ -42,27 +43,14 @@ def _stat(pid: int) -> tuple[float, int, int, int] | None:
     return (utime + stime) / _TICKS, int(rest[17]), int(rest[21]) * _PAGE, int(rest[1])
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
 class ProcessCpu:
     """``process`` points for one process tree (the pid and its children, one level), or for
     every process of a cgroup (``cgroup``: then ``pid`` is 0 and only labels the points).
 
     Fields: ``cpu_s`` (cumulative CPU seconds of the tree), ``cpu_pct`` (percent of one core
     since the previous sample), ``threads`` (threads of the tree), ``busy`` (``cpu_pct`` over
-    100 × the cores it could use: min(threads, CPUs) — 1.0 is saturated), ``rss_bytes``.
+    100 × the cores it could use: min(threads of its workers, or of the tree when it has no
+    children, CPUs) — 1.0 is saturated), ``rss_bytes``.
     """
 
     name = "process"
@@ -75,11 +63,14 @@ class ProcessCpu:
         netns: str,
         tags: dict[str, str] | None = None,
         cgroup: str | None = None,
+        follow: Callable[[], int | None] | None = None,
         cores: int | None = None,
     ) -> None:
-        """``cores``: the most cores the process can use whatever its threads (1 for a
-        Python process bound by its GIL, such as a Locust worker); default: one per thread,
-        up to the CPUs it may run on."""
+        """``follow``: asked for the pid again when ``pid`` is gone (a restarted proxy);
+        the CPU of the new process counts from its first sample. ``cores``: the most cores
+        the process can use whatever its threads (1 for a Python process bound by its GIL,
+        such as a Locust worker); default: its serving threads, up to the CPUs it may use."""
+        self.follow = follow
         self.pid = pid
         self.cgroup = cgroup
         self.netns = netns
@@ -91,7 +82,11 @@ class ProcessCpu:
     def _pids(self) -> list[int]:
         if self.cgroup is not None:
             return cgroup_pids(self.cgroup)
-        return [self.pid, *_children(self.pid)] if _stat(self.pid) is not None else []
+        if _stat(self.pid) is None and self.follow is not None:
+            if (pid := self.follow()) is None or pid == self.pid:
+                return []
+            self.pid, self._last = pid, None
+        return [self.pid, *children(self.pid)] if _stat(self.pid) is not None else []
 
     def sample(self, now: float) -> list[Sample]:
         stats = [stat for pid in self._pids() if (stat := _stat(pid)) is not None]
@@ -100,6 +95,10 @@ class ProcessCpu:
         cpu = sum(stat[0] for stat in stats)
         threads = sum(stat[1] for stat in stats)
         rss = sum(stat[2] for stat in stats)
+        # the cores the tree can use are its workers' when it has any: a master (HAProxy -W,
+        # nginx, the origin's parent) sleeps while they serve
+        serving = sum(stat[1] for stat in stats[1:]) if self.cgroup is None else threads
+        serving = serving or threads
         fields: dict[str, int | float | bool | str] = {
             "cpu_s": round(cpu, 3),
             "threads": threads,
@@ -108,7 +107,7 @@ class ProcessCpu:
         if self._last is not None and now > self._last[0]:
             pct = max(0.0, 100.0 * (cpu - self._last[1]) / (now - self._last[0]))
             fields["cpu_pct"] = round(pct, 2)
-            usable = self.cores or min(threads, self._cpus)
+            usable = self.cores or min(serving, self._cpus)
             fields["busy"] = round(pct / (100.0 * usable), 4)
         self._last = (now, cpu)
         tags = {**self.tags, "netns": self.netns, "pid": str(self.pid)}
