@@ -78,6 +78,7 @@ from chaos.load.seconds import (
     totals,
     window_latency_us,
 )
+from chaos.record import schema
 from chaos.record.lineproto import Point, read_points
 from chaos.record.point import Sample
 from chaos.report import write_report
@@ -295,20 +296,20 @@ def _indicators(step: Step, by_measurement: dict[str, list[Point]], a: float, b:
     def points(measurement: str) -> list[Point]:
         return _in(by_measurement.get(measurement, []), measurement, a, b)
 
-    for p in points("port_budget_summary"):
+    for p in points(schema.PORT_BUDGET_SUMMARY):
         util = _num(p, "max_utilisation")
         if util is not None and (step.ports is None or util > step.ports):
             step.ports, step.ports_role = util, p.tags.get("role")
-    for p in points("tcp_counters"):
+    for p in points(schema.TCP_COUNTERS):
         step.tw_overflow += int(_num(p, "TCPTimeWaitOverflow") or 0)
-    for p in points("conntrack"):
+    for p in points(schema.CONNTRACK):
         util = _num(p, "utilisation")
         if util is not None:
             step.conntrack = max(step.conntrack or 0.0, util)
         step.conntrack_errors += int(sum(_num(p, k) or 0 for k in CONNTRACK_COUNTERS))
     busy: dict[str, list[float]] = defaultdict(list)
     generator: dict[tuple[str, str], list[float]] = defaultdict(list)  # (process, pid)
-    for p in points("process"):
+    for p in points(schema.PROCESS):
         value = _num(p, "busy")
         if value is None:
             continue
@@ -321,11 +322,11 @@ def _indicators(step: Step, by_measurement: dict[str, list[Point]], a: float, b:
     if generator:
         (name, _), values = max(generator.items(), key=lambda kv: _mean(kv[1]) or 0.0)
         step.generator_cpu, step.generator_process = _mean(values), name
-    host = points("host_cpu")
+    host = points(schema.HOST_CPU)
     step.host_idle = _mean([v for p in host if (v := _num(p, "idle")) is not None])
     step.host_steal = _mean([v for p in host if (v := _num(p, "steal")) is not None])
-    controller = [v / 100 for p in points("controller") if (v := _num(p, "cpu_pct")) is not None]
-    step.controller_cpu = _mean(controller)
+    controller = [_num(p, "cpu_pct") for p in points(schema.CONTROLLER)]
+    step.controller_cpu = _mean([v / 100 for v in controller if v is not None])
 
 
 def _exhausted(step: Step) -> list[str]:

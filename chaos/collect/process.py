@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chaos.kernel.proctree import cgroup_pids, children
+from chaos.record import schema
 from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "process"
@@ -180,7 +181,6 @@ class LoadGeneratorCpu:
         pass
 
 
-HOST_MEASUREMENT = "host_cpu"
 
 
 class HostCpu:
@@ -227,7 +227,7 @@ class HostCpu:
             "busy": round(max(0.0, 1.0 - idle_share - steal_share), 4),
             "cpus": cpus,
         }
-        return [Sample(HOST_MEASUREMENT, {**self.tags, "netns": "host"}, fields, time_ns_of(now))]
+        return [Sample(schema.HOST_CPU, {**self.tags, "netns": "host"}, fields, time_ns_of(now))]
 
     def close(self) -> None:
         pass

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from chaos.collect.load_series import FAILURES_MEASUREMENT, MEASUREMENT
 from chaos.load.series import PHASES, window_latency
+from chaos.record.schema import LOAD as MEASUREMENT
+from chaos.record.schema import LOAD_FAILURES as FAILURES_MEASUREMENT
 
 LATENCY_PHASE = "total"  # "the" latency of a connection: connect start to close done
 PERCENTILES = ("p50", "p90", "p99", "max")
