@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import re2
+
 from chaos.errors import ProcessStartError
 from chaos.kernel import netns
 from chaos.record import logcap
@@ -79,6 +81,49 @@ class ProcessRecord:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def listening(pid: int, inodes: set[int] | None = None) -> set[str]:
+    """Local ``ADDRESS:PORT`` of the TCP sockets listening in the network namespace of
+    ``pid``; only sockets among ``inodes`` when given. Asked of sock_diag for LISTEN sockets
+    only: the cost does not grow with the namespace's connections."""
+    from chaos.kernel import sockdiag as sd
+    from chaos.kernel.nsref import NetnsRef
+
+    ref = NetnsRef.of_pid(pid)
+    try:
+        diag = sd.InetDiag.open_in(ref)
+        try:
+            records = list(diag.dump_records(sd.AF_ANY, sd.states_mask([sd.LISTEN])))
+        finally:
+            diag.close()
+    finally:
+        ref.close()
+    out: set[str] = set()
+    for record in records:
+        if inodes is not None and sd.U32.unpack_from(record, sd.OFF_INODE)[0] not in inodes:
+            continue
+        address = sd.addr_text(record[16], record[sd.OFF_SRC : sd.OFF_SRC + 16])
+        port = int.from_bytes(record[sd.OFF_SPORT : sd.OFF_SPORT + 2], "big")
+        out.add(f"{address}:{port}")
+    return out
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:
@@ -286,12 +331,44 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces ("" when gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+class CommandPattern:
+    """A regular expression over command lines that cannot backtrack catastrophically.
+
+    RE2 (``google-re2``) matches in time linear in the input, whatever the pattern, so a
+    pattern from a scenario or an agent's client (``origin:((/|\\.|[a-z])+)+\\x01``) costs
+    microseconds, not minutes. RE2 has no backreferences or lookaround: such a pattern is
+    refused with :class:`ValueError`."""
+
+    MAX_LENGTH = 256
+
+    def __init__(self, text: str) -> None:
+        if len(text) > self.MAX_LENGTH:
+            raise ValueError(f"longer than {self.MAX_LENGTH} characters")
+        options = re2.Options()
+        options.log_errors = False  # the error comes back as an exception, not on stderr
+        options.max_mem = 1 << 20
+        try:
+            self._compiled = re2.compile(text, options)
+        except re2.error as exc:
+            raise ValueError(_re2_message(exc)) from None
+        self.text = text
+
+    def search(self, line: str) -> bool:
+        return self._compiled.search(line) is not None
+
+
+def _re2_message(exc: Exception) -> str:
+    detail = exc.args[0] if exc.args else str(exc)
+    return detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
 
 
 @dataclass(frozen=True)
@@ -320,7 +397,7 @@ class Owner:
 
     def describe(self) -> str:
         """``pid 123 (chaos run smoke ...)``, for messages about whose something is."""
-        command = _cmdline(self.pid) if self.here() and self.alive() else ""
+        command = cmdline(self.pid) if self.here() and self.alive() else ""
         # paths as their last part: `python fault_controller.py ...`, `chaos run smoke`
         command = " ".join(word.rpartition("/")[2] or word for word in command.split())
         where = "" if self.here() else f" on {self.host}"
