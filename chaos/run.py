@@ -123,6 +123,13 @@ def run_scenario(
     steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code;
     ``stop_early(run_dir)`` may end the load before its duration (a sweep past its knee)."""
     scenario = scenario or resolve(options)
+    if scenario.lab.proxy.tls:
+        raise ChaosError(
+            "lab.proxy.tls: the load does not speak TLS yet, so a run through a TLS proxy "
+            "would only count failed handshakes",
+            "bring the lab up with `chaos lab up` and send TLS from your own client (the "
+            "run's CA is <run>/proxy/tls/ca.crt)",
+        )
     if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
         return run_remote(options, scenario, console)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
