@@ -167,15 +167,15 @@ def run_scenario(
 
 
 class Ending:
-    """How a run ends, whatever ends it: the journal's ``run.end``, and for a stop signal or
-    Ctrl-C the report of what was gathered, then the interruption goes on to the CLI (exit
-    128 + signal).
+    """How a run ends, whatever ends it: the journal's ``run.end``, and when it ended early
+    (a stop signal, Ctrl-C, an error) the report of what was gathered; the interruption or
+    error then goes on to the CLI (exit 128 + signal, or the error's code).
 
     ``with signals_raise(), Ending(run) as ending:`` around the run; ``ending.done()`` when
     the body finished; ``with ending.teardown():`` around the cleanup in ``finally``, which a
     second signal cannot cut short (it is recorded and ends the run once cleanup is done).
     On success the caller concludes (summary, verdicts, report) inside the block; on an
-    interruption :meth:`__exit__` writes the summary and report of what was gathered.
+    early end :meth:`__exit__` writes the summary and report of what was gathered.
     """
 
     def __init__(self, run: RunDir) -> None:
@@ -207,15 +207,18 @@ class Ending:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, KeyboardInterrupt | Terminated):
             self.interrupted = exc
-        if self.interrupted is None:
+        failed = exc is not None and self.outcome == "error"  # not an error of conclude's
+        if self.interrupted is None and not failed:
             return
         if has_samples(self.run.path):  # the report of what was gathered before the end
             summary = {**summarize(self.run.path, None), "interrupted": True}
+            if self.interrupted is None:  # an error ended it
+                summary.update(interrupted=False, error=str(exc))
             (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
-        if self.interrupted is not exc:
+        if self.interrupted is not None and self.interrupted is not exc:
             raise self.interrupted  # a signal during teardown after a finished body
 
 
@@ -600,7 +603,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if sink:
         table.add_row("samples recorded", str(sink["recorded"]))
     if sink.get("influxdb"):
-        counts = ("written", "spooled", "replayed", "dropped", "left_in_spool")
+        counts = (
+            "written", "spooled", "replayed", "possibly_duplicated", "dropped", "left_in_spool"
+        )  # fmt: skip
         table.add_row(
             "InfluxDB points", ", ".join(f"{k.replace('_', ' ')} {sink[k]}" for k in counts)
         )
