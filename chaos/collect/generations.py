@@ -35,8 +35,9 @@ from chaos.kernel.nsref import NetnsRef
 from chaos.kernel.processes import socket_inodes, start_time
 from chaos.kernel.proctree import children
 from chaos.record.point import Sample, time_ns_of
+from chaos.record.schema import PROXY_GENERATIONS
 
-MEASUREMENT = "proxy_generations"
+MEASUREMENT = PROXY_GENERATIONS
 _LIVE_STATES = sd.ALL_STATES - {sd.TIME_WAIT, sd.LISTEN}  # TIME_WAIT has no owner
 
 

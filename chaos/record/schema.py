@@ -32,6 +32,7 @@ __all__ = [
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
     "PROCESS",
+    "PROXY_GENERATIONS",
     "SOCKSTAT",
     "TCP_COUNTERS",
     "TCP_STATES",
@@ -55,6 +56,8 @@ CONNTRACK = "conntrack"
 COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
+#: reloads and restarts of the proxy: its workers by generation (chaos.collect.generations)
+PROXY_GENERATIONS = "proxy_generations"
 LOCUST = "locust"
 LOCUST_FAILURES = "locust_failures"
 LAB_ESCAPES = "lab_escapes"
@@ -186,7 +189,13 @@ MEASUREMENTS: dict[str, Measurement] = {
             ["collector"],
         ),
         _m(CONTROLLER, ["rss_bytes", "cpu_s", "cpu_pct", "threads", "fds"]),
-        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"], ["pid"]),
+        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"], ["pid", "cgroup"]),
+        _m(
+            PROXY_GENERATIONS,
+            ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
+             "old_sockets"],
+            patterns=[r"old_[a-z0-9_]+"],
+        ),
         _m(
             LOCUST,
             ["users", "rps", "fails_per_s", "requests", "failures", "median_ms", "avg_ms",
