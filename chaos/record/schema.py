@@ -22,12 +22,11 @@ __all__ = [
     "CONNTRACK",
     "CONTROLLER",
     "FAMILY_ALL",
+    "HOST_CPU",
     "LAB_ESCAPES",
     "LAB_RESETS",
     "LOAD",
     "LOAD_FAILURES",
-    "LOCUST",
-    "LOCUST_FAILURES",
     "MEASUREMENTS",
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
@@ -58,8 +57,7 @@ CONTROLLER = "controller"
 PROCESS = "process"
 #: reloads and restarts of the proxy: its workers by generation (chaos.collect.generations)
 PROXY_GENERATIONS = "proxy_generations"
-LOCUST = "locust"
-LOCUST_FAILURES = "locust_failures"
+HOST_CPU = "host_cpu"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 CHAOS_EVENT = "chaos_event"
@@ -189,21 +187,16 @@ MEASUREMENTS: dict[str, Measurement] = {
             ["collector"],
         ),
         _m(CONTROLLER, ["rss_bytes", "cpu_s", "cpu_pct", "threads", "fds"]),
-        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"], ["pid", "cgroup"]),
+        # the proxy's and origin's trees, an external proxy's cgroup, the Locust processes
+        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
+           ["pid", "cgroup", "process"]),
+        _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
         _m(
             PROXY_GENERATIONS,
             ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
              "old_sockets"],
             patterns=[r"old_[a-z0-9_]+"],
         ),
-        _m(
-            LOCUST,
-            ["users", "rps", "fails_per_s", "requests", "failures", "median_ms", "avg_ms",
-             "min_ms", "max_ms", "avg_bytes"],
-            ["name", "type"],
-            [r"p\d+(_\d+)?_ms"],
-        ),
-        _m(LOCUST_FAILURES, ["count", "total"], ["class"]),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
         _m(
