@@ -55,9 +55,8 @@ CONNTRACK = "conntrack"
 COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
-#: reloads and restarts of the proxy: its workers by generation (chaos.collect.generations)
-PROXY_GENERATIONS = "proxy_generations"
 HOST_CPU = "host_cpu"
+PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 CHAOS_EVENT = "chaos_event"
@@ -191,11 +190,12 @@ MEASUREMENTS: dict[str, Measurement] = {
         _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
            ["pid", "cgroup", "process"]),
         _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
+        # the proxy's reloads and restarts (chaos.collect.generations); old_<sock_diag state>
         _m(
             PROXY_GENERATIONS,
             ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
              "old_sockets"],
-            patterns=[r"old_[a-z0-9_]+"],
+            patterns=[rf"old_({'|'.join(SOCKET_STATES)})"],
         ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
