@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from chaos.record.schema import TCP_STATES, is_family_total
 from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
 
@@ -126,7 +127,7 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
 
 
 # Measurements that carry a family=all total beside per-family points: the total is the default.
-_FAMILY_TOTALS = {"tcp_states"}
+_FAMILY_TOTALS = {TCP_STATES}
 
 
 def series(
@@ -141,7 +142,7 @@ def series(
         tags = p.tags
         if role is not None and tags.get("role") != role:
             continue
-        if measurement in _FAMILY_TOTALS and "family" not in where and tags.get("family") != "all":
+        if measurement in _FAMILY_TOTALS and "family" not in where and not is_family_total(tags):
             continue
         if any(tags.get(k) != v for k, v in where.items()):
             continue

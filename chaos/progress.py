@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from chaos.record.point import Sample
+from chaos.record.schema import TCP_STATES, is_family_total
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
 
@@ -81,7 +82,7 @@ class Progress:
                     name = tags.get("class", "")  # rows come per second, each with its total
                     total = int(fields["total"])  # type: ignore[arg-type]
                     self.failure_classes[name] = max(total, self.failure_classes.get(name, 0))
-                elif m == "tcp_states" and tags.get("family") == "all":
+                elif m == TCP_STATES and is_family_total(tags):
                     for state in ("time_wait", "close_wait", "established"):
                         if state in fields:
                             self.states[(role, state)] = float(fields[state])  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from chaos.kernel.proctree import cgroup_pids
-from chaos.record.point import Sample, time_ns_of
+from chaos.record.point import FieldValue, Sample, time_ns_of
 
 MEASUREMENT = "process"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -90,7 +90,7 @@ class ProcessCpu:
         cpu = sum(stat[0] for stat in stats)
         threads = sum(stat[1] for stat in stats)
         rss = sum(stat[2] for stat in stats)
-        fields: dict[str, int | float | bool | str] = {
+        fields: dict[str, FieldValue] = {
             "cpu_s": round(cpu, 3),
             "threads": threads,
             "rss_bytes": rss,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.collect.kernel import NOTABLE
+from chaos.record.schema import is_family_total
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
 from chaos.report.drift import judge as judge_drift
 from chaos.report.svg import PALETTE, Band, Chart, Line, fmt_percent
@@ -126,7 +127,7 @@ def _legend(lines: list[Line], window: tuple[float, float] | None, unit: str = "
 
 
 def _family_all(point: Any) -> bool:
-    return point.tags.get("family", "all") == "all"
+    return is_family_total(point.tags)
 
 
 def state_plots(run: RunData) -> list[Plot]:
