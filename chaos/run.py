@@ -57,8 +57,9 @@ from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
 from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress
 from chaos.record import logcap
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
+from chaos.record.rundir import RunDir, RunFiles, chown_to_invoker
 from chaos.report import drift_failed, load_run, print_drift, write_report
 from chaos.report.drift import judge as judge_drift
 from chaos.scenario import loader
@@ -203,7 +204,7 @@ class Ending:
             return
         if has_samples(self.run.path):  # the report of what was gathered before the end
             summary = {**summarize(self.run.path, None), "interrupted": True}
-            (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.run.files.summary.write_text(json.dumps(summary, indent=2))
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
@@ -247,7 +248,7 @@ def conclude(
         summary["sink"] = sink_stats.as_dict()
     verdicts = check_expectations(scenario, run_path)
     summary["expectations"] = [v.as_dict() for v in verdicts]
-    (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+    RunFiles(run_path).summary.write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
     drift: dict[str, Any] | None = None
@@ -263,7 +264,7 @@ def conclude(
     if drift is not None:
         print_drift(console, drift)
         summary["drift"] = drift
-        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+        RunFiles(run_path).summary.write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
     failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
     return EXIT_EXPECTATION_FAILED if failed else 0
