@@ -1,14 +1,13 @@
 """Live progress of a run: elapsed and remaining time, rate, errors and key socket counts.
 
-Fed by the samples that already flow into the sink (a tap on ``Sink.write``), so it adds no
-collector and no sampling cost. On a terminal it is one status line refreshed every second
-(rich ``Live``, removed at the end); elsewhere (CI logs, pipes) a compact line is printed
-every ``every`` seconds instead, so logs stay readable.
+Fed by the samples the sampler already fires (a listener of the run's samples hook, beside
+the sink), so it adds no collector and no sampling cost. On a terminal it is one status line
+refreshed every second (rich ``Live``, removed at the end); elsewhere (CI logs, pipes) a
+compact line is printed every ``every`` seconds instead, so logs stay readable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from chaos.hooks import EventHook
 from chaos.record.point import Sample
 from chaos.record.schema import TCP_STATES, is_family_total
 
@@ -153,29 +153,20 @@ class Progress:
 
 @contextmanager
 def live_progress(
-    sink: Any,
+    samples: EventHook,
     console: Console,
     progress: Progress,
     *,
     every: float = 10.0,
     enabled: bool = True,
 ) -> Iterator[Progress]:
-    """Show ``progress`` while the body runs, fed by a tap on ``sink.write``.
-
-    Enter it before the sampler is built (the sampler binds ``sink.write`` when it starts);
-    the tap is removed on exit. A failing tap never loses samples: the sink gets them first.
-    """
+    """Show ``progress`` while the body runs, fed as a listener of the run's ``samples``
+    hook (the hook the sampler fires and the sink listens to); the listener is removed on
+    exit. A failing listener never loses samples: the hook still hands them to the sink."""
     if not enabled:
         yield progress
         return
-    write = sink.write
-
-    def tap(samples: list[Sample]) -> None:
-        write(samples)
-        with contextlib.suppress(Exception):  # a display bug must not stop sampling
-            progress.observe(samples)
-
-    sink.write = tap  # an instance attribute shadows the method until the finally below
+    samples.add_listener(progress.observe)
     stop = threading.Event()
     try:
         if console.is_terminal:
@@ -202,4 +193,4 @@ def live_progress(
                 stop.set()
                 thread.join(2)
     finally:
-        del sink.write
+        samples.remove_listener(progress.observe)

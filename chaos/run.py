@@ -48,6 +48,7 @@ from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
+from chaos.hooks import EventHook
 from chaos.kernel import netns
 from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
@@ -139,14 +140,16 @@ def run_scenario(
     with signals_raise(), Ending(run) as ending:
         try:
             sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
+            samples = EventHook("samples")  # the sampler fires; the sink, then progress, listen
+            samples.add_listener(sink.write)
             state = lab.up(scenario, name, run, tied=True)
             schedule = FaultSchedule(
                 scenario.faults, state, run.journal, annotate=sink.annotate
             )
             schedule.validate()  # every fault checked before the load starts
             with (
-                run_progress(options, scenario, sink, console, schedule),
-                sampling(scenario, state, run, sink),
+                run_progress(options, scenario, samples, console, schedule),
+                sampling(scenario, state, run, samples),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
             ending.done()
@@ -316,8 +319,10 @@ def open_sink(
 
 
 @contextmanager
-def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Sample every role namespace and Locust's per-second stats into ``sink`` while the
+def sampling(
+    scenario: Scenario, state: LabState, run: RunDir, samples: EventHook
+) -> Iterator[None]:
+    """Sample every role namespace and Locust's per-second stats into ``samples`` while the
     body runs; one last tick after it (Locust writes its last rows when it exits). The
     collectors are closed on every path: they hold the lab's namespaces open."""
     from chaos.collect import peers_from_rules
@@ -365,12 +370,12 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
         collectors += locust_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
         sampler = Sampler(
-            collectors, interval=spec.interval, on_samples=sink.write, controller=True
+            collectors, interval=spec.interval, on_samples=samples.fire, controller=True
         ).start()
         run.journal.event("sampler.start", collectors=len(collectors), interval=spec.interval)
         yield
         sampler.stop()
-        sink.write(sampler.tick())
+        samples.fire(sampler.tick())
     finally:
         if sampler is not None:
             sampler.stop()
@@ -432,11 +437,11 @@ def external_proxy_netns(state: LabState) -> NetnsRef | None:
 def run_progress(
     options: RunOptions,
     scenario: Scenario,
-    sink: Sink,
+    samples: EventHook,
     console: Console,
     schedule: FaultSchedule,
 ) -> AbstractContextManager[Progress]:
-    """Live progress fed by the samples the sink gets; enter it before :func:`sampling`."""
+    """Live progress, a listener of the run's ``samples`` hook beside the sink."""
     load = scenario.load
     progress = Progress(
         scenario.duration,
@@ -445,7 +450,7 @@ def run_progress(
         rate=load.rate,
         active_faults=lambda: len(schedule.active),
     )
-    return live_progress(sink, console, progress, enabled=options.progress)
+    return live_progress(samples, console, progress, enabled=options.progress)
 
 
 def drive_load(

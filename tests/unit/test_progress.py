@@ -7,6 +7,7 @@ import time
 
 from rich.console import Console
 
+from chaos.hooks import EventHook
 from chaos.progress import Progress, live_progress
 from chaos.record.point import Sample
 
@@ -44,9 +45,26 @@ def test_off_a_terminal_lines_are_printed_and_the_tap_removed() -> None:
     sink, buffer = _Sink(), io.StringIO()
     console = Console(file=buffer, force_terminal=False, width=200)
     progress = Progress(10)
-    with live_progress(sink, console, progress, every=0.05):
-        sink.write([Sample("locust", {"name": "connection"}, {"rps": 5.0, "requests": 3}, 0)])
+    samples = EventHook("samples")
+    samples.add_listener(sink.write)
+    with live_progress(samples, console, progress, every=0.05):
+        samples.fire([Sample("locust", {"name": "connection"}, {"rps": 5.0, "requests": 3}, 0)])
         time.sleep(0.2)
     assert len(sink.got) == 1  # the sink got the samples first
-    assert "write" not in vars(sink)  # the method is back
+    assert samples.listeners == [sink.write]  # the progress listener is gone
     assert "conns 3" in buffer.getvalue()
+
+
+def test_a_failing_listener_is_logged_and_the_others_still_get_the_event(caplog) -> None:
+    got: list[int] = []
+    hook = EventHook("samples")
+
+    @hook.add_listener
+    def broken(value: int) -> None:
+        raise RuntimeError("a display bug")
+
+    hook.add_listener(got.append)
+    hook.fire(1)
+    hook.fire(2)
+    assert got == [1, 2]
+    assert sum("a listener of samples failed" in r.getMessage() for r in caplog.records) == 2
