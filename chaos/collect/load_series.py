@@ -15,9 +15,10 @@ from typing import BinaryIO
 
 from chaos.load.series import PHASES, Second, parse_line
 from chaos.record.point import FieldValue, Sample
+from chaos.record.schema import LOAD, LOAD_FAILURES
 
-MEASUREMENT = "load"
-FAILURES_MEASUREMENT = "load_failures"
+MEASUREMENT = LOAD
+FAILURES_MEASUREMENT = LOAD_FAILURES
 NS = 1_000_000_000
 
 

@@ -207,7 +207,7 @@ MEASUREMENTS: dict[str, Measurement] = {
         ),
         _m(
             LOAD,
-            ["users", "started", "completed", "failed"],
+            ["users", "started", "completed", "failed", "late"],
             patterns=[rf"({_LOAD_PHASE})_count", rf"({_LOAD_PHASE})_(p50|p90|p99|max)_us"],
         ),
         _m(LOAD_FAILURES, ["count"], ["class"]),
