@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.endings import Terminated, exit_code_of
-from chaos.errors import ChaosError, ExpectationFailed, ScenarioError, UsageError
+from chaos.errors import ChaosError, ExpectationFailed, UsageError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
     from chaos.run import RunOptions
@@ -35,22 +35,24 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from chaos.faults.engine.schedule import overlap_warnings
+    """Every file, every problem: a missing file does not stop the others."""
+    from chaos.errors import Problem
     from chaos.scenario import loader
 
-    failed: list[ScenarioError] = []
+    failed: list[ChaosError] = []
     for name in args.files:
+        warnings: list[Problem] = []
         try:
-            scenario = loader.load(name)
-        except ScenarioError as exc:
+            scenario = loader.load(name, "warn" if args.other_host else "error", warnings)
+        except ChaosError as exc:
             failed.append(exc)
             continue
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
-        for warning in overlap_warnings(scenario.faults, scenario.duration):
-            out.print(Text.assemble(("warning: ", "bold yellow"), f"{name}: {warning}"))
+        for warning in warnings:
+            out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
     for exc in failed:
         print_error(exc)
-    return ScenarioError.exit_code if failed else 0
+    return max((exc.exit_code for exc in failed), default=0)
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -449,7 +451,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from chaos.agent.service import serve
 
     return serve(
-        args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
+        args.listen,
+        args.token_file,
+        args.allow,
+        args.lab,
+        args.tls_cert,
+        args.tls_key,
+        args.allow_type,
     )
 
 
@@ -542,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "check scenario files and report every problem")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--other-host",
+        action="store_true",
+        help="the scenario runs elsewhere: this host's kernel features and sysctls only warn",
+    )
     add("scenarios", cmd_scenarios, "list the built-in scenarios")
     add("schema", cmd_schema, "print the scenario JSON Schema (for editors)")
 
@@ -681,6 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TARGET",
         help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
+    )
+    p.add_argument(
+        "--allow-type",
+        action="append",
+        default=[],
+        metavar="TARGET=TYPE[,TYPE]",
+        help="only these fault types on TARGET (an --allow entry; repeat); default: all",
     )
     p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
     p.add_argument(

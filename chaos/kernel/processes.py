@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import re2
+
 from chaos.errors import ProcessStartError
 from chaos.kernel import netns
 from chaos.record import logcap
@@ -286,12 +288,44 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces ("" when gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+class CommandPattern:
+    """A regular expression over command lines that cannot backtrack catastrophically.
+
+    RE2 (``google-re2``) matches in time linear in the input, whatever the pattern, so a
+    pattern from a scenario or an agent's client (``origin:((/|\\.|[a-z])+)+\\x01``) costs
+    microseconds, not minutes. RE2 has no backreferences or lookaround: such a pattern is
+    refused with :class:`ValueError`."""
+
+    MAX_LENGTH = 256
+
+    def __init__(self, text: str) -> None:
+        if len(text) > self.MAX_LENGTH:
+            raise ValueError(f"longer than {self.MAX_LENGTH} characters")
+        options = re2.Options()
+        options.log_errors = False  # the error comes back as an exception, not on stderr
+        options.max_mem = 1 << 20
+        try:
+            self._compiled = re2.compile(text, options)
+        except re2.error as exc:
+            raise ValueError(_re2_message(exc)) from None
+        self.text = text
+
+    def search(self, line: str) -> bool:
+        return self._compiled.search(line) is not None
+
+
+def _re2_message(exc: Exception) -> str:
+    detail = exc.args[0] if exc.args else str(exc)
+    return detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
 
 
 @dataclass(frozen=True)
@@ -320,7 +354,7 @@ class Owner:
 
     def describe(self) -> str:
         """``pid 123 (chaos run smoke ...)``, for messages about whose something is."""
-        command = _cmdline(self.pid) if self.here() and self.alive() else ""
+        command = cmdline(self.pid) if self.here() and self.alive() else ""
         # paths as their last part: `python fault_controller.py ...`, `chaos run smoke`
         command = " ".join(word.rpartition("/")[2] or word for word in command.split())
         where = "" if self.here() else f" on {self.host}"

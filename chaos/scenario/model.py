@@ -13,6 +13,7 @@ expressions by :mod:`chaos.expect` (at load time).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Annotated, Literal
@@ -71,11 +72,12 @@ LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
-    for key in values:
-        if not key.startswith("net."):
-            raise ValueError(
-                f"{key!r} is not a per-namespace sysctl: only net.* keys can be set per namespace"
-            )
+    wrong = [key for key in values if not key.startswith("net.")]  # all of them at once
+    if wrong:
+        raise ValueError(
+            f"{', '.join(map(repr, wrong))} {'is' if len(wrong) == 1 else 'are'} not a "
+            "per-namespace sysctl: only net.* keys can be set per namespace"
+        )
     return values
 
 
@@ -157,6 +159,19 @@ GENERATED_ONLY = (
 )  # fmt: skip
 
 
+#: what the lab sets only on a proxy it starts itself (an external one is the user's)
+EXTERNAL_IGNORES = ("port", "mode", "sysctls", *GENERATED_ONLY)
+#: every lab address is in here (RFC 2544); load and faults never leave it
+LAB_NETWORK = "198.18.0.0/15"
+
+
+def _in_lab(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(LAB_NETWORK)
+    except ValueError:
+        return False
+
+
 class ProxySpec(Strict):
     """The proxy under test."""
 
@@ -223,6 +238,19 @@ class ProxySpec(Strict):
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
+            if not _in_lab(host):
+                raise ValueError(
+                    f"address {self.address!r} is off the lab: the load goes only to "
+                    f"{LAB_NETWORK} (your proxy listens on the host side of the client "
+                    "link, 198.18.1.1)"
+                )
+            ignored = sorted(set(EXTERNAL_IGNORES) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"kind: external runs your proxy as you configured it: "
+                    f"{', '.join(ignored)} would be ignored; remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
         else:
             for key in ("address", "process", "netns"):
                 if getattr(self, key) is not None:

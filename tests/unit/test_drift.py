@@ -21,6 +21,7 @@ def write_run(
     tick_growth_ms: float = 0.0,
     rate_fall: float = 0.0,
     p99_growth_ms: float = 0.0,
+    locust_only: bool = False,  # a run from before the per-second load series
 ) -> Path:
     rng = random.Random(7)
     path.mkdir()
@@ -37,13 +38,22 @@ def write_run(
         ns = (T0 + 2 + s) * 10**9
         rss = (60 + rss_growth_mib * f) * 2**20 + rng.randrange(0, 2**20)
         tick = 10 + tick_growth_ms * f + rng.uniform(-3, 3) + (80 if s % 97 == 0 else 0)
-        total += round((200 - rate_fall * f) * rng.uniform(0.95, 1.05))
+        started = round((200 - rate_fall * f) * rng.uniform(0.95, 1.05))
+        total += started
         p99 = 20 + p99_growth_ms * f + rng.uniform(-5, 5)
         lines += [
             f"controller,netns=host rss_bytes={int(rss)}i,threads=9i {ns}",
             f"collector_cost,collector=sampler duration_ms={tick:.3f} {ns}",
-            f"locust,name=connection,role=client requests={total}i,p99_ms={p99:.3f} {ns}",
         ]
+        if locust_only:
+            lines.append(
+                f"locust,name=connection,role=client requests={total}i,p99_ms={p99:.3f} {ns}"
+            )
+        else:
+            lines.append(
+                f"load,role=client started={started}i,completed={started}i,failed=0i,"
+                f"total_count={started}i,total_p99_us={int(p99 * 1000)}i {ns}"
+            )
     (path / "samples.lp").write_text("\n".join(lines) + "\n")
     return path
 
@@ -73,6 +83,12 @@ def test_each_kind_of_drift_fails_and_is_named(tmp_path: Path):
         assert drift["verdict"] == "FAIL", (key, drift)
         failed = [s["key"] for s in drift["series"] if not s["passed"]]
         assert failed == [key], (key, drift)
+
+
+def test_runs_without_the_load_series_fall_back_to_locust(tmp_path: Path):
+    assert drift_of(write_run(tmp_path / "flat", locust_only=True))["verdict"] == "PASS"
+    drift = drift_of(write_run(tmp_path / "falling", locust_only=True, rate_fall=60))
+    assert [s["key"] for s in drift["series"] if not s["passed"]] == ["achieved_rate"]
 
 
 def test_a_short_run_is_not_judged(tmp_path: Path):

@@ -70,7 +70,9 @@ def test_pipe_writer_outlives_an_interrupt(tmp_path: Path):
     assert writer.stdin is not None
     writer.stdin.write(b"before\n")
     writer.stdin.flush()
-    time.sleep(0.5)  # the handler is set once the module runs
+    deadline = time.monotonic() + 30  # copying starts once the handler is set
+    while not (path.exists() and path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     writer.send_signal(2)
     writer.stdin.write(b"after\n")
     writer.stdin.close()
