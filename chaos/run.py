@@ -39,6 +39,7 @@ from rich.text import Text
 
 from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
@@ -369,6 +370,8 @@ def sampling(
         # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
         collectors += locust_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
+        if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
+            collectors.append(generations)
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=samples.fire, controller=True
         ).start()
@@ -422,6 +425,26 @@ def process_collectors(state: LabState) -> list[Collector]:
             )
         )
     return made
+
+
+def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None:
+    """Reloads of the proxy (old workers draining, their sockets): the lab's proxy, found
+    again in the lab's state every tick (a restart fault records the new process), or an
+    external proxy the scenario names by pid or process name."""
+    if ref is None:
+        return None
+    if state.process("proxy") is not None:
+
+        def main_pid() -> int | None:
+            now = LabState.load(state.name)
+            record = now.process("proxy") if now is not None else None
+            return record.pid if record is not None and record.alive() else None
+
+        return ProxyGenerations(ref, main_pid, tags={"role": "proxy"})
+    if "pid" in state.proxy:
+        pid = int(state.proxy["pid"])  # type: ignore[call-overload]
+        return ProxyGenerations(ref, lambda: pid, tags={"role": "proxy"})
+    return None
 
 
 def external_proxy_netns(state: LabState) -> NetnsRef | None:

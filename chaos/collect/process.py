@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chaos.kernel.proctree import cgroup_pids
+from chaos.kernel.proctree import cgroup_pids, children
 from chaos.record.point import FieldValue, Sample, time_ns_of
 
 MEASUREMENT = "process"
@@ -37,27 +37,14 @@ def _stat(pid: int) -> tuple[float, int, int, int] | None:
     return (utime + stime) / _TICKS, int(rest[17]), int(rest[21]) * _PAGE, int(rest[1])
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
 class ProcessCpu:
     """``process`` points for one process tree (the pid and its children, one level), or for
     every process of a cgroup (``cgroup``: then ``pid`` is 0 and only labels the points).
 
     Fields: ``cpu_s`` (cumulative CPU seconds of the tree), ``cpu_pct`` (percent of one core
     since the previous sample), ``threads`` (threads of the tree), ``busy`` (``cpu_pct`` over
-    100 × the cores it could use: min(threads, CPUs) — 1.0 is saturated), ``rss_bytes``.
+    100 × the cores it could use: min(threads of its workers, or of the tree when it has no
+    children, CPUs) — 1.0 is saturated), ``rss_bytes``.
     """
 
     name = "process"
@@ -81,7 +68,7 @@ class ProcessCpu:
     def _pids(self) -> list[int]:
         if self.cgroup is not None:
             return cgroup_pids(self.cgroup)
-        return [self.pid, *_children(self.pid)] if _stat(self.pid) is not None else []
+        return [self.pid, *children(self.pid)] if _stat(self.pid) is not None else []
 
     def sample(self, now: float) -> list[Sample]:
         stats = [stat for pid in self._pids() if (stat := _stat(pid)) is not None]
@@ -90,6 +77,10 @@ class ProcessCpu:
         cpu = sum(stat[0] for stat in stats)
         threads = sum(stat[1] for stat in stats)
         rss = sum(stat[2] for stat in stats)
+        # the cores the tree can use are its workers' when it has any: a master (HAProxy -W,
+        # nginx, the origin's parent) sleeps while they serve
+        serving = sum(stat[1] for stat in stats[1:]) if self.cgroup is None else threads
+        serving = serving or threads
         fields: dict[str, FieldValue] = {
             "cpu_s": round(cpu, 3),
             "threads": threads,
@@ -98,7 +89,7 @@ class ProcessCpu:
         if self._last is not None and now > self._last[0]:
             pct = max(0.0, 100.0 * (cpu - self._last[1]) / (now - self._last[0]))
             fields["cpu_pct"] = round(pct, 2)
-            fields["busy"] = round(pct / (100.0 * min(threads, self._cpus)), 4)
+            fields["busy"] = round(pct / (100.0 * min(serving, self._cpus)), 4)
         self._last = (now, cpu)
         tags = {**self.tags, "netns": self.netns, "pid": str(self.pid)}
         if self.cgroup is not None:

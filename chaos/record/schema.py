@@ -32,6 +32,7 @@ __all__ = [
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
     "PROCESS",
+    "PROXY_GENERATIONS",
     "SOCKSTAT",
     "TCP_COUNTERS",
     "TCP_STATES",
@@ -57,6 +58,7 @@ CONTROLLER = "controller"
 PROCESS = "process"
 LOCUST = "locust"
 LOCUST_FAILURES = "locust_failures"
+PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 CHAOS_EVENT = "chaos_event"
@@ -195,6 +197,12 @@ MEASUREMENTS: dict[str, Measurement] = {
             [r"p\d+(_\d+)?_ms"],
         ),
         _m(LOCUST_FAILURES, ["count", "total"], ["class"]),
+        _m(
+            PROXY_GENERATIONS,
+            ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
+             "old_sockets"],
+            patterns=[rf"old_({'|'.join(SOCKET_STATES)}|other)"],
+        ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
         _m(

@@ -63,7 +63,6 @@ lab:
   client: {{addresses: 4}}
   proxy:
     kind: external
-    mode: tcp
     address: "198.18.1.1:{PORT}"
     process: {{pid: {user_proxy.pid}}}
 load: {{user: raw, users: 10}}
