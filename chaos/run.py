@@ -164,15 +164,15 @@ def run_scenario(
 
 
 class Ending:
-    """How a run ends, whatever ends it: the journal's ``run.end``, and for a stop signal or
-    Ctrl-C the report of what was gathered, then the interruption goes on to the CLI (exit
-    128 + signal).
+    """How a run ends, whatever ends it: the journal's ``run.end``, and when it ended early
+    (a stop signal, Ctrl-C, an error) the report of what was gathered; the interruption or
+    error then goes on to the CLI (exit 128 + signal, or the error's code).
 
     ``with signals_raise(), Ending(run) as ending:`` around the run; ``ending.done()`` when
     the body finished; ``with ending.teardown():`` around the cleanup in ``finally``, which a
     second signal cannot cut short (it is recorded and ends the run once cleanup is done).
     On success the caller concludes (summary, verdicts, report) inside the block; on an
-    interruption :meth:`__exit__` writes the summary and report of what was gathered.
+    early end :meth:`__exit__` writes the summary and report of what was gathered.
     """
 
     def __init__(self, run: RunDir) -> None:
@@ -204,21 +204,24 @@ class Ending:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, KeyboardInterrupt | Terminated):
             self.interrupted = exc
-        if self.interrupted is None:
+        failed = exc is not None and self.outcome == "error"  # not an error of conclude's
+        if self.interrupted is None and not failed:
             return
         if has_samples(self.run.path):  # the report of what was gathered before the end
             summary = {**summarize(self.run.path, None), "interrupted": True}
+            if self.interrupted is None:  # an error ended it
+                summary.update(interrupted=False, error=str(exc))
             self.run.files.summary.write_text(json.dumps(summary, indent=2))
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
-        if self.interrupted is not exc:
+        if self.interrupted is not None and self.interrupted is not exc:
             raise self.interrupted  # a signal during teardown after a finished body
 
 
 def has_samples(run_path: Path) -> bool:
     try:
-        return (run_path / "samples.lp").stat().st_size > 0
+        return RunFiles(run_path).samples.stat().st_size > 0
     except OSError:
         return False
 
@@ -280,8 +283,9 @@ EXIT_EXPECTATION_FAILED = 10
 def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
     if not scenario.expect:
         return []
-    points = read_points(run_path / "samples.lp")
-    timeline = Timeline.from_journal(read_journal(run_path / "journal.jsonl"))
+    files = RunFiles(run_path)
+    points = read_points(files.samples)
+    timeline = Timeline.from_journal(read_journal(files.journal_file))
     return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
 
 
@@ -410,7 +414,12 @@ def process_collectors(state: LabState) -> list[Collector]:
     proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
     from exhausted ports by it."""
     made: list[Collector] = [
-        ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
+        ProcessCpu(
+            record.pid,
+            netns=record.namespace or "host",
+            tags={"role": role},
+            follow=recorded_pid(state.name, role),  # a restart fault starts a new process
+        )
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
@@ -427,6 +436,17 @@ def process_collectors(state: LabState) -> list[Collector]:
     return made
 
 
+def recorded_pid(lab_name: str, role: str) -> Callable[[], int | None]:
+    """The live process the lab's state file records for ``role`` now (read when asked)."""
+
+    def pid() -> int | None:
+        now = LabState.load(lab_name)
+        record = now.process(role) if now is not None else None
+        return record.pid if record is not None and record.alive() else None
+
+    return pid
+
+
 def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None:
     """Reloads of the proxy (old workers draining, their sockets): the lab's proxy, found
     again in the lab's state every tick (a restart fault records the new process), or an
@@ -434,13 +454,7 @@ def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None
     if ref is None:
         return None
     if state.process("proxy") is not None:
-
-        def main_pid() -> int | None:
-            now = LabState.load(state.name)
-            record = now.process("proxy") if now is not None else None
-            return record.pid if record is not None and record.alive() else None
-
-        return ProxyGenerations(ref, main_pid, tags={"role": "proxy"})
+        return ProxyGenerations(ref, recorded_pid(state.name, "proxy"), tags={"role": "proxy"})
     if "pid" in state.proxy:
         pid = int(state.proxy["pid"])  # type: ignore[call-overload]
         return ProxyGenerations(ref, lambda: pid, tags={"role": "proxy"})
@@ -560,7 +574,7 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_path)}
     if result is not None:
         summary["load"] = result.as_dict()
-    stats = run_path / "origin-stats.json"
+    stats = RunFiles(run_path).origin_stats
     if stats.exists():
         summary["origin"] = json.loads(stats.read_text())
     proxy_log = run_path / "logs" / "proxy.log"
@@ -589,7 +603,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if sink:
         table.add_row("samples recorded", str(sink["recorded"]))
     if sink.get("influxdb"):
-        counts = ("written", "spooled", "replayed", "dropped", "left_in_spool")
+        counts = (
+            "written", "spooled", "replayed", "possibly_duplicated", "dropped", "left_in_spool"
+        )  # fmt: skip
         table.add_row(
             "InfluxDB points", ", ".join(f"{k.replace('_', ' ')} {sink[k]}" for k in counts)
         )

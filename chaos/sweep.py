@@ -51,6 +51,7 @@ from rich.text import Text
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
 from chaos.record.lineproto import Point, read_points
+from chaos.record.rundir import RunFiles
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.scenario.model import Scenario
@@ -290,7 +291,7 @@ def analyse(
             f"{run_path}/locust/rate.csv has no per-second rates: the steps cannot be judged",
             "see logs/locust-master.log: the load probably never started",
         )
-    points = read_points(run_path / "samples.lp")
+    points = read_points(RunFiles(run_path).samples)
     by_measurement: dict[str, list[Point]] = defaultdict(list)
     for p in points:
         by_measurement[p.measurement].append(p)
@@ -444,8 +445,9 @@ def print_sweep(console: Console, result: SweepResult) -> None:
 
 def record(run_path: Path, result: SweepResult) -> None:
     """``sweep.json`` in the run directory, and the verdict in ``summary.json``."""
-    (run_path / "sweep.json").write_text(json.dumps(result.as_dict(), indent=2))
-    summary_path = run_path / "summary.json"
+    files = RunFiles(run_path)
+    files.sweep.write_text(json.dumps(result.as_dict(), indent=2))
+    summary_path = files.summary
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["sweep"] = {
         "knee": result.knee,

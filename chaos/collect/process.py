@@ -15,6 +15,7 @@ lost from ``cpu_s``; ``cpu_pct`` is clamped at 0 rather than going negative then
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from chaos.kernel.proctree import cgroup_pids, children
@@ -57,7 +58,11 @@ class ProcessCpu:
         netns: str,
         tags: dict[str, str] | None = None,
         cgroup: str | None = None,
+        follow: Callable[[], int | None] | None = None,
     ) -> None:
+        """``follow``: asked for the pid again when ``pid`` is gone (a restarted proxy);
+        the CPU of the new process counts from its first sample."""
+        self.follow = follow
         self.pid = pid
         self.cgroup = cgroup
         self.netns = netns
@@ -68,6 +73,10 @@ class ProcessCpu:
     def _pids(self) -> list[int]:
         if self.cgroup is not None:
             return cgroup_pids(self.cgroup)
+        if _stat(self.pid) is None and self.follow is not None:
+            if (pid := self.follow()) is None or pid == self.pid:
+                return []
+            self.pid, self._last = pid, None
         return [self.pid, *children(self.pid)] if _stat(self.pid) is not None else []
 
     def sample(self, now: float) -> list[Sample]:

@@ -7,6 +7,7 @@ Layout (:class:`RunFiles` names each file; no other module spells a file name)::
     samples.lp           every point, InfluxDB line protocol (:mod:`.lineproto`)
     spool.lp             points InfluxDB has not taken yet
     summary.json         the load's totals and the verdicts (``chaos run``)
+    sweep.json           a capacity sweep's steps and verdict (``chaos sweep``)
     report.html, .json   the report (``chaos report``)
     logs/<process>.log   output of every process the run started
     proxy/               the proxy's generated configuration
@@ -44,6 +45,7 @@ class RunFiles:
     REPORT_HTML: ClassVar[str] = "report.html"
     REPORT_JSON: ClassVar[str] = "report.json"
     ORIGIN_STATS: ClassVar[str] = "origin-stats.json"
+    SWEEP: ClassVar[str] = "sweep.json"
 
     @property
     def scenario(self) -> Path:
@@ -76,6 +78,10 @@ class RunFiles:
     @property
     def origin_stats(self) -> Path:
         return self.path / self.ORIGIN_STATS
+
+    @property
+    def sweep(self) -> Path:
+        return self.path / self.SWEEP
 
 
 class RunDir:

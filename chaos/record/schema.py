@@ -209,8 +209,8 @@ MEASUREMENTS: dict[str, Measurement] = {
             CHAOS_EVENT,
             # the annotation's text, the guard's error, the sink's delivery figures; action, id,
             # kind and target were fields before they became tags, and the report reads both
-            ["title", "error", "recorded", "written", "spooled", "replayed", "dropped",
-             "left_in_spool", "outages", "action", "id", "kind", "target"],
+            ["title", "error", "recorded", "written", "spooled", "replayed", "possibly_duplicated",
+             "dropped", "left_in_spool", "outages", "action", "id", "kind", "target"],
             ["action", "id", "kind", "target"],
         ),
         _m(

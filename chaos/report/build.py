@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.collect.kernel import NOTABLE
+from chaos.record.rundir import RunFiles
 from chaos.record.schema import is_family_total
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
 from chaos.report.drift import judge as judge_drift
@@ -534,7 +535,7 @@ def sampler_summary(run: RunData) -> dict[str, Any]:
 def sweep_summary(run_path: Path) -> dict[str, Any] | None:
     """A capacity sweep's steps and verdict (``sweep.json``, written by ``chaos sweep``)."""
     try:
-        data = json.loads((run_path / "sweep.json").read_text())
+        data = json.loads(RunFiles(run_path).sweep.read_text())
     except (OSError, ValueError):
         return None
     keep = ("target", "achieved", "failures", "classes", "ports", "proxy_cpu", "origin_cpu",

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from chaos.collect.generations import ProxyGenerations
+from chaos.collect.process import ProcessCpu
 from chaos.errors import FaultError
 from chaos.faults.base import Target
 from chaos.faults.engine.schedule import check_offline
@@ -88,3 +89,17 @@ def test_generations_follow_a_reload_and_its_drain():
             os.kill(pid, signal.SIGKILL)
         master.kill()
         master.wait()
+
+
+def test_process_cpu_follows_a_restarted_process():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        cpu = ProcessCpu(gone.pid, netns="host", follow=lambda: live.pid)
+        (point,) = cpu.sample(time.time())
+        assert point.tags["pid"] == str(live.pid) and point.fields["threads"] == 1
+        assert ProcessCpu(gone.pid, netns="host").sample(time.time()) == []
+    finally:
+        live.kill()
+        live.wait()

@@ -130,3 +130,33 @@ def test_sink_without_influx_records_samples_and_annotations(tmp_path):
         'title="fault.revert stop on origin" '
     )
     assert (stats.recorded, stats.written, stats.influxdb) == (2, 0, None)
+
+
+def test_spool_counts_the_marked_lines_of_a_replayed_batch(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append(b"a 1\nb 2\n", 2)
+    spool.append(b"c 3\nd 4\ne 5\n", 3, maybe_stored=True)  # a write that timed out once sent
+    body, count, end = spool.read_batch(3)  # a, b, c
+    assert (count, spool.maybe_stored_lines(body)) == (3, 1)
+    spool.commit(end, count)
+    body, count, end = spool.read_batch(5)  # d, e
+    assert (count, spool.maybe_stored_lines(body)) == (2, 2)
+    spool.commit(end, count)
+    spool.append(b"f 6\n", 1)  # after the spool emptied: no mark left over
+    body, count, _ = spool.read_batch(5)
+    assert spool.maybe_stored_lines(body) == 0
+    spool.mark_maybe_stored(len(body))  # the replay itself timed out after sending
+    assert spool.maybe_stored_lines(body) == 1
+    spool.close()
+
+
+def test_only_a_failure_to_connect_is_known_unsent():
+    import urllib3
+
+    from chaos.sink.influx import _after_sending
+
+    refused = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    assert not _after_sending(urllib3.exceptions.MaxRetryError(None, "/", refused))  # type: ignore[arg-type]
+    timed_out = urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")  # type: ignore[arg-type]
+    assert _after_sending(timed_out)
+    assert _after_sending(ConnectionResetError(104, "Connection reset by peer"))
