@@ -8,7 +8,7 @@ exit path. Expectations are checked from ``samples.lp`` and the journal afterwar
 failure makes ``chaos run`` exit 10.
 
 While the load runs, a sampler takes the collectors of every role namespace
-(``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
+(``scenario.collectors``) and the per-second load series into the sink: ``samples.lp`` in the
 run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
 
 Teardown runs on every exit path: a normal end, an exception, Ctrl-C, and SIGTERM, SIGHUP
@@ -28,10 +28,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -42,25 +42,25 @@ from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
-from chaos.collect.locust_stats import LocustFailures, LocustHistory
-from chaos.collect.process import ProcessCpu
+from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
-from chaos.expect import Timeline, Verdict, evaluate
+from chaos.expect import Verdict, evaluate, run_timeline
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
-from chaos.hooks import EventHook
 from chaos.kernel import netns
 from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
-from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.runner import LoadResult, LocustRun
+from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
-from chaos.progress import Progress, live_progress
+from chaos.progress import Progress, live_progress, sink_tap
 from chaos.record import logcap
 from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
+from chaos.record.point import Sample
 from chaos.record.rundir import RunDir, RunFiles, chown_to_invoker
 from chaos.report import drift_failed, load_run, print_drift, write_report
 from chaos.report.drift import judge as judge_drift
@@ -110,8 +110,13 @@ def resolve(options: RunOptions) -> Scenario:
     return scenario.model_copy(update=updates) if updates else scenario
 
 
-#: asked about once a second during the load with the run directory; a reason ends it early
-StopCheck = Callable[[Path], str | None]
+class StopCheck(Protocol):
+    """Ends a run's load early: it sees every batch of samples on its way to the sink
+    (``observe``) and is asked once a second with the run directory; a reason ends it."""
+
+    def observe(self, samples: list[Sample]) -> None: ...
+
+    def __call__(self, run_path: Path) -> str | None: ...
 
 
 def run_scenario(
@@ -141,16 +146,15 @@ def run_scenario(
     with signals_raise(), Ending(run) as ending:
         try:
             sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
-            samples = EventHook("samples")  # the sampler fires; the sink, then progress, listen
-            samples.add_listener(sink.write)
             state = lab.up(scenario, name, run, tied=True)
             schedule = FaultSchedule(
                 scenario.faults, state, run.journal, annotate=sink.annotate
             )
             schedule.validate()  # every fault checked before the load starts
             with (
-                run_progress(options, scenario, samples, console, schedule),
-                sampling(scenario, state, run, samples),
+                run_progress(options, scenario, sink, console, schedule),
+                sink_tap(sink, stop_early.observe) if stop_early else nullcontext(),
+                sampling(scenario, state, run, sink),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
             ending.done()
@@ -285,7 +289,7 @@ def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
         return []
     files = RunFiles(run_path)
     points = read_points(files.samples)
-    timeline = Timeline.from_journal(read_journal(files.journal_file))
+    timeline = run_timeline(read_journal(files.journal_file), points)
     return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
 
 
@@ -324,11 +328,9 @@ def open_sink(
 
 
 @contextmanager
-def sampling(
-    scenario: Scenario, state: LabState, run: RunDir, samples: EventHook
-) -> Iterator[None]:
-    """Sample every role namespace and Locust's per-second stats into ``samples`` while the
-    body runs; one last tick after it (Locust writes its last rows when it exits). The
+def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> Iterator[None]:
+    """Sample every role namespace and the per-second load series into ``sink`` while the
+    body runs; one last tick after it (the master writes its last seconds when it exits). The
     collectors are closed on every path: they hold the lab's namespaces open."""
     from chaos.collect import peers_from_rules
     from chaos.lab.topology import Plan
@@ -371,18 +373,18 @@ def sampling(
                 for measurement, counter in LAB_COUNTERS.items()
                 if counter.role == role
             ]
-        # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
-        collectors += locust_collectors(run.path, state.namespaces["client"])
+        # the series file the Locust master of our locustfiles writes
+        collectors += load_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
         if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
             collectors.append(generations)
         sampler = Sampler(
-            collectors, interval=spec.interval, on_samples=samples.fire, controller=True
+            collectors, interval=spec.interval, on_samples=sink.write, controller=True
         ).start()
         run.journal.event("sampler.start", collectors=len(collectors), interval=spec.interval)
         yield
         sampler.stop()
-        samples.fire(sampler.tick())
+        sink.write(sampler.tick())
     finally:
         if sampler is not None:
             sampler.stop()
@@ -396,23 +398,19 @@ def sampling(
             opened.close()
 
 
-def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
-    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
-    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
-    history = run_path / "locust" / "locust_stats_history.csv"
-    failures = history.with_name(FAILURES_CSV)
-    return [
-        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
-        LocustHistory(history, netns=netns_label, tags={"role": "client"}),
-        LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
-    ]
+def load_collectors(run_path: Path, netns_label: str) -> list[Collector]:
+    """The per-second load series (``load``, ``load_failures``), tailed from the file the
+    Locust master of our locustfiles writes (``locust/load_series.jsonl``). Locust's own CSVs
+    stay in ``locust/`` as artefacts; nothing is computed from its rolling stats."""
+    return [LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"})]
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU and memory of the proxy and origin processes the lab started, and of an external
-    proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
-    from exhausted ports by it."""
+    """CPU and memory of the proxy and origin processes the lab started, of an external
+    proxy named by pid, process name or cgroup, of every Locust process in the client
+    namespace, and of the host: a capacity sweep tells a saturated proxy from exhausted
+    ports, and both from a saturated load generator or host, by them."""
+    client_ns = state.namespaces["client"]
     made: list[Collector] = [
         ProcessCpu(
             record.pid,
@@ -433,6 +431,10 @@ def process_collectors(state: LabState) -> list[Collector]:
                 cgroup=external.get("cgroup"),  # type: ignore[arg-type]
             )
         )
+    made.append(
+        LoadGeneratorCpu(netns.path_of(client_ns), netns=client_ns, tags={"role": "client"})
+    )
+    made.append(HostCpu())
     return made
 
 
@@ -474,11 +476,11 @@ def external_proxy_netns(state: LabState) -> NetnsRef | None:
 def run_progress(
     options: RunOptions,
     scenario: Scenario,
-    samples: EventHook,
+    sink: Sink,
     console: Console,
     schedule: FaultSchedule,
 ) -> AbstractContextManager[Progress]:
-    """Live progress, a listener of the run's ``samples`` hook beside the sink."""
+    """Live progress fed by the samples the sink gets; enter it before :func:`sampling`."""
     load = scenario.load
     progress = Progress(
         scenario.duration,
@@ -487,7 +489,7 @@ def run_progress(
         rate=load.rate,
         active_faults=lambda: len(schedule.active),
     )
-    return live_progress(samples, console, progress, enabled=options.progress)
+    return live_progress(sink, console, progress, enabled=options.progress)
 
 
 def drive_load(
@@ -519,7 +521,7 @@ def drive_load(
         run_dir=run.path,
         user_args=args,
         spawn=lambda argv, **kw: netns.popen(client_ns, argv, prepare=die_with_parent, **kw),
-        rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
+        rate_csv=True,  # per-second target and achieved rate: an artefact beside Locust's CSVs
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
     return load_with_faults(
@@ -574,6 +576,14 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_path)}
     if result is not None:
         summary["load"] = result.as_dict()
+        # Latency from the load series' histograms, in microseconds, over the seconds the
+        # load issued connections (Locust's own percentiles are whole milliseconds)
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            summary["load"].pop(key, None)
+        window = issuing_window(load_seconds(read_points(RunFiles(run_path).samples)))
+        if window is not None:
+            latency = window_latency_us(run_path, *window)
+            summary["load"].update({k: v for k, v in latency.items() if k != "count"})
     stats = RunFiles(run_path).origin_stats
     if stats.exists():
         summary["origin"] = json.loads(stats.read_text())
@@ -731,14 +741,14 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
 
 @contextmanager
 def remote_sampling(scenario: Scenario, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Locust's per-second stats into the sink (the hosts' collectors write the rest)."""
-    collectors = locust_collectors(run.path, "controller")
+    """The per-second load series into the sink (the hosts' collectors write the rest)."""
+    collectors = load_collectors(run.path, "controller")
     sampler = Sampler(collectors, interval=scenario.collectors.interval, on_samples=sink.write)
     sampler.start()
     try:
         yield
         sampler.stop()
-        sink.write(sampler.tick())  # Locust writes its last rows when it exits
+        sink.write(sampler.tick())  # the master writes its last seconds when it exits
     finally:
         sampler.stop()
         for collector in collectors:

@@ -22,12 +22,11 @@ __all__ = [
     "CONNTRACK",
     "CONTROLLER",
     "FAMILY_ALL",
+    "HOST_CPU",
     "LAB_ESCAPES",
     "LAB_RESETS",
     "LOAD",
     "LOAD_FAILURES",
-    "LOCUST",
-    "LOCUST_FAILURES",
     "MEASUREMENTS",
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
@@ -56,8 +55,7 @@ CONNTRACK = "conntrack"
 COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
-LOCUST = "locust"
-LOCUST_FAILURES = "locust_failures"
+HOST_CPU = "host_cpu"
 PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
@@ -188,15 +186,10 @@ MEASUREMENTS: dict[str, Measurement] = {
             ["collector"],
         ),
         _m(CONTROLLER, ["rss_bytes", "cpu_s", "cpu_pct", "threads", "fds"]),
-        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"], ["pid"]),
-        _m(
-            LOCUST,
-            ["users", "rps", "fails_per_s", "requests", "failures", "median_ms", "avg_ms",
-             "min_ms", "max_ms", "avg_bytes"],
-            ["name", "type"],
-            [r"p\d+(_\d+)?_ms"],
-        ),
-        _m(LOCUST_FAILURES, ["count", "total"], ["class"]),
+        # the proxy's and origin's trees, an external proxy's cgroup, the Locust processes
+        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
+           ["pid", "cgroup", "process"]),
+        _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
         _m(
             PROXY_GENERATIONS,
             ["workers", "old_workers", "generations", "draining_s", "last_drain_s",

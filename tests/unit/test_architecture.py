@@ -18,7 +18,7 @@ PACKAGE = ROOT / "chaos"
 
 #: lowest first; a module may import its own layer and those below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("chaos", "chaos.errors", "chaos.endings", "chaos.hooks")),
+    ("foundation", ("chaos", "chaos.errors", "chaos.endings")),
     # What crosses stages (points, names, run directory, capped logs): formats, no I/O policy.
     ("record", ("chaos.record",)),
     ("kernel", ("chaos.kernel",)),
