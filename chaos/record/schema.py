@@ -190,6 +190,7 @@ MEASUREMENTS: dict[str, Measurement] = {
         _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
            ["pid", "cgroup", "process"]),
         _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
+        # the proxy's reloads and restarts (chaos.collect.generations); old_<sock_diag state>
         _m(
             PROXY_GENERATIONS,
             ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
