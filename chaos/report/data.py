@@ -241,16 +241,17 @@ def _window(
 def _load_window(
     journal: list[dict[str, Any]], t0: float, load: LoadSeries
 ) -> tuple[float, float] | None:
-    """From the users' start (``load.ramp``, else ``load.start``) to where the load stopped
-    issuing connections (the load series; else the journal's ``load.end``): the window of
-    the means in report.json and of the "load start"/"load stop" marks, as in ``expect``."""
+    """The seconds in which the load issued connections (the load series; else the journal's
+    ``load.ramp`` or ``load.start`` to ``load.end``): the window of the means in report.json
+    and of the "load start"/"load stop" marks, the same as ``expect``'s."""
     window = _window(journal, "load.start", "load.end", t0)
     if window is None:
         return None
     ramp = _event(journal, "load.ramp")
     start = float(ramp["ts"]) - t0 if ramp else window[0]
-    stop = load.window[1] - t0 if load.window else window[1]
-    return (start, max(stop, start))
+    if load.window is None:
+        return (start, max(window[1], start))
+    return (max(start, load.window[0] - t0), load.window[1] - t0)
 
 
 def _run_id(path: Path, points: dict[str, list[Point]]) -> str:
