@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from chaos.load.seconds import issuing_window, load_seconds
+from chaos.record.schema import TCP_STATES, is_family_total
 from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
 
@@ -154,7 +155,7 @@ def run_timeline(journal: Iterable[Mapping[str, Any]], points: Iterable[Point]) 
 
 
 # Measurements that carry a family=all total beside per-family points: the total is the default.
-_FAMILY_TOTALS = {"tcp_states"}
+_FAMILY_TOTALS = {TCP_STATES}
 
 
 def series(
@@ -169,7 +170,7 @@ def series(
         tags = p.tags
         if role is not None and tags.get("role") != role:
             continue
-        if measurement in _FAMILY_TOTALS and "family" not in where and tags.get("family") != "all":
+        if measurement in _FAMILY_TOTALS and "family" not in where and not is_family_total(tags):
             continue
         if any(tags.get(k) != v for k, v in where.items()):
             continue
