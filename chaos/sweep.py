@@ -345,7 +345,7 @@ def _exhausted(step: Step) -> list[str]:
     """The system resource indicators that fired in this step, in :data:`RESOURCES` order;
     each needs evidence above its threshold."""
     out = []
-    if (step.ports or 0) >= PORTS_FULL or any(c in step.classes for c in PORT_CLASSES):
+    if (step.ports or 0) >= PORTS_FULL or _port_classes(step):
         out.append("ports")
     if step.tw_overflow > 0:
         out.append("time_wait_buckets")
@@ -382,11 +382,22 @@ def generator_saturated(step: Step) -> bool:
     return saturation(step) is not None
 
 
+def _port_classes(step: Step) -> list[str]:
+    """The failure classes of the step that mean "no local port": EADDRNOTAVAIL, and
+    SlowConnect (the kernel's port search) unless the generator's host was saturated, where
+    a slow connect is as likely a starved client."""
+    return [
+        c
+        for c in PORT_CLASSES
+        if c in step.classes and (c != "SlowConnect" or not generator_saturated(step))
+    ]
+
+
 def _evidence(resource: str, step: Step) -> str:
     at = f"at {step.target:g}/s"
     match resource:
         case "ports":
-            classes = [c for c in PORT_CLASSES if c in step.classes]
+            classes = _port_classes(step)
             util = f"port budget {step.ports or 0:.0%} used at the {step.ports_role}"
             return f"{util}{' and ' + ', '.join(classes) if classes else ''} {at}"
         case "time_wait_buckets":
