@@ -195,7 +195,7 @@ MEASUREMENTS: dict[str, Measurement] = {
             PROXY_GENERATIONS,
             ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
              "old_sockets"],
-            patterns=[rf"old_({'|'.join(SOCKET_STATES)})"],
+            patterns=[rf"old_({'|'.join(SOCKET_STATES)}|other)"],
         ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
