@@ -564,6 +564,11 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
     assert remote is not None
     influx = resolve_influx(scenario.sink.influxdb, options.influx)
     faults = remote_faults(scenario)
+    if remote.workers_from and not scenario.load.workers:
+        workers = count_workers(remote.workers_from, time.monotonic() + remote.wait)
+        scenario = scenario.model_copy(
+            update={"load": scenario.load.model_copy(update={"workers": workers})}
+        )
     run, label = open_run(options, scenario, remote=remote.target)
     console.print(
         f"run [bold]{label}[/] for {scenario.duration:g}s against {remote.target} "
@@ -640,8 +645,26 @@ def drive_remote_load(
     return load_with_faults(locust, schedule, run, wait=remote.wait, console=console)
 
 
+def count_workers(name: str, deadline: float) -> int:
+    """How many addresses ``name`` resolves to (compose's DNS answers a scaled service's name
+    with one address per replica); waits until it resolves."""
+    while True:
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            return len({info[4][0] for info in infos})
+        except socket.gaierror as exc:
+            if time.monotonic() > deadline:
+                raise ChaosError(
+                    f"remote.workers_from: {name!r} does not resolve ({exc.strerror})",
+                    "start the workers first (compose: the controller depends on `worker`), "
+                    "or give remote.workers",
+                ) from None
+        time.sleep(0.5)
+
+
 def remote_workers(scenario: Scenario) -> int:
-    """How many workers join: ``chaos run --workers`` (load.workers), else remote.workers."""
+    """How many workers join: ``chaos run --workers`` or the count of remote.workers_from
+    (load.workers), else remote.workers."""
     assert scenario.remote is not None
     return scenario.load.workers or scenario.remote.workers
 

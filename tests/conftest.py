@@ -1,8 +1,10 @@
 """Test-session guards.
 
 ``machine_stays_clean`` snapshots the host before the session and fails the run if anything
-the tests made survives them: network namespaces, host links, host qdiscs, host nft tables,
-stopped processes, or child processes of the test runner.
+the tests made survives them: network namespaces, host links (bridges included), host qdiscs,
+host nft tables, stopped processes, child processes of the test runner, forwarding sysctls,
+and a Docker engine's leftovers (its processes, overlay and nsfs mounts, the files dockerd
+writes outside its own directories, and the containers and networks of a system engine).
 
 Root tests (``tests/root``) need real namespaces. Without root they are skipped with a
 visible reason, except under CI (``CI=true``), where a missing root is a failure.
@@ -69,6 +71,71 @@ def _children() -> set[tuple[int, str]]:
     return out
 
 
+#: what a Docker engine run with default flags changes on the host, and leaves changed
+FORWARDING_SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/forwarding",
+    "net/ipv6/conf/all/forwarding",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+)
+ENGINE_PROCESSES = ("dockerd", "containerd", "docker-proxy", "runc")
+ENGINE_PATHS = ("/etc/docker/key.json", "/run/docker", "/var/run/docker.sock", "/var/lib/docker",
+                "/run/containerd", "/var/lib/containerd")  # fmt: skip
+SYSTEM_ENGINE = "/run/docker.sock"
+
+
+def _sysctls() -> set[str]:
+    values = set()
+    for key in FORWARDING_SYSCTLS:
+        try:
+            values.add(f"{key.replace('/', '.')}={Path('/proc/sys', key).read_text().strip()}")
+        except OSError:
+            continue  # br_netfilter not loaded: no such key
+    return values
+
+
+def _engine_processes() -> set[tuple[int, str]]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "name"]):
+        name = proc.info["name"] or ""
+        if name in ENGINE_PROCESSES or name.startswith("containerd-shim"):
+            found.add((proc.info["pid"], name))
+    return found
+
+
+def _engine_mounts() -> set[str]:
+    """overlay and nsfs mounts (containers' root filesystems, their namespaces' bind mounts)
+    and anything mounted under a docker or containerd directory."""
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point, fstype = fields[4], fields[fields.index("-") + 1]
+        if point.startswith("/run/netns/"):
+            continue  # `ip netns` names: the network namespaces check covers them
+        if fstype in ("overlay", "nsfs") or "docker" in point or "containerd" in point:
+            found.add(f"{fstype} {point}")
+    return found
+
+
+def _engine_paths() -> set[str]:
+    return {path for path in ENGINE_PATHS if os.path.lexists(path)}
+
+
+def _system_engine_objects() -> set[str]:
+    """Containers and networks of the host's own Docker engine, when one answers."""
+    docker = shutil.which("docker")
+    if docker is None or not os.path.exists(SYSTEM_ENGINE):
+        return set()
+    env = {**os.environ, "DOCKER_HOST": f"unix://{SYSTEM_ENGINE}"}
+    found = set()
+    for kind, argv in (("container", ["ps", "-aq"]), ("network", ["network", "ls", "-q"])):
+        proc = subprocess.run([docker, *argv], capture_output=True, text=True, env=env,
+                              timeout=30)  # fmt: skip
+        found |= {f"{kind} {ident}" for ident in proc.stdout.split()}
+    return found
+
+
 def snapshot() -> dict[str, set]:
     return {
         "network namespaces": _namespaces(),
@@ -76,6 +143,11 @@ def snapshot() -> dict[str, set]:
         "host qdiscs": _host_qdiscs(),
         "host nft tables": _host_nft_tables(),
         "stopped processes": _stopped_processes(),
+        "forwarding sysctls": _sysctls(),
+        "container engine processes": _engine_processes(),
+        "container mounts": _engine_mounts(),
+        "container engine files": _engine_paths(),
+        "system engine containers and networks": _system_engine_objects(),
     }
 
 

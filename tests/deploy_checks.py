@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "chaos.json"
 SERVICES = {
-    "influxdb", "grafana", "origin", "haproxy", "proxy-agent", "origin-agent",
+    "influxdb", "grafana", "origin", "proxy", "haproxy", "proxy-agent", "origin-agent",
     "proxy-collector", "origin-collector", "controller", "worker",
 }  # fmt: skip
 

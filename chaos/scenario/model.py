@@ -427,6 +427,13 @@ class RemoteSpec(Strict):
     workers: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=1, description="Locust workers that join the run's master (other processes)"
     )
+    workers_from: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="a host name with one address per worker (compose's service name, e.g. "
+        "`worker`): the run waits for as many workers as it resolves to, so `docker compose "
+        "up --scale worker=N` needs no other change; replaces `workers`",
+    )
     master_bind: HostPort = Field(
         default="0.0.0.0:5557", description="where the Locust master listens for workers"
     )

@@ -35,7 +35,7 @@ def test_compose_file_is_valid_and_complete() -> None:
     config = compose_config()
     services = config["services"]
     assert set(services) == SERVICES
-    for role, owner in (("proxy", "haproxy"), ("origin", "origin")):
+    for role, owner in (("proxy", "proxy"), ("origin", "origin")):
         for kind in ("agent", "collector"):
             service = services[f"{role}-{kind}"]
             assert service["network_mode"] == f"service:{owner}"
@@ -46,9 +46,23 @@ def test_compose_file_is_valid_and_complete() -> None:
     assert set(services["proxy-agent"]["cap_add"]) == {"NET_ADMIN"}
     assert set(services["origin-agent"]["cap_add"]) == {"NET_ADMIN", "KILL", "SYS_PTRACE"}
     # the rest runs unprivileged
-    for name in ("origin", "haproxy", "controller", "worker"):
+    for name in ("origin", "proxy", "haproxy", "controller", "worker"):
         assert services[name]["user"] == "chaos"
         assert "cap_add" not in services[name]
+    # HAProxy joins the proxy's namespaces like its sidecars: its restart leaves them alone
+    assert services["haproxy"]["network_mode"] == "service:proxy"
+    assert services["haproxy"]["pid"] == "service:proxy"
+    # whoever owns a PID namespace runs under an init: no program of ours is PID 1
+    owners = [n for n, svc in services.items() if "pid" not in svc and n != "grafana"]
+    assert sorted(n for n in owners if services[n].get("init")) == sorted(
+        n for n in owners if services[n].get("image", "").startswith("chaos")
+    )
+    # published ports bind loopback unless BIND_ADDRESS opts in
+    for name in ("influxdb", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    # `--scale worker=N` alone: the controller counts the workers, which start first
+    assert "--workers" not in services["controller"]["command"]
+    assert "worker" in services["controller"]["depends_on"]
     # `--scale worker=N` needs a worker without a fixed name or published port
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     influx_env = services["influxdb"]["environment"]
@@ -73,7 +87,11 @@ def test_compose_scenario_is_valid_and_remote() -> None:
     scenario = loader.load(str(DEPLOY / "scenarios" / "compose.yaml"))
     assert scenario.remote is not None
     targets = [spec.target for spec in remote_faults(scenario)]
-    assert targets == ["http://haproxy:7700/proxy", "http://origin:7700/origin:chaos[.]lab[.]origin"]
+    assert targets == [
+        "http://proxy:7700/proxy",
+        "http://origin:7700/origin:^python -m chaos[.]lab[.]origin",
+    ]
+    assert scenario.remote.workers_from == "worker"
 
 
 def test_haproxy_config_is_what_the_lab_renders() -> None:
