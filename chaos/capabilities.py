@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from chaos.errors import CapabilityError
-from chaos.lab import netns
+from chaos.kernel import netns
 from chaos.lab.proxies import PROXIES
 
 TC_H_ROOT = 0xFFFFFFFF  # the root qdisc's parent handle
@@ -51,7 +51,7 @@ def _unique(prefix: str) -> str:
 
 
 @contextmanager
-def _probe_namespace() -> Iterator[str | None]:
+def probe_namespace() -> Iterator[str | None]:
     """A throw-away namespace, or None (this one, in place) without CAP_SYS_ADMIN."""
     if not may_create_namespaces():
         yield None
@@ -174,7 +174,7 @@ def probe_all() -> list[Check]:
     ]
     if root:
         try:
-            with _probe_namespace() as ns:
+            with probe_namespace() as ns:
                 if ns is not None:
                     checks.append(Check("netns", True, "network namespaces and veth"))
                 else:
@@ -220,7 +220,7 @@ def require(features: set[str]) -> None:
     features = features - _present
     if not features:
         return
-    with _probe_namespace() as ns:
+    with probe_namespace() as ns:
         checks = [FEATURES[f](ns) for f in sorted(features)]
     _present.update(f for f, check in zip(sorted(features), checks, strict=True) if check.ok)
     failed = [check for check in checks if not check.ok]

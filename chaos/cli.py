@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
+from chaos.endings import Terminated, exit_code_of
+from chaos.errors import ChaosError, ExpectationFailed, UsageError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
     from chaos.run import RunOptions
@@ -34,19 +35,24 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every file, every problem: a missing file does not stop the others."""
+    from chaos.errors import Problem
     from chaos.scenario import loader
 
-    failed: list[ScenarioError] = []
+    failed: list[ChaosError] = []
     for name in args.files:
+        warnings: list[Problem] = []
         try:
-            scenario = loader.load(name)
-        except ScenarioError as exc:
+            scenario = loader.load(name, "warn" if args.other_host else "error", warnings)
+        except ChaosError as exc:
             failed.append(exc)
             continue
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
+        for warning in warnings:
+            out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
     for exc in failed:
         print_error(exc)
-    return ScenarioError.exit_code if failed else 0
+    return max((exc.exit_code for exc in failed), default=0)
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -69,17 +75,52 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags of `chaos run` and `chaos sweep`, checked before anything is read or built."""
+    from chaos.scenario.model import parse_duration, valid_lab_name
+
+    if args.name is not None:
+        try:
+            valid_lab_name(args.name)
+        except ValueError as exc:
+            raise UsageError(f"--name {args.name!r}: {exc}", "e.g. --name soak1") from None
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise UsageError(
+            f"--workers {args.workers}: Locust needs 1 to 256 worker processes",
+            "e.g. --workers 2, or leave it out for one per core",
+        )
+    if args.variant is not None and not args.variant.strip():
+        raise UsageError("--variant needs a variant's name", "leave --variant out for the base")
+    duration = getattr(args, "duration", None)
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration {duration!r}: {exc}", "e.g. 30s, 10m or 1h") from None
+        if seconds <= 0:
+            raise UsageError(f"--duration {duration!r}: must be longer than 0", "e.g. 30s")
+    rate = getattr(args, "rate", None)
+    if rate is not None and not (rate > 0 and rate < float("inf")):
+        raise UsageError(f"--rate {rate:g}: new connections/s must be above 0", "e.g. --rate 200")
+    users = getattr(args, "users", None)
+    if users is not None and not 1 <= users <= 100000:
+        raise UsageError(f"--users {users}: must be 1 to 100000", "e.g. --users 20")
+
+
 def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
-    """RunOptions from the flags `chaos run` and `chaos sweep` share."""
+    """RunOptions from the flags `chaos run` and `chaos sweep` share (checked first)."""
     from chaos.run import RunOptions
     from chaos.sink import InfluxFlags
 
+    _check_run_flags(args)
     fields: dict[str, object] = dict(
         scenario=args.scenario,
         runs_root=Path(args.runs_dir),
         lab_name=args.name,
         workers=args.workers,
         variant=args.variant,
+        proxy_config=args.proxy_config,
+        proxy_kind=args.proxy_kind,
         report=not args.no_report,
         progress=not args.no_progress,
         influx=InfluxFlags(
@@ -95,7 +136,8 @@ def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
 def cmd_run(args: argparse.Namespace) -> int:
     from chaos.run import run_scenario
 
-    return run_scenario(_run_options(args, duration=args.duration), out)
+    options = _run_options(args, duration=args.duration, rate=args.rate, users=args.users)
+    return run_scenario(options, out)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -137,14 +179,16 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
-    from chaos.rundir import RunDir
+    from chaos.record.rundir import RunDir
     from chaos.scenario import loader
 
     scenario = loader.load(args.scenario)
+    if args.proxy_config:
+        scenario = loader.with_proxy_config(scenario, args.proxy_config, args.proxy_kind)
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     try:
         state = lab.up(scenario, name, run)
     finally:
@@ -160,11 +204,37 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab_proxy_config(args: argparse.Namespace) -> int:
+    from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
+    from chaos.scenario import loader
+
+    scenario = loader.load(args.scenario)
+    spec = scenario.lab.proxy
+    if args.kind:
+        spec = spec.model_copy(update={"kind": args.kind})
+    if spec.kind not in PROXIES:
+        raise ChaosError(
+            f"the scenario's proxy is kind {spec.kind}: the lab generates no configuration for it",
+            "give --kind haproxy, nginx or caddy",
+        )
+    # the placeholders stay unfilled: this is the starting point for a user's own file
+    proxy = proxy_for(spec, Endpoints("", 0, "", 0), Path("."))
+    sys.stdout.write(proxy.example())
+    return 0
+
+
 def cmd_lab_down(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
 
     names = topology.list_labs() if args.all else [args.name]
     for name in names:
+        owner = topology.running_owner(name) if args.all and not args.force else None
+        if owner is not None:
+            out.print(
+                f"lab [bold]{name}[/]: left alone, its owner {owner.describe()} is running "
+                "(--force to remove it anyway)"
+            )
+            continue
         removed = lab.down(name)
         if removed:
             out.print(f"lab [bold]{name}[/]: removed {len(removed)} items")
@@ -268,7 +338,7 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
 
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.ledger import Ledger
 
     ledger = Ledger()
     entries, bad = ledger.entries()
@@ -282,7 +352,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
         table = Table(*columns, box=None, pad_edge=False)
         for e in entries:
             since = datetime.fromtimestamp(e.since).strftime("%H:%M:%S")
-            owner = f"{e.owner_pid} " + ("(running)" if e.owner_alive() else "[yellow](gone)[/]")
+            state = "(running)" if e.owner_alive() else "[yellow](gone)[/]"
+            where = "" if e.owner.here() else f"@{e.owner.host}"
+            owner = f"{e.owner.pid}{where} {state}"
             namespace = str(e.handle.data.get("netns") or "-")
             table.add_row(
                 e.handle.id,
@@ -301,11 +373,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faults_types(args: argparse.Namespace) -> int:
-    from chaos.faults.base import REGISTRY, fault_type
+    from chaos.faults.registry import fault_types
 
-    fault_type("stop")  # fills the registry
-    for kind in sorted(REGISTRY):
-        cls = REGISTRY[kind]
+    for kind, cls in sorted(fault_types().items()):
         notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
         if not cls.reversible:
             notes.append("irreversible")
@@ -339,8 +409,8 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.guard import revert_handle
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.guard import revert_recorded
+    from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
         raise NotRootError(
@@ -355,13 +425,19 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     failed = len(bad)
     for e in entries:  # newest first: the reverse of the order they were applied in
         label = f"{e.handle.id} {e.handle.kind} on {e.handle.target}"
+        if e.owner_alive() and not args.force:
+            out.print(
+                Text.assemble(("left ", "yellow"), label, f": owner {e.owner.describe()} is "
+                              "running (--force reverts it)"),
+                soft_wrap=True,
+            )  # fmt: skip
+            continue
         try:
-            revert_handle(e.handle)
+            revert_recorded(ledger, e.handle)
         except (FaultError, ChaosError) as exc:
             failed += 1
             err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
             continue
-        ledger.remove(e.handle.id)
         out.print(Text.assemble(("reverted ", "green"), label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
@@ -372,10 +448,16 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from chaos.faults.agent import serve
+    from chaos.agent.service import serve
 
     return serve(
-        args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
+        args.listen,
+        args.token_file,
+        args.allow,
+        args.lab,
+        args.tls_cert,
+        args.tls_key,
+        args.allow_type,
     )
 
 
@@ -383,11 +465,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from chaos.report import print_summary, write_report
+    from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
     print_summary(out, report)
-    failed = report.summary["verdict"] == "FAIL"
+    failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 
 
@@ -433,6 +515,22 @@ def add_influx_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_proxy_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy-config",
+        default=None,
+        metavar="FILE",
+        help="run the lab's proxy with your own configuration file (see README, "
+        "'Test your own proxy')",
+    )
+    p.add_argument(
+        "--proxy-kind",
+        choices=("haproxy", "nginx", "caddy"),
+        default=None,
+        help="the proxy --proxy-config is for (default: told from the file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaos",
@@ -452,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "check scenario files and report every problem")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--other-host",
+        action="store_true",
+        help="the scenario runs elsewhere: this host's kernel features and sysctls only warn",
+    )
     add("scenarios", cmd_scenarios, "list the built-in scenarios")
     add("schema", cmd_schema, "print the scenario JSON Schema (for editors)")
 
@@ -464,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in name or YAML file (default: smoke)",
     )
     p.add_argument("--duration", type=str, default=None, help="override, e.g. 30s or 1h")
+    p.add_argument(
+        "--rate", type=float, default=None, help="override load.rate: new connections/s"
+    )
+    p.add_argument("--users", type=int, default=None, help="override load.users")
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
@@ -474,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no live progress line (off a terminal: a compact line every 10 s)",
     )
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("sweep", cmd_sweep, "step the connection rate up: the knee and what ran out first")
@@ -497,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("push", cmd_push, "send a run's samples (samples.lp) to InfluxDB")
@@ -515,9 +624,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
     p.add_argument("--name", default=None, help="lab name (default: from the scenario, or 'lab')")
     p.add_argument("--runs-dir", default="runs")
+    add_proxy_config_flags(p)
+    p = add(
+        "proxy-config",
+        cmd_lab_proxy_config,
+        "print the proxy configuration the lab generates for a scenario, placeholders "
+        "unfilled: the starting point for your own (--proxy-config)",
+        lab_sub,
+    )
+    p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
+    p.add_argument("--kind", choices=("haproxy", "nginx", "caddy"), default=None)
     p = add("down", cmd_lab_down, "remove a lab and everything it made", lab_sub)
     p.add_argument("name", nargs="?", default="lab")
-    p.add_argument("--all", action="store_true", help="remove every lab")
+    p.add_argument(
+        "--all", action="store_true", help="remove every lab whose owner is gone"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --all: also the labs of running owners"
+    )
     p = add("status", cmd_lab_status, "show namespaces, addresses and processes", lab_sub)
     p.add_argument("name", nargs="?", default=None)
 
@@ -550,7 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("types", cmd_faults_types, "every fault type with its parameters", faults_sub)
     p.add_argument("--verbose", "-v", action="store_true", help="with each family's summary")
-    add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p = add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also revert the faults of owners still running (a live run or agent)",
+    )
 
     p = add("agent", cmd_agent, "serve the fault types over HTTP for a remote controller")
     p.add_argument(
@@ -566,6 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
     )
+    p.add_argument(
+        "--allow-type",
+        action="append",
+        default=[],
+        metavar="TARGET=TYPE[,TYPE]",
+        help="only these fault types on TARGET (an --allow entry; repeat); default: all",
+    )
     p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
     p.add_argument(
         "--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate"
@@ -575,7 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")
     p.add_argument(
-        "--check", action="store_true", help="exit 10 when an expectation of the run failed"
+        "--check",
+        action="store_true",
+        help="exit 10 when an expectation of the run failed, or its drift verdict did",
     )
     p = add("compare", cmd_compare, "show two runs' signatures side by side")
     p.add_argument("run_a", metavar="RUN_A")
@@ -595,9 +733,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChaosError as exc:
         print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        err.print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}")
+        return exit_code_of(exc)
 
 
 if __name__ == "__main__":

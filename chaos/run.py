@@ -11,8 +11,11 @@ While the load runs, a sampler takes the collectors of every role namespace
 (``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
 run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
 
-Teardown runs on every exit path: a normal end, an exception, Ctrl-C and SIGTERM (turned
-into :class:`Terminated` so ``finally`` blocks run).
+Teardown runs on every exit path: a normal end, an exception, Ctrl-C, and SIGTERM, SIGHUP
+or SIGQUIT (turned into :class:`~chaos.endings.Terminated` so ``finally`` blocks run; the
+exit code is then 128 + the signal). The lab's processes and Locust die with the controller
+even after a SIGKILL (``PR_SET_PDEATHSIG``); `chaos lab down` and `chaos revert-all` sweep
+what the kernel cannot (namespaces, faults).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,48 +37,33 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
+from chaos.collect.load_series import LoadSeries
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
+from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
-from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
-from chaos.faults.schedule import FaultSchedule
-from chaos.faults.targets import is_agent_url
-from chaos.lab import lab, netns, proxies
+from chaos.faults.engine.schedule import FaultSchedule
+from chaos.faults.engine.targets import is_agent_url
+from chaos.kernel import netns
+from chaos.kernel.processes import die_with_parent
+from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress
-from chaos.report import write_report
-from chaos.rundir import RunDir, chown_to_invoker, read_journal
+from chaos.record import logcap
+from chaos.record.lineproto import read_points
+from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
+from chaos.report import drift_failed, load_run, print_drift, write_report
+from chaos.report.drift import judge as judge_drift
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
-from chaos.sink.lineproto import read_points
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        # pyroute2 forks helper children (no exec) and stops them with SIGTERM; they inherit
-        # this handler and must just exit, not run the run's cleanup a second time.
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -87,22 +75,35 @@ class RunOptions:
     workers: int | None = None
     influx: InfluxFlags = field(default_factory=InfluxFlags)
     variant: str | None = None
+    rate: float | None = None  # overrides load.rate (new connections/s)
+    users: int | None = None  # overrides load.users
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
+    proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
+    proxy_kind: str | None = None
 
 
 def resolve(options: RunOptions) -> Scenario:
     scenario = loader.load(options.scenario)
     if options.variant:
         scenario = loader.with_variant(scenario, options.variant)
+    if options.proxy_config:
+        scenario = loader.with_proxy_config(scenario, options.proxy_config, options.proxy_kind)
     updates: dict[str, Any] = {}
     if options.duration:
         try:
             updates["duration"] = parse_duration(options.duration)
         except ValueError as exc:
             raise ChaosError(f"--duration {options.duration!r}: {exc}") from None
-    if options.workers:
-        updates["load"] = scenario.load.model_copy(update={"workers": options.workers})
+    load_updates = {
+        key: value
+        for key, value in (
+            ("workers", options.workers), ("rate", options.rate), ("users", options.users)
+        )
+        if value is not None
+    }
+    if load_updates:
+        updates["load"] = scenario.load.model_copy(update=load_updates)
     return scenario.model_copy(update=updates) if updates else scenario
 
 
@@ -132,12 +133,12 @@ def run_scenario(
         f"run directory {run.path}"
     )
     result: LoadResult | None = None
-    outcome = "error"
     sink: Sink | None = None
-    try:
-        with sigterm_raises():
+    sink_stats: SinkStats | None = None
+    with signals_raise(), Ending(run) as ending:
+        try:
             sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
-            state = lab.up(scenario, name, run)
+            state = lab.up(scenario, name, run, tied=True)
             schedule = FaultSchedule(
                 scenario.faults, state, run.journal, annotate=sink.annotate
             )
@@ -147,26 +148,81 @@ def run_scenario(
                 sampling(scenario, state, run, sink),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
-            outcome = "done"
-    except (KeyboardInterrupt, Terminated):
-        outcome = "interrupted"
-        raise KeyboardInterrupt from None
-    finally:
-        removed = lab.down(name)
-        run.journal.event("lab.down", lab=name, removed=len(removed))
-        sink_stats = sink.close() if sink is not None else None  # journals sink.stats
-        run.journal.event("run.end", outcome=outcome)
-        run.close()
-        chown_to_invoker(run.path)
-    code = conclude(options, scenario, run.path, result, sink_stats, console)
+            ending.done()
+        finally:
+            with ending.teardown():
+                removed = lab.down(name)
+                run.journal.event("lab.down", lab=name, removed=len(removed))
+                sink_stats = sink.close() if sink is not None else None  # journals sink.stats
+        code = conclude(options, scenario, run.path, result, sink_stats, console)
     return on_done(run.path, code) if on_done else code
+
+
+class Ending:
+    """How a run ends, whatever ends it: the journal's ``run.end``, and for a stop signal or
+    Ctrl-C the report of what was gathered, then the interruption goes on to the CLI (exit
+    128 + signal).
+
+    ``with signals_raise(), Ending(run) as ending:`` around the run; ``ending.done()`` when
+    the body finished; ``with ending.teardown():`` around the cleanup in ``finally``, which a
+    second signal cannot cut short (it is recorded and ends the run once cleanup is done).
+    On success the caller concludes (summary, verdicts, report) inside the block; on an
+    interruption :meth:`__exit__` writes the summary and report of what was gathered.
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.outcome = "error"
+        self.interrupted: BaseException | None = None
+
+    def __enter__(self) -> Ending:
+        return self
+
+    def done(self) -> None:
+        self.outcome = "done"
+
+    @contextmanager
+    def teardown(self) -> Iterator[None]:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt | Terminated):
+            self.outcome = "interrupted"  # called from a finally: the interruption is on its way
+        with held_signals() as late:
+            try:
+                yield
+            finally:
+                if late and self.outcome == "done":
+                    self.outcome = "interrupted"
+                    self.interrupted = ending_for(late[0])
+                self.run.journal.event("run.end", outcome=self.outcome)
+                self.run.close()
+                chown_to_invoker(self.run.path)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, KeyboardInterrupt | Terminated):
+            self.interrupted = exc
+        if self.interrupted is None:
+            return
+        if has_samples(self.run.path):  # the report of what was gathered before the end
+            summary = {**summarize(self.run.path, None), "interrupted": True}
+            (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            with suppress(ChaosError):  # the run's ending stands without its report
+                write_report(self.run.path)
+            chown_to_invoker(self.run.path)
+        if self.interrupted is not exc:
+            raise self.interrupted  # a signal during teardown after a finished body
+
+
+def has_samples(run_path: Path) -> bool:
+    try:
+        return (run_path / "samples.lp").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[RunDir, str]:
     """The run directory, with the resolved scenario and the journal's run.start."""
     label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
     run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     run.journal.event(
         "run.start",
         scenario=scenario.name,
@@ -194,14 +250,23 @@ def conclude(
     (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
-    if options.report:
-        try:
+    drift: dict[str, Any] | None = None
+    try:
+        if options.report:
             report = write_report(run_path)
+            drift = report.summary["drift"]
             console.print(f"report: {report.html_path}")
-        except ChaosError as exc:  # the run's verdict stands without its report
-            console.print(Text(f"no report: {exc.message}", "yellow"))
+        else:
+            drift = judge_drift(load_run(run_path)).as_dict()
+    except ChaosError as exc:  # the run's verdict stands without its report
+        console.print(Text(f"no report: {exc.message}", "yellow"))
+    if drift is not None:
+        print_drift(console, drift)
+        summary["drift"] = drift
+        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
-    return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
+    failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
+    return EXIT_EXPECTATION_FAILED if failed else 0
 
 
 EXIT_EXPECTATION_FAILED = 10
@@ -270,6 +335,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 refs[role] = NetnsRef.host()
             elif role in state.namespaces:
                 refs[role] = NetnsRef.named(state.namespaces[role])
+            elif role == "proxy" and (external := external_proxy_netns(state)) is not None:
+                refs[role] = external
             else:
                 return None
         return refs[role]
@@ -317,24 +384,48 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
 
 
 def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """Locust's per-second stats and failures, tailed from the files LocustRun writes
-    (--csv <run>/locust/locust --csv-full-history, and our locustfiles' --failures-csv)."""
+    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
+    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
+    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
     history = run_path / "locust" / "locust_stats_history.csv"
     failures = history.with_name(FAILURES_CSV)
     return [
+        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
         LocustHistory(history, netns=netns_label, tags={"role": "client"}),
         LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
     ]
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU of the proxy and origin processes the lab started (none for an external proxy):
-    a capacity sweep tells a saturated proxy from exhausted ports by it."""
-    return [
+    """CPU and memory of the proxy and origin processes the lab started, and of an external
+    proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
+    from exhausted ports by it."""
+    made: list[Collector] = [
         ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
+    external = state.proxy
+    if "pid" in external or "cgroup" in external:
+        made.append(
+            ProcessCpu(
+                int(external.get("pid", 0)),  # type: ignore[call-overload]
+                netns=str(external.get("netns", "host")),
+                tags={"role": "proxy"},
+                cgroup=external.get("cgroup"),  # type: ignore[arg-type]
+            )
+        )
+    return made
+
+
+def external_proxy_netns(state: LabState) -> NetnsRef | None:
+    """The external proxy's network namespace, where the user named it (``lab.proxy.netns``,
+    else the namespace of ``lab.proxy.process.pid``): its sockets are sampled as role proxy."""
+    if "netns" in state.proxy:
+        return NetnsRef.named(str(state.proxy["netns"]))
+    if "pid" in state.proxy:
+        return NetnsRef.of_pid(int(state.proxy["pid"]))  # type: ignore[call-overload]
+    return None
 
 
 def run_progress(
@@ -384,7 +475,7 @@ def drive_load(
         workers=workers,
         run_dir=run.path,
         user_args=args,
-        spawn=lambda argv, **kw: netns.popen(client_ns, argv, **kw),
+        spawn=lambda argv, **kw: netns.popen(client_ns, argv, prepare=die_with_parent, **kw),
         rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
@@ -446,6 +537,8 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     proxy_log = run_path / "logs" / "proxy.log"
     if proxy_log.exists():
         summary["proxy_logged"] = len(proxies.parse_log(proxy_log))
+        if rotated := logcap.rotated_away(proxy_log):  # lab.log_cap deleted the oldest lines
+            summary["proxy_log_parts_deleted"] = rotated
     return summary
 
 
@@ -576,11 +669,10 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
         f"run directory {run.path}"
     )
     result: LoadResult | None = None
-    outcome = "error"
     sink: Sink | None = None
     sink_stats: SinkStats | None = None
-    try:
-        with sigterm_raises():
+    with signals_raise(), Ending(run) as ending:
+        try:
             wait_ready(remote, faults, influx, console)
             sink = open_sink(scenario, run, influx, console)
             # Remote faults never touch a local namespace: an empty lab state suffices.
@@ -590,16 +682,11 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
             schedule.validate()  # every agent checks its faults before the load starts
             with remote_sampling(scenario, run, sink):
                 result = drive_remote_load(scenario, run, console, schedule)
-            outcome = "done"
-    except (KeyboardInterrupt, Terminated):
-        outcome = "interrupted"
-        raise KeyboardInterrupt from None
-    finally:
-        sink_stats = sink.close() if sink is not None else None
-        run.journal.event("run.end", outcome=outcome)
-        run.close()
-        chown_to_invoker(run.path)
-    return conclude(options, scenario, run.path, result, sink_stats, console)
+            ending.done()
+        finally:
+            with ending.teardown():
+                sink_stats = sink.close() if sink is not None else None
+        return conclude(options, scenario, run.path, result, sink_stats, console)
 
 
 @contextmanager

@@ -37,6 +37,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+from session_token import TOKEN
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "tests" / "engine"
 CACHE = Path(os.environ.get("CHAOS_TEST_CACHE", "/var/cache/chaos-tests"))
@@ -85,7 +87,7 @@ class Engine:
     """An isolated dockerd; ``with Engine() as engine:`` always stops and cleans it."""
 
     def __init__(self) -> None:
-        tag = f"chaos-engine-{os.getpid()}"
+        tag = f"chaos-engine-{TOKEN}"  # the session guard (conftest.py) counts what has it
         # exec-root holds containerd's socket (a short path: sun_path has 108 bytes)
         self.exec_root = Path("/run") / tag
         self.data_root = Path("/var/tmp") / tag

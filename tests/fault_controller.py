@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 import time
 
-from chaos.faults.base import Target, fault_type
-from chaos.faults.guard import FaultGuard
+from chaos.faults.base import Target
+from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.registry import fault_type
 
 
 def main(namespace: str, pid: int) -> None:

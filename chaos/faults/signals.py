@@ -1,7 +1,7 @@
 """Signals to the lab's processes: ``stop`` (SIGSTOP for the window, SIGCONT at revert) and
 ``kill`` (SIGKILL; irreversible).
 
-The processes are the target's (see :mod:`chaos.faults.targets`): a role's recorded
+The processes are the target's (see :mod:`chaos.faults.engine.targets`): a role's recorded
 processes, ``workers``, ``ROLE:PATTERN`` (command lines matched when the fault is prepared)
 or ``pid:N``. With ``children`` (the default), their descendants are signalled too: the
 origin and nginx serve from forked workers, and stopping only the parent would stop nothing.
@@ -11,13 +11,16 @@ time no longer matches belongs to another program now and is never signalled. Af
 signal the state is checked in ``/proc``: ``T`` after SIGSTOP, not ``T`` after SIGCONT, gone
 (or a zombie) after SIGKILL; a process that does not get there in ``settle`` seconds is a
 FaultError. Revert continues only processes that were not already stopped before the fault.
+
+Stops are reference-counted per process (pid and start time), across processes through the
+ledger: a stop that ends while another still holds the process leaves it stopped, and a
+stop that began on a process another had stopped inherits the state from before the first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -25,9 +28,9 @@ from typing import Any
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
-from chaos.lab import netns
-from chaos.lab.processes import start_time, state_of
+from chaos.faults.base import Fault, Handle, Params
+from chaos.kernel import netns
+from chaos.kernel.processes import CommandPattern, cmdline, start_time, state_of
 
 GONE = (None, "Z")
 
@@ -37,14 +40,6 @@ class SignalParams(Params):
     settle: float = Field(
         default=2.0, gt=0, le=30, description="seconds to wait for the process state to change"
     )
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _parents() -> dict[int, int]:
@@ -99,8 +94,8 @@ class _SignalFault(Fault):
 
     def _matching(self) -> list[int]:
         assert self.target.netns is not None and self.target.pattern is not None
-        pattern = re.compile(self.target.pattern)
-        return [p for p in netns.pids_in(self.target.netns) if pattern.search(_cmdline(p))]
+        pattern = CommandPattern(self.target.pattern)  # checked when the target resolved
+        return [p for p in netns.pids_in(self.target.netns) if pattern.search(cmdline(p))]
 
     def _refuse_init(self, pids: list[int]) -> None:
         """PID 1 of our PID namespace (a container's main process, when the agent shares its
@@ -108,7 +103,7 @@ class _SignalFault(Fault):
         it from inside, so the fault would do nothing (or, on the host, everything)."""
         if 1 in pids:
             raise FaultError(
-                f"fault {self.kind} on {self.target.name}: process 1 ({_cmdline(1)[:80]!r}) "
+                f"fault {self.kind} on {self.target.name}: process 1 ({cmdline(1)[:80]!r}) "
                 "is the init of its PID namespace, which ignores SIGSTOP and SIGKILL sent "
                 "from inside it",
                 "run the program under an init (compose: `init: true`, docker run --init) "
@@ -148,7 +143,6 @@ class _SignalFault(Fault):
         return True
 
 
-@register
 class Stop(_SignalFault):
     kind = "stop"
     params_model = SignalParams
@@ -165,13 +159,31 @@ class Stop(_SignalFault):
                     "is it being traced? `cat /proc/PID/status`",
                 )
 
+    stacks = True
+
+    @classmethod
+    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
+        return {"the processes"}
+
+    def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
+        for record in handle.data["processes"]:
+            older = _holding(record, holders)
+            if older:
+                record["state"] = older[0]["state"]  # the state before the first stop
+
     @classmethod
     def revert(cls, handle: Handle) -> None:
+        cls.revert_stacked(handle, [])
+
+    @classmethod
+    def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
         settle = handle.data["settle"]
         stuck = []
         for record in reversed(handle.data["processes"]):
             if record["state"] == "T":
                 continue  # it was stopped before the fault: leave it as found
+            if _holding(record, holders):
+                continue  # another stop still holds it
             if state_of(record["pid"]) != "T" or not cls._signal(record, signal.SIGCONT):
                 continue
             state = _wait_state(record["pid"], record["started"], _running_or_gone, settle)
@@ -184,7 +196,6 @@ class Stop(_SignalFault):
             )
 
 
-@register
 class Kill(_SignalFault):
     kind = "kill"
     params_model = SignalParams
@@ -207,6 +218,14 @@ class Kill(_SignalFault):
     @classmethod
     def revert(cls, handle: Handle) -> None:
         """A killed process cannot be brought back; nothing to do, harmlessly."""
+
+
+def _holding(record: dict[str, Any], holders: list[Handle]) -> list[dict[str, Any]]:
+    """The records of ``holders`` (oldest first) for the same process as ``record``."""
+    same = (record["pid"], record["started"])
+    return [
+        r for h in holders for r in h.data["processes"] if (r["pid"], r["started"]) == same
+    ]
 
 
 def _stopped_or_gone(state: str | None) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from chaos.collect.kernel import NOTABLE
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
+from chaos.report.drift import judge as judge_drift
 from chaos.report.svg import PALETTE, Band, Chart, Line, fmt_percent
 
 SCHEMA_VERSION = 1
@@ -560,6 +561,7 @@ def summarise(run: RunData, plots: list[Plot]) -> dict[str, Any]:
         "load_window_s": [round(t, 3) for t in run.load_window] if run.load_window else None,
         "verdict": result,
         "expectations": expectations,
+        "drift": judge_drift(run).as_dict(),
         "faults": [_fault_json(f) for f in run.faults],
         "sweep": sweep_summary(run.path),
         "load": load_summary(run),

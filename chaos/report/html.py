@@ -208,6 +208,28 @@ def _expectations(summary: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _drift(drift: dict[str, Any]) -> str:
+    """The soak verdict: each series' fitted change over the judged window and its limit."""
+    verdict = drift["verdict"]
+    cls = "ok" if verdict == "PASS" else "bad"
+    start, end = drift["window_s"]
+    rows = [
+        (
+            escape(s["label"]),
+            escape(f"{_num(s['level'])} {s['unit']}"),
+            escape(f"{s['change']:+.2f} {s['unit']}"),
+            escape(f"{'+' if s['worse'] > 0 else '-'}{_num(s['limit'])} {s['unit']}"),
+            "<span class='ok'>pass</span>" if s["passed"] else "<span class='bad'>FAIL</span>",
+        )
+        for s in drift["series"]
+    ]
+    header = ("series", "level (median)", "fitted change", "limit", "result")
+    return (
+        f"<p class='sub'><span class='{cls}'>{escape(verdict)}</span> over {start:.0f}–{end:.0f} s"
+        f" of the run: {escape(drift['reason'])}</p>" + _table(header, rows)
+    )
+
+
 def _expected(result: dict[str, Any]) -> str:
     """``>= 0.9 * rate (= 360)``: the expression and the number it came to."""
     op, value = result.get("op", ""), str(result.get("value", ""))
@@ -278,6 +300,8 @@ def _tables(summary: dict[str, Any]) -> str:
 def render_page(summary: dict[str, Any], plots: list[Plot]) -> str:
     body = [_header(summary), "<h2>Faults</h2>", _faults(summary)]
     body += ["<h2>Expectations</h2>", _expectations(summary)]
+    if summary.get("drift", {}).get("verdict") != "not judged":
+        body += ["<h2>Drift over the run</h2>", _drift(summary["drift"])]
     if summary.get("sweep"):
         body += ["<h2>Capacity sweep</h2>", _sweep(summary["sweep"])]
     for section, title in SECTIONS.items():

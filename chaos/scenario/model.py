@@ -6,13 +6,14 @@ Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``
 
 Later features extend this tree by adding fields with defaults, so existing scenario files
 stay valid. Fault types, ``params`` and timing are checked per fault type by
-:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.schedule.
+:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.engine.schedule.
 check_offline`), their targets once the lab exists (before the load starts); expectation
 expressions by :mod:`chaos.expect` (at load time).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Annotated, Literal
@@ -21,11 +22,16 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from chaos.load import contract
+from chaos.scenario.expression import check_expression, uses_baseline
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -51,7 +57,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlValue = int | str | list[int]
 
 
-def _lab_name(value: str) -> str:
+def valid_lab_name(value: str) -> str:
     # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
     # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
@@ -62,15 +68,16 @@ def _lab_name(value: str) -> str:
     return value
 
 
-LabName = Annotated[str, AfterValidator(_lab_name)]
+LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
-    for key in values:
-        if not key.startswith("net."):
-            raise ValueError(
-                f"{key!r} is not a per-namespace sysctl: only net.* keys can be set per namespace"
-            )
+    wrong = [key for key in values if not key.startswith("net.")]  # all of them at once
+    if wrong:
+        raise ValueError(
+            f"{', '.join(map(repr, wrong))} {'is' if len(wrong) == 1 else 'are'} not a "
+            "per-namespace sysctl: only net.* keys can be set per namespace"
+        )
     return values
 
 
@@ -122,14 +129,76 @@ class ProxyTimeouts(Strict):
     http_keep_alive: Duration = 10.0
 
 
+class ProxyProcess(Strict):
+    """Which processes are an external proxy, for its CPU and memory: exactly one of them."""
+
+    pid: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="the proxy's main pid (its children are counted with it)"
+    )
+    name: str | None = Field(
+        default=None,
+        description="process name (comm, e.g. haproxy); must match one process tree",
+    )
+    cgroup: str | None = Field(
+        default=None,
+        description="a cgroup v2 path, e.g. /system.slice/haproxy.service (all its processes)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProxyProcess:
+        given = [k for k in ("pid", "name", "cgroup") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pid, name or cgroup")
+        return self
+
+
+#: the ProxySpec keys a user's own configuration replaces (lab.proxy.config)
+GENERATED_ONLY = (
+    "maxconn", "upstream", "threads", "timeouts", "defer_accept", "transparent", "linger_zero",
+    "keepalive",
+)  # fmt: skip
+
+
+#: what the lab sets only on a proxy it starts itself (an external one is the user's)
+EXTERNAL_IGNORES = ("port", "mode", "sysctls", *GENERATED_ONLY)
+#: every lab address is in here (RFC 2544); load and faults never leave it
+LAB_NETWORK = "198.18.0.0/15"
+
+
+def _in_lab(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(LAB_NETWORK)
+    except ValueError:
+        return False
+
+
 class ProxySpec(Strict):
     """The proxy under test."""
 
-    kind: Literal["haproxy", "nginx", "external"] = "haproxy"
+    kind: Literal["haproxy", "nginx", "caddy", "external"] = "haproxy"
     mode: Literal["tcp", "http"] = "http"
     port: Port = 8080
+    config: str | None = Field(
+        default=None,
+        description=(
+            "your own configuration file for kind haproxy, nginx or caddy (a path, relative "
+            "to the scenario file), used as is except for the placeholders {{ listen }} and "
+            "{{ origin }}, which the lab fills; the knobs below are then yours to set in it"
+        ),
+    )
     address: str | None = Field(
         default=None, description="host:port of an external proxy (kind: external only)"
+    )
+    process: ProxyProcess | None = Field(
+        default=None,
+        description="kind external: the proxy's processes, to measure their CPU and memory",
+    )
+    netns: str | None = Field(
+        default=None,
+        description=(
+            "kind external: the named network namespace (ip netns) the proxy runs in, to "
+            "sample its sockets; default: the namespace of process.pid, if given"
+        ),
     )
     maxconn: Annotated[int, Field(ge=1)] = 8000
     upstream: Literal["close", "keep-alive"] = Field(
@@ -169,8 +238,43 @@ class ProxySpec(Strict):
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
-        elif self.address:
-            raise ValueError("address is only for kind: external")
+            if not _in_lab(host):
+                raise ValueError(
+                    f"address {self.address!r} is off the lab: the load goes only to "
+                    f"{LAB_NETWORK} (your proxy listens on the host side of the client "
+                    "link, 198.18.1.1)"
+                )
+            ignored = sorted(set(EXTERNAL_IGNORES) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"kind: external runs your proxy as you configured it: "
+                    f"{', '.join(ignored)} would be ignored; remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
+        else:
+            for key in ("address", "process", "netns"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is only for kind: external")
+        if self.config is not None:
+            if self.kind == "external":
+                raise ValueError("config is for the lab's own proxy: kind haproxy, nginx or caddy")
+            ignored = sorted(set(GENERATED_ONLY) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"with config, your file sets what {', '.join(ignored)} would: remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
+        if self.kind == "caddy":
+            if self.mode == "tcp":
+                raise ValueError(
+                    "Caddy 2.6 (Debian) proxies HTTP only: its TCP proxy (layer4) is a plugin; "
+                    "use mode http, or kind haproxy/nginx for tcp"
+                )
+            for option in ("defer_accept", "linger_zero", "transparent"):
+                if getattr(self, option):
+                    raise ValueError(f"Caddy has no {option}: use kind haproxy")
+            if self.keepalive.enabled:
+                raise ValueError("Caddy's TCP keepalive is not set by the lab: use kind haproxy")
         if self.transparent and self.kind != "haproxy":
             raise ValueError("transparent needs kind haproxy (usesrc client)")
         if self.kind == "nginx" and self.mode == "tcp":
@@ -237,15 +341,31 @@ class LabSpec(Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     origin: OriginSpec = Field(default_factory=OriginSpec)
+    log_cap: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description=(
+            "bytes each per-connection log (the proxy's, the origin's access log) may use on "
+            "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
+        ),
+    )
 
 
 # --- load --------------------------------------------------------------------------------
 
 
+# One definition of the modes: the load contract (the locustfiles' choices).
+TeardownMode = Literal[contract.TEARDOWN_MODES]  # type: ignore[valid-type]
+RateMode = Literal[contract.RATE_MODES]  # type: ignore[valid-type]
+
+
 class LoadSpec(Strict):
     """Locust load from the client namespace (see locustfiles/)."""
 
-    user: Literal["raw", "http"] = "raw"
+    user: Literal[contract.USER_KINDS] = Field(  # type: ignore[valid-type]
+        default="raw",
+        description="raw: RawTcpUser (every field below); http: HttpLoadUser (FastHttpUser: "
+        "rate, rate_mode, rate_steps, step_duration, connect_timeout, source addresses)",
+    )
     users: Annotated[int, Field(ge=1, le=100000)] = 20
     spawn_rate: Annotated[float, Field(gt=0)] = 100.0
     workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
@@ -254,25 +374,42 @@ class LoadSpec(Strict):
     rate: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="target new connections per second; unset: as fast as possible"
     )
-    rate_mode: Literal["per-user", "shared"] = "per-user"
+    rate_mode: RateMode = contract.default("rate_mode")  # type: ignore[assignment]
     rate_steps: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
-    step_duration: Duration = 10.0
-    teardown: Literal[
-        "client-close",
-        "wait-server-fin",
-        "half-close",
-        "abort",
-        "hold-after-fin",
-        "idle-before-send",
-        "slow-reader",
-    ] = "wait-server-fin"
+    step_duration: Duration = contract.default("step_seconds")  # type: ignore[assignment]
+    teardown: TeardownMode = contract.default("teardown")  # type: ignore[assignment]
     hold: Duration = Field(default=0.0, description="hold-after-fin: seconds held after FIN")
     idle_before_send: Duration = 0.0
     rcvbuf: Annotated[int, Field(ge=256)] | None = None
     read_rate: Annotated[int, Field(ge=0)] = 0
     keepalive: Keepalive = Field(default_factory=Keepalive)
-    connect_timeout: Duration = 5.0
-    slow_connect: Duration = Field(default=0.2, description="connects slower than this are slow")
+    connect_timeout: Duration = contract.default("connect_timeout")  # type: ignore[assignment]
+    slow_connect: Duration = Field(
+        default=float(contract.default("slow_connect_ms")) / 1000,  # type: ignore[arg-type]
+        description="a connect slower than this fails its connection as SlowConnect",
+    )
+
+    @field_validator(*contract.SCENARIO_FIELDS, mode="after")
+    @classmethod
+    def _honoured(cls, value: object, info: ValidationInfo) -> object:
+        """A field set in the file that the chosen user would silently ignore is an error
+        (at the field's own line). Runs for the fields the file sets; ``user`` comes first."""
+        user = info.data.get("user", contract.RAW)
+        name = info.field_name or ""
+        if contract.honoured_by(name, user):
+            return value
+        field = cls.model_fields[name]
+        unchanged = (
+            contract.HTTP_TEARDOWN
+            if name == "teardown"
+            else field.get_default(call_default_factory=True)
+        )
+        if value == unchanged:
+            return value
+        raise ValueError(
+            f"user: {user} does not honour {name} (only user: raw does); remove it or use "
+            "user: raw"
+        )
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> LoadSpec:
@@ -369,8 +506,6 @@ class Expectation(Strict):
     @classmethod
     def _expression(cls, value: float | str) -> float | str:
         if isinstance(value, str):
-            from chaos.expect import check_expression
-
             check_expression(value)
         return value
 
@@ -514,8 +649,6 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _expectations_have_phases(self) -> Scenario:
-        from chaos.expect import uses_baseline
-
         for i, exp in enumerate(self.expect):
             if exp.when != "end" and not self.faults:
                 raise ValueError(

@@ -42,6 +42,7 @@ from docker_engine import (
     load_stand_ins,
     why_unavailable,
 )
+from session_token import TOKEN
 
 WORKERS = 2
 DURATION = 16  # seconds of load; the scenario's faults sit at 5-10 s and 12-15 s
@@ -150,9 +151,9 @@ def test_compose_stack_runs_the_demo_on_a_docker_engine(engine: Engine, tmp_path
     load_stand_ins(engine)
     timings["images cached"] = time.monotonic() - t
     influx_port = free_port()
-    stack = Stack(engine, app, f"chaosengine{os.getpid()}", {
+    stack = Stack(engine, app, f"chaosengine{TOKEN}", {
         "CHAOS_DURATION": f"{DURATION}s", "INFLUXDB_PORT": str(influx_port),
-        "COLLECT_INTERVAL": "1s",
+        "COLLECT_INTERVAL": "1s", "CHAOS_TEST_BRIDGE": f"chbr-{TOKEN}",
     })  # fmt: skip
     stack.compose("config", "-q")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.collect.base import Sample
 from chaos.errors import ScenarioError
-from chaos.expect import Timeline, check_expression, evaluate, evaluate_expression
+from chaos.expect import Timeline, evaluate
+from chaos.record.point import Sample
+from chaos.scenario.expression import check_expression, evaluate_expression
 from chaos.scenario.loader import parse
 from chaos.scenario.model import Scenario
 

@@ -8,23 +8,24 @@ Target forms::
                                         found when the fault is prepared (they start with
                                         the load, after the schedule was validated)
     ROLE:PATTERN                        the role's namespace; processes whose command line
-                                        matches the regular expression PATTERN
+                                        matches the regular expression PATTERN (RE2
+                                        syntax: linear time, no backreferences)
     pid:N                               process N, which must live in one of the lab's
                                         namespaces (never the host's)
 
 Agent URLs (``http://HOST:PORT/TARGET``) name a target on a remote agent: the schedule
-hands them to :mod:`chaos.faults.remote` (see :func:`is_agent_url`); ``resolve`` refuses
+hands them to :mod:`chaos.agent.client` (see :func:`is_agent_url`); ``resolve`` refuses
 them. The agent itself resolves ``TARGET`` with ``resolve`` against its allow-list.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 from chaos.errors import FaultError
 from chaos.faults.base import Target
-from chaos.lab import netns, processes
+from chaos.kernel import netns, processes
+from chaos.kernel.processes import CommandPattern
 from chaos.lab.topology import LabState
 
 #: A Locust worker's command line (see chaos.load.runner.LocustRun.worker_argv).
@@ -88,7 +89,7 @@ def resolve(target: str, state: LabState) -> Target:
     if is_agent_url(text):
         raise FaultError(
             f"fault target {text!r}: an agent URL is for remote agents, not the local lab",
-            "agent targets are applied through chaos.faults.remote (the fault schedule does)",
+            "agent targets are applied through chaos.agent.client (the fault schedule does)",
         )
     if text in state.namespaces:
         return _role_target(text, text, state, None)
@@ -107,8 +108,8 @@ def resolve(target: str, state: LabState) -> Target:
         return Target(text, namespace, links_of(namespace), (pid,))
     if sep and kind in state.namespaces:
         try:
-            re.compile(rest)
-        except re.error as exc:
+            CommandPattern(rest)
+        except ValueError as exc:
             raise _unknown(text, state, f"invalid pattern {rest!r}: {exc}") from None
         if not rest:
             raise _unknown(text, state, "empty pattern")
