@@ -123,9 +123,9 @@ def _engine_processes() -> set[tuple[int, str]]:
     found = set()
     for proc in psutil.process_iter(["pid", "name"]):
         name = proc.info["name"] or ""
-        if name in ENGINE_PROCESSES or name.startswith("containerd-shim"):
-            if _started_by_this_session(proc):
-                found.add((proc.info["pid"], name))
+        engine = name in ENGINE_PROCESSES or name.startswith("containerd-shim")
+        if engine and _started_by_this_session(proc):
+            found.add((proc.info["pid"], name))
     return found
 
 
