@@ -44,6 +44,7 @@ CONDITIONAL = {
     ("tcp_teardown", "close_wait_oldest_s"),
     ("tcp_teardown", "fin_wait1_oldest_s"),
     ("port_budget_summary", "min_seconds_left"),
+    ("load_failures", "count"),
 }
 
 
