@@ -108,7 +108,7 @@ class _SignalFault(Fault):
                 "from inside it",
                 "run the program under an init (compose: `init: true`, docker run --init) "
                 "and aim at the program, not the init: anchor ROLE:PATTERN, e.g. "
-                "'origin:^python -m chaos[.]lab[.]origin'",
+                "'origin:^\\S*python3? -m chaos[.]lab[.]origin'",
             )
 
     def _select(self) -> list[int]:

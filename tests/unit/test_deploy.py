@@ -91,7 +91,7 @@ def test_compose_scenario_is_valid_and_remote() -> None:
     targets = [spec.target for spec in remote_faults(scenario)]
     assert targets == [
         "http://proxy:7700/proxy",
-        "http://origin:7700/origin:^python -m chaos[.]lab[.]origin",
+        "http://origin:7700/origin:^\\S*python3? -m chaos[.]lab[.]origin",
     ]
     assert scenario.remote.workers_from == "worker"
 
