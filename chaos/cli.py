@@ -144,15 +144,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from chaos.scenario.model import parse_duration
     from chaos.sweep import SweepOptions, parse_rates, run_sweep
 
-    rates = parse_rates(args.rates, args.rate_from, args.rate_to, args.rate_step)
-    try:
-        step_duration = parse_duration(args.step_duration)
-    except ValueError as exc:
-        raise ChaosError(f"--step-duration {args.step_duration!r}: {exc}", "e.g. 20s") from None
+    ranged = (args.rate_from, args.rate_to, args.rate_step)
+    rates = None  # the scenario's sweep.rates
+    if args.rates or any(v is not None for v in ranged):
+        rates = parse_rates(args.rates, *ranged)
+    durations: dict[str, float | None] = {}
+    for flag, text, example in (("--step-duration", args.step_duration, "20s"),
+                                ("--max-p99", args.max_p99, "50ms")):  # fmt: skip
+        try:
+            durations[flag] = None if text is None else parse_duration(text)
+        except ValueError as exc:
+            raise ChaosError(f"{flag} {text!r}: {exc}", f"e.g. {example}") from None
     if args.extra_steps < 0:
         raise ChaosError(f"--extra-steps {args.extra_steps}: must be 0 or more", "e.g. 1")
     extra = None if args.all_steps else args.extra_steps
-    return run_sweep(SweepOptions(_run_options(args), rates, step_duration, extra), out)
+    options = SweepOptions(
+        _run_options(args), rates, durations["--step-duration"], extra, durations["--max-p99"]
+    )
+    return run_sweep(options, out)
 
 
 # --- push --------------------------------------------------------------------------------
@@ -590,7 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="rate_from", type=float, default=None, metavar="R0")
     p.add_argument("--to", dest="rate_to", type=float, default=None, metavar="R1")
     p.add_argument("--step", dest="rate_step", type=float, default=None, metavar="S")
-    p.add_argument("--step-duration", default="20s", help="seconds per rate step (default 20s)")
+    p.add_argument(
+        "--step-duration",
+        default=None,
+        help="seconds per rate step (default: the scenario's sweep.step_duration, else 20s)",
+    )
+    p.add_argument(
+        "--max-p99",
+        default=None,
+        metavar="DURATION",
+        help="a step breaks when its p99 (connect to close) is above this, e.g. 50ms",
+    )
     p.add_argument(
         "--extra-steps",
         type=int,

@@ -2,14 +2,25 @@
 
 A scenario's ``expect:`` clauses gate a release: ``chaos run`` exits 10 when any fails.
 
-Phases (``when``), from the journal's fault events:
+Phases (``when``), from the journal's fault events and the load series:
 
 * ``baseline``: from the start of the load to the first fault's apply (or only the last
   ``within`` seconds of it);
-* ``during``: inside the fault windows (apply → revert); with ``fault: N`` only that fault's;
-* ``after``: from the (last) revert to the end of the run, or only ``within`` seconds of it
+* ``during``: inside the fault windows (apply → revert), cut at the load's stop; with
+  ``fault: N`` only that fault's;
+* ``after``: from the (last) revert to the load's stop, or only ``within`` seconds of it
   — "CLOSE_WAIT returns to baseline within 30 s" is ``when: after, within: 30s, agg: last``;
-* ``end``: the whole load phase.
+* ``end``: the whole load phase, start to stop.
+
+The load *starts* at the journal's ``load.ramp`` (the users started; ``load.start`` when the
+workers never joined) and *stops* where it stopped issuing new connections: the end of the
+last second of the ``load`` series in which a connection started (the journal's ``load.end``
+for a run without the series). Not later: once Locust stops its users the sockets drain,
+and a "last value" taken then would describe the load's teardown, not the system. Every
+window is half-open, ``[first, stop)``: a phase's first sample is the first one taken at or
+after its start (a sample at the apply instant belongs to ``during``, not ``baseline``), and
+its last sample the last one taken before its stop. Per-second ``load`` points are stamped
+with the start of their second, so a second belongs to the phase in which it began.
 
 The metric is ``measurement.field`` (see docs/metrics.md). Points are filtered by ``role``
 and by ``where`` tags (``tcp_states`` defaults to its ``family=all`` totals); the
@@ -35,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from chaos.load.seconds import issuing_end, load_seconds
 from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
 
@@ -67,10 +79,13 @@ class Timeline:
     faults: tuple[FaultWindow, ...] = ()
 
     @classmethod
-    def from_journal(cls, events: Iterable[Mapping[str, Any]]) -> Timeline:
+    def from_journal(
+        cls, events: Iterable[Mapping[str, Any]], load_stop: float | None = None
+    ) -> Timeline:
         """Windows from ``fault.apply``/``fault.revert``: the steps of a ramp form one
         window; an irreversible fault (kill) is an instant; one never reverted lasts to the
-        end of the load."""
+        end of the load. ``load_stop``: where the load stopped issuing connections (see the
+        module docstring); the timeline ends there when it is before ``load.end``."""
         start = end = None
         applied: dict[tuple[int, int], float] = {}
         reverted: dict[tuple[int, int], float] = {}
@@ -96,6 +111,8 @@ class Timeline:
         if start is None:
             raise ValueError("the journal has no load.start event")
         end = end if end is not None else max([start, *applied.values(), *reverted.values()])
+        if load_stop is not None and start < load_stop < end:
+            end = load_stop
         windows = [
             FaultWindow(key[0], at, at if key in instant else reverted.get(key, end))
             for key, at in applied.items()
@@ -104,8 +121,9 @@ class Timeline:
 
 
 def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
-    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline."""
-    end = math.nextafter(timeline.end, math.inf)  # the run's last sample belongs to it
+    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline,
+    one taken at the load's stop is not part of the load."""
+    end = timeline.end
     faults = [w for w in timeline.faults if exp.fault is None or w.spec == exp.fault]
     if exp.when == "end":
         return [(timeline.start, end)]
@@ -116,10 +134,16 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
         start = timeline.start if exp.within is None else max(timeline.start, stop - exp.within)
         return [(start, stop)]
     if exp.when == "during":
-        return [(w.applied, w.reverted) for w in faults]
+        return [(w.applied, min(w.reverted, end)) for w in faults if w.applied < end]
     last = max(w.reverted for w in faults)
     stop = end if exp.within is None else min(end, last + exp.within)
     return [(last, stop)]
+
+
+def run_timeline(journal: Iterable[Mapping[str, Any]], points: Iterable[Point]) -> Timeline:
+    """The timeline of a finished run: its journal, stopped where the load stopped issuing
+    connections (from the ``load`` points among ``points``)."""
+    return Timeline.from_journal(journal, issuing_end(load_seconds(points)))
 
 
 # --- series and aggregates -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from chaos.endings import Terminated, exit_code_of
 from chaos.faults.base import Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.registry import fault_type
@@ -29,4 +30,7 @@ def main(namespace: str, pid: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    try:
+        main(sys.argv[1], int(sys.argv[2]))
+    except (KeyboardInterrupt, Terminated) as ended:  # the guard reverted on its way out
+        sys.exit(exit_code_of(ended))

@@ -1,7 +1,7 @@
 """Every fault type, named here and nowhere else: :func:`fault_types` is the list a scenario
 can use, :func:`fault_type` finds one by its ``kind``.
 
-A new fault type is a class in its family's module (netem, nft, signals, sysctl) and one
+A new fault type is a class in its family's module (netem, nft, signals, sysctl, reload) and one
 entry in :data:`SCENARIO_TYPES`; importing this module imports the families, nothing is
 filled in as a side effect of an import elsewhere.
 """
@@ -13,6 +13,7 @@ from chaos.errors import FaultError
 from chaos.faults.base import Fault
 from chaos.faults.netem import Netem
 from chaos.faults.nft import NftFilter, NftLoss, NftMangle
+from chaos.faults.reload import Reload, Restart
 from chaos.faults.signals import Kill, Stop
 from chaos.faults.sysctl import SysctlWindow
 
@@ -27,6 +28,8 @@ SCENARIO_TYPES: tuple[type[Fault], ...] = (
     Stop,
     Kill,
     SysctlWindow,
+    Reload,
+    Restart,
 )
 
 

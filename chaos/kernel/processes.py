@@ -83,6 +83,49 @@ class ProcessRecord:
         return asdict(self)
 
 
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def listening(pid: int, inodes: set[int] | None = None) -> set[str]:
+    """Local ``ADDRESS:PORT`` of the TCP sockets listening in the network namespace of
+    ``pid``; only sockets among ``inodes`` when given. Asked of sock_diag for LISTEN sockets
+    only: the cost does not grow with the namespace's connections."""
+    from chaos.kernel import sockdiag as sd
+    from chaos.kernel.nsref import NetnsRef
+
+    ref = NetnsRef.of_pid(pid)
+    try:
+        diag = sd.InetDiag.open_in(ref)
+        try:
+            records = list(diag.dump_records(sd.AF_ANY, sd.states_mask([sd.LISTEN])))
+        finally:
+            diag.close()
+    finally:
+        ref.close()
+    out: set[str] = set()
+    for record in records:
+        if inodes is not None and sd.U32.unpack_from(record, sd.OFF_INODE)[0] not in inodes:
+            continue
+        address = sd.addr_text(record[16], record[sd.OFF_SRC : sd.OFF_SRC + 16])
+        port = int.from_bytes(record[sd.OFF_SPORT : sd.OFF_SPORT + 2], "big")
+        out.add(f"{address}:{port}")
+    return out
+
+
 def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
         text = Path(path).read_text(errors="replace")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CGROUP_ROOT", "cgroup_pids", "process_roots"]
+__all__ = ["CGROUP_ROOT", "cgroup_pids", "children", "process_roots"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: where a cgroup path is looked for: cgroup v2, then a hybrid host's v2 and v1 hierarchies
@@ -24,6 +24,22 @@ def cgroup_pids(cgroup: str) -> list[int]:
             continue
         return [int(pid) for pid in text.split()]
     return []
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (over all its threads), [] when it is gone."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            continue
+    return out
 
 
 def process_roots(name: str) -> list[int]:

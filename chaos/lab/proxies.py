@@ -337,7 +337,9 @@ class HAProxy(Proxy):
         return [self.executable(), "-c", "-f", str(conf)]  # -q would hide the errors too
 
     def run_argv(self, conf: Path) -> list[str]:
-        return [self.executable(), "-db", "-f", str(conf)]
+        # master-worker (-W): a reload (SIGUSR2 to the master) starts a new worker while the
+        # old one drains, as `systemctl reload haproxy` does; -db keeps it in the foreground
+        return [self.executable(), "-W", "-db", "-f", str(conf)]
 
     def listen_example(self) -> str:
         return "bind {{ listen }}"

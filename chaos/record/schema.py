@@ -22,12 +22,11 @@ __all__ = [
     "CONNTRACK",
     "CONTROLLER",
     "FAMILY_ALL",
+    "HOST_CPU",
     "LAB_ESCAPES",
     "LAB_RESETS",
     "LOAD",
     "LOAD_FAILURES",
-    "LOCUST",
-    "LOCUST_FAILURES",
     "MEASUREMENTS",
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
@@ -55,8 +54,7 @@ CONNTRACK = "conntrack"
 COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
-LOCUST = "locust"
-LOCUST_FAILURES = "locust_failures"
+HOST_CPU = "host_cpu"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 CHAOS_EVENT = "chaos_event"
@@ -186,23 +184,18 @@ MEASUREMENTS: dict[str, Measurement] = {
             ["collector"],
         ),
         _m(CONTROLLER, ["rss_bytes", "cpu_s", "cpu_pct", "threads", "fds"]),
-        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"], ["pid"]),
-        _m(
-            LOCUST,
-            ["users", "rps", "fails_per_s", "requests", "failures", "median_ms", "avg_ms",
-             "min_ms", "max_ms", "avg_bytes"],
-            ["name", "type"],
-            [r"p\d+(_\d+)?_ms"],
-        ),
-        _m(LOCUST_FAILURES, ["count", "total"], ["class"]),
+        # the proxy's and origin's trees, an external proxy's cgroup, the Locust processes
+        _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
+           ["pid", "cgroup", "process"]),
+        _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
         _m(
             CHAOS_EVENT,
             # the annotation's text, the guard's error, the sink's delivery figures; action, id,
             # kind and target were fields before they became tags, and the report reads both
-            ["title", "error", "recorded", "written", "spooled", "replayed", "dropped",
-             "left_in_spool", "outages", "action", "id", "kind", "target"],
+            ["title", "error", "recorded", "written", "spooled", "replayed", "possibly_duplicated",
+             "dropped", "left_in_spool", "outages", "action", "id", "kind", "target"],
             ["action", "id", "kind", "target"],
         ),
         _m(

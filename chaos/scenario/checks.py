@@ -2,8 +2,9 @@
 pass finds every problem (a model error elsewhere hides none of these):
 
 * against the lab the scenario plans: fault targets (a role the lab has, ``workers``,
-  ``pid:N``, ``ROLE:PATTERN`` with a pattern that compiles) and ``ip_local_port_range``
-  bounds;
+  ``pid:N``, ``ROLE:PATTERN`` with a pattern that compiles in RE2), ``ip_local_port_range``
+  bounds, and ``expect`` metrics against what the collectors write
+  (:mod:`chaos.record.schema`);
 * against this host (:func:`host_problems`): the kernel features the faults need (netem,
   nftables) and every sysctl key, probed in a throw-away namespace as a run would.
 
@@ -12,10 +13,12 @@ Each problem is ``(location, message)``; the loader turns the location into the 
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
+
+from chaos.record import schema
 
 Location = tuple[Any, ...]
 Found = tuple[Location, str]
@@ -65,10 +68,12 @@ def target_problem(target: str, roles: tuple[str, ...]) -> str | None:
     if sep and kind in roles:
         if not rest:
             return f"target {text!r}: empty pattern after {kind}:"
+        from chaos.kernel.processes import CommandPattern  # what the fault will match with
+
         try:
-            re.compile(rest)
-        except re.error as exc:
-            return f"target {text!r}: the pattern {rest!r} does not compile: {exc}"
+            CommandPattern(rest)
+        except ValueError as exc:
+            return f"target {text!r}: the pattern {rest!r} does not compile (RE2): {exc}"
         return None
     if sep and kind in ROLES:
         return f"target {text!r}: this lab has no {kind} namespace (targets: {forms})"
@@ -108,7 +113,26 @@ def plan_problems(data: dict[str, Any]) -> list[Found]:
     for location, key, value in _sysctls(data):
         if key == PORT_RANGE and (problem := port_range_problem(value)):
             found.append((location, problem))
+    for index, clause in enumerate(_list(data.get("expect"))):
+        metric = _dict(clause).get("metric")
+        if isinstance(metric, str) and (problem := metric_problem(metric)):
+            found.append((("expect", index, "metric"), problem))
     return found
+
+
+def metric_problem(metric: str) -> str | None:
+    """Why no collector writes ``metric`` (``measurement.field``), with the nearest name."""
+    name, _, field = metric.partition(".")
+    if name not in schema.MEASUREMENTS:
+        close = difflib.get_close_matches(name, list(schema.MEASUREMENTS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"metric {metric!r}: no collector writes a measurement {name!r}{hint}"
+    measurement = schema.MEASUREMENTS[name]
+    if not measurement.has_field(field):
+        close = difflib.get_close_matches(field, sorted(measurement.fields), n=1)
+        hint = f"did you mean {name}.{close[0]}?" if close else "its fields: docs/metrics.md"
+        return f"metric {metric!r}: {name} has no field {field!r}; {hint}"
+    return None
 
 
 def host_problems(data: dict[str, Any]) -> list[Found]:

@@ -510,6 +510,41 @@ class Expectation(Strict):
         return value
 
 
+class SweepSpec(Strict):
+    """How ``chaos sweep`` judges this scenario, step by step (see :mod:`chaos.sweep`).
+
+    A step passes when it had no failure of any class, reached 90 % of its target rate,
+    kept the p99 of whole connections at or under ``max_p99`` (when set) and met every
+    expectation listed here (checked over the step's seconds, ``rate`` = the step's
+    target). The scenario's own ``expect:`` (its signature) is reported per step but never
+    decides a step. ``chaos run`` ignores this block."""
+
+    rates: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list, description="the steps when `chaos sweep` gets no --rates"
+    )
+    step_duration: Duration | None = Field(
+        default=None, description="seconds per step when `chaos sweep` gets no --step-duration"
+    )
+    max_p99: Duration | None = Field(
+        default=None, description="a step's p99 latency (connect to close) must not exceed it"
+    )
+    expect: list[Expectation] = Field(
+        default_factory=list, description="criteria that decide each step (when: end only)"
+    )
+
+    @model_validator(mode="after")
+    def _criteria_are_per_step(self) -> SweepSpec:
+        for i, exp in enumerate(self.expect):
+            if exp.when != "end":
+                raise ValueError(
+                    f"sweep.expect[{i}] is checked {exp.when!r}, but a sweep judges each step "
+                    "as a whole: use when: end"
+                )
+        if any(b <= a for a, b in zip(self.rates, self.rates[1:], strict=False)):
+            raise ValueError(f"sweep.rates must rise step by step, got {self.rates}")
+        return self
+
+
 class Variant(Strict):
     """A named change to the scenario, typically a mitigation its seed discusses.
 
@@ -590,6 +625,9 @@ class Scenario(Strict):
     collectors: CollectorsSpec = Field(default_factory=CollectorsSpec)
     sink: SinkSpec = Field(default_factory=SinkSpec)
     expect: list[Expectation] = Field(default_factory=list)
+    sweep: SweepSpec | None = Field(
+        default=None, description="capacity criteria and default steps for `chaos sweep`"
+    )
     variants: list[Variant] = Field(default_factory=list)
     variant: str = Field(default="", description="set by --variant: the variant applied")
     remote: RemoteSpec | None = Field(
@@ -640,10 +678,10 @@ class Scenario(Strict):
                 )
         for i, exp in enumerate(self.expect):
             # Collectors on the remote hosts write to InfluxDB, not to this run's samples.lp.
-            if not exp.metric.startswith("locust."):
+            if exp.metric.split(".", 1)[0] not in ("load", "load_failures"):
                 raise ValueError(
-                    f"expect[{i}]: a remote run checks only locust.* metrics (the collectors' "
-                    "samples go from each host to InfluxDB)"
+                    f"expect[{i}]: a remote run checks only load.* and load_failures.* metrics "
+                    "(the collectors' samples go from each host to InfluxDB)"
                 )
         return self
 

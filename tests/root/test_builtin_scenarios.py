@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.expect import Timeline, evaluate
+from chaos.expect import evaluate, run_timeline
 from chaos.record.lineproto import read_points
 from chaos.record.rundir import read_journal
 from chaos.scenario import loader
@@ -58,7 +58,7 @@ def test_scenario_signature(name, variant, chaos_cli, tmp_path, lab_name):
 def assert_mitigation_changes_signature(name: str, run_dir: Path) -> None:
     plain = loader.load(name)
     points = read_points(run_dir / "samples.lp")
-    timeline = Timeline.from_journal(read_journal(run_dir / "journal.jsonl"))
+    timeline = run_timeline(read_journal(run_dir / "journal.jsonl"), points)
     verdicts = evaluate(plain, points, timeline)  # type: ignore[arg-type]
     assert not all(v.passed for v in verdicts), (
         f"the plain {name} signature still holds under the mitigation: "

@@ -188,7 +188,7 @@ def test_compose_stack_runs_the_demo_on_a_docker_engine(engine: Engine, tmp_path
 
         # --- the TSDB holds every role's points ------------------------------------------
         names = series_roles(influx_port)
-        assert "client" in names.get("locust_rps", set()), sorted(names)
+        assert "client" in names.get("load_completed", set()), sorted(names)
         assert {"proxy", "origin"} <= names.get("tcp_states_time_wait", set()), sorted(names)
         assert "chaos_event_title" in names
 

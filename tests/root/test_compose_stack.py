@@ -223,7 +223,7 @@ def test_compose_services_find_each_other_and_a_scenario_completes(
         # every role's samples are in the sink, and everything the dashboard asks for
         names = metric_names(stack)
         assert {"proxy", "origin"} <= names["tcp_states_time_wait"]
-        assert "client" in names["locust_rps"]
+        assert "client" in names["load_completed"]
         assert "chaos_event_title" in names
         missing = []
         for query in dashboard_queries():

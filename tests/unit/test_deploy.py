@@ -191,7 +191,7 @@ def test_remote_model_is_strict(tmp_path: Path) -> None:
     assert "HOST:PORT" in err.message
     expect = "expect: [{metric: tcp_states.time_wait, op: '>', value: 1}]\n"
     err = load_text(tmp_path, BASE + expect)
-    assert "only locust.* metrics" in err.message
+    assert "only load.* and load_failures.* metrics" in err.message
 
 
 def test_agent_allow_role_path_is_checked() -> None:

@@ -97,6 +97,8 @@ faults:
   - {type: stop, target: "pid:abc", at: 1s, for: 2s}
   - {type: stop, target: "origin:([", at: 1s, for: 2s}
   - {type: stop, target: proxy, at: 1s, for: 2s, every: 1s}
+expect:
+  - {metric: tcp_states.closewait, op: "<=", value: 5}
 """,
     )
     code, text = validate(capsys, "--other-host", path)
@@ -108,8 +110,10 @@ faults:
         "bad.yaml:5: lab.proxy.threadz: unknown key 'threadz'; did you mean 'threads'?",
         "bad.yaml:7: faults[0].target: target 'database' names nothing in this lab",
         "bad.yaml:8: faults[1].target: target 'pid:abc': pid:N needs a process number",
-        "bad.yaml:9: faults[2].target: target 'origin:([': the pattern '([' does not compile",
+        "bad.yaml:9: faults[2].target: target 'origin:([': the pattern '([' does not compile (RE2)",
         "bad.yaml:10: faults[3]: `for` must not exceed `every`",  # timing, beside model errors
+        "bad.yaml:12: expect[0].metric: metric 'tcp_states.closewait': tcp_states has no field "
+        "'closewait'; did you mean tcp_states.close_wait?",
     ):
         assert expected in text, (expected, text)
 
