@@ -442,12 +442,12 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
             )  # fmt: skip
             continue
         try:
-            revert_recorded(ledger, e.handle)
+            done = revert_recorded(ledger, e.handle)
         except (FaultError, ChaosError) as exc:
             failed += 1
             err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
             continue
-        out.print(Text.assemble(("reverted ", "green"), label))
+        out.print(Text.assemble(("reverted ", "green") if done else ("gone ", "dim"), label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
     if failed:
