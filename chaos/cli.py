@@ -53,9 +53,19 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     from chaos.scenario import loader
 
     table = Table("scenario", "description", box=None, pad_edge=False)
-    for name, description in loader.describe_builtins():
-        table.add_row(f"[bold]{name}[/]", description)
+    for item in loader.describe_builtins():
+        table.add_row(f"[bold]{item.name}[/]", item.headline)
+        if item.variants or item.controls:
+            table.add_row(
+                "",
+                f"[dim]variants: {', '.join(item.variants) or '-'}; "
+                f"controls: {', '.join(item.controls) or '-'}[/]",
+            )
     out.print(table)
+    out.print(
+        "run one with `chaos run SCENARIO --variant NAME`; a control removes the cause, so "
+        "the signature must fail on it (exit 10)"
+    )
     return 0
 
 

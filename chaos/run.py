@@ -38,6 +38,8 @@ from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
+from chaos.collect.proxylog import ProxyLogErrors
+from chaos.collect.timewait import TimeWaitTimers
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
@@ -283,9 +285,14 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 ref,
                 tags={"role": role},
                 zombie_idle_s=spec.zombie_idle,
+                zombie_period=spec.zombie_period,
                 zombie_peers=peers_from_rules(role, peer_rules, ref_of),
                 budget_period=spec.budget_period,
+                # Locust's master and workers talk over loopback in the client namespace
+                exclude_loopback=role == "client",
             )
+            if role in spec.time_wait_timers:
+                collectors.append(TimeWaitTimers(ref, tags={"role": role}))
             # the lab's own packet counters in this role (escapes at the origin, resets
             # toward the clients at the gateway)
             collectors += [
@@ -296,6 +303,15 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
         # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
         collectors += locust_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
+        if state.process("proxy") is not None:
+            # the lab's own proxy writes <run>/logs/proxy.log: its connect() errors, counted
+            collectors.append(
+                ProxyLogErrors(
+                    run.path / "logs" / "proxy.log",
+                    netns=state.namespaces.get("proxy", "host"),
+                    tags={"role": "proxy"},
+                )
+            )
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=sink.write, controller=True
         ).start()

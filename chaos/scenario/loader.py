@@ -190,24 +190,28 @@ def parse(text: str, label: str) -> Scenario:
         Problem(path, _line_at(root, ("faults", i)), message)
         for i, path, message in _fault_problems(scenario, "faults")
     ]
-    for index, variant in enumerate(scenario.variants):
-        try:
-            varied = with_variant(scenario, variant.name)
-        except ValidationError as exc:
-            line = _variant_line(root, index)
-            problems += [
-                Problem(f"variants[{index}].patch -> {_format_path(err['loc'])}", line,
-                        _message(err))  # type: ignore[arg-type]
-                for err in exc.errors()
-            ]
-            continue
-        if "faults" in variant.patch:
-            problems += [
-                Problem(f"variants[{index}].patch -> {path}", _variant_line(root, index), message)
-                for _, path, message in _fault_problems(varied, "faults")
-            ]
-    if len({v.name for v in scenario.variants}) != len(scenario.variants):
-        problems.append(Problem("variants", _variant_line(root, 0), "variant names repeat"))
+    for key, variants in (("variants", scenario.variants), ("controls", scenario.controls)):
+        for index, variant in enumerate(variants):
+            where, line = f"{key}[{index}].patch", _line_at(root, (key, index))
+            try:
+                varied = with_variant(scenario, variant.name)
+            except ValidationError as exc:
+                problems += [
+                    Problem(f"{where} -> {_format_path(err['loc'])}", line,
+                            _message(err))  # type: ignore[arg-type]
+                    for err in exc.errors()
+                ]
+                continue
+            if "faults" in variant.patch:
+                problems += [
+                    Problem(f"{where} -> {path}", line, message)
+                    for _, path, message in _fault_problems(varied, "faults")
+                ]
+    names = [v.name for v in (*scenario.variants, *scenario.controls)]
+    if len(set(names)) != len(names):
+        problems.append(
+            Problem("variants", _line_at(root, ("variants", 0)), "variant and control names repeat")
+        )
     if problems:
         raise ScenarioError(label, problems)
     return scenario
@@ -216,10 +220,6 @@ def parse(text: str, label: str) -> Scenario:
 def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     node, _ = _node_at(root, loc)
     return node.start_mark.line + 1 if node is not None else None
-
-
-def _variant_line(root: yaml.Node | None, index: int) -> int | None:
-    return _line_at(root, ("variants", index))
 
 
 def _fault_problems(scenario: Scenario, prefix: str) -> list[tuple[int, str, str]]:
@@ -248,16 +248,18 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_variant(scenario: Scenario, name: str) -> Scenario:
-    """The scenario with variant ``name``'s patch merged in (raises ValidationError)."""
-    variant = next((v for v in scenario.variants if v.name == name), None)
+    """The scenario with variant (or control) ``name``'s patch merged in (raises
+    ValidationError)."""
+    variant = next((v for v in (*scenario.variants, *scenario.controls) if v.name == name), None)
     if variant is None:
-        known = ", ".join(v.name for v in scenario.variants) or "none"
+        variants = ", ".join(v.name for v in scenario.variants) or "none"
+        controls = ", ".join(v.name for v in scenario.controls) or "none"
         raise ChaosError(
-            f"scenario {scenario.name} has no variant {name!r}",
-            f"its variants: {known}",
+            f"scenario {scenario.name} has no variant or control {name!r}",
+            f"its variants: {variants}; its controls: {controls}",
         )
     data = _merge(scenario.model_dump(mode="json", by_alias=True), variant.patch)
-    data.update(variants=[], variant=name)
+    data.update(variants=[], controls=[], variant=name)
     return Scenario.model_validate(data)
 
 
@@ -296,12 +298,29 @@ def headline(description: str) -> str:
     return re.split(r"[:;]\s|\.\s|\.$", text, maxsplit=1)[0] if text else ""
 
 
-def describe_builtins() -> list[tuple[str, str]]:
-    """(name, one-line description) of each builtin scenario."""
+@dataclass(frozen=True)
+class BuiltinSummary:
+    """One line of `chaos scenarios`."""
+
+    name: str
+    headline: str
+    variants: tuple[str, ...]
+    controls: tuple[str, ...]
+
+
+def describe_builtins() -> list[BuiltinSummary]:
+    """Name, one-line description, variant and control names of each builtin scenario."""
     out = []
     for name in builtin_names():
         scenario = load(name)
-        out.append((name, headline(scenario.description)))
+        out.append(
+            BuiltinSummary(
+                name,
+                headline(scenario.description),
+                tuple(v.name for v in scenario.variants),
+                tuple(c.name for c in scenario.controls),
+            )
+        )
     return out
 
 
