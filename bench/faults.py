@@ -22,9 +22,9 @@ from pathlib import Path
 from chaos import capabilities
 from chaos.errors import ChaosError
 from chaos.faults.base import REGISTRY, Fault, Target, fault_type
-from chaos.faults.guard import FaultGuard
-from chaos.faults.ledger import Ledger
-from chaos.lab import netns
+from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.engine.ledger import Ledger
+from chaos.kernel import netns
 
 PARAMS: dict[str, dict] = {
     "nft-filter": {"tcp_flags": "ack,fin ack", "action": "reject", "dport": 8080},

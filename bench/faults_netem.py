@@ -25,7 +25,7 @@ from chaos import capabilities
 from chaos.errors import ChaosError
 from chaos.faults.base import Target
 from chaos.faults.netem import Netem
-from chaos.lab import netns
+from chaos.kernel import netns
 
 REPO = Path(__file__).resolve().parent.parent
 LAYOUTS = {

@@ -50,10 +50,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from chaos.lab import lab, netns  # noqa: E402
+from chaos.kernel import netns  # noqa: E402
+from chaos.lab import lab  # noqa: E402
 from chaos.lab.topology import LabState  # noqa: E402
 from chaos.load.runner import LocustRun  # noqa: E402
-from chaos.rundir import RunDir  # noqa: E402
+from chaos.record.rundir import RunDir  # noqa: E402
 from chaos.scenario import loader  # noqa: E402
 
 LOCUSTFILES = REPO / "locustfiles"

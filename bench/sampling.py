@@ -51,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import psutil
 from sockets import listener, make_time_wait, sockstat_tw  # test infrastructure, chaos-free
 
-from chaos.collect import sockdiag as sd
 from chaos.collect.budget import FULL_HOLDING, PortBudget
 from chaos.collect.census import RARE, SocketCensus, listening
-from chaos.collect.nsref import NetnsRef
-from chaos.collect.sockdiag import InetDiag
 from chaos.collect.zombies import scan
-from chaos.lab import netns
+from chaos.kernel import netns
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.kernel.sockdiag import InetDiag
 
 TW_PORTS = range(600, 608)  # server ports of the TIME_WAIT half, outside the ephemeral range
 EST_PORT_BASE = 700  # one server port per helper process

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vmetrics import VictoriaMetrics  # noqa: E402 - test infrastructure, usable on its own
 
-from chaos.collect.base import Sample, to_line  # noqa: E402
+from chaos.record.point import Sample, to_line  # noqa: E402
 from chaos.sink import InfluxConfig, Sink, SinkStats  # noqa: E402
 
 BATCH = 5000

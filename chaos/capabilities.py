@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from chaos.errors import CapabilityError
-from chaos.lab import netns
+from chaos.kernel import netns
 from chaos.lab.proxies import PROXIES
 
 TC_H_ROOT = 0xFFFFFFFF  # the root qdisc's parent handle

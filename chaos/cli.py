@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.endings import Terminated, exit_code_of
 from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
@@ -147,7 +148,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
-    from chaos.rundir import RunDir
+    from chaos.record.rundir import RunDir
     from chaos.scenario import loader
 
     scenario = loader.load(args.scenario)
@@ -278,7 +279,7 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
 
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.ledger import Ledger
 
     ledger = Ledger()
     entries, bad = ledger.entries()
@@ -349,8 +350,8 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.guard import revert_handle
-    from chaos.faults.ledger import Ledger
+    from chaos.faults.engine.guard import revert_handle
+    from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
         raise NotRootError(
@@ -382,7 +383,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from chaos.faults.agent import serve
+    from chaos.agent.service import serve
 
     return serve(
         args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
@@ -605,9 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChaosError as exc:
         print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        err.print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}")
+        return exit_code_of(exc)
 
 
 if __name__ == "__main__":

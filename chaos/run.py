@@ -11,8 +11,11 @@ While the load runs, a sampler takes the collectors of every role namespace
 (``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
 run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
 
-Teardown runs on every exit path: a normal end, an exception, Ctrl-C and SIGTERM (turned
-into :class:`Terminated` so ``finally`` blocks run).
+Teardown runs on every exit path: a normal end, an exception, Ctrl-C, and SIGTERM, SIGHUP
+or SIGQUIT (turned into :class:`~chaos.endings.Terminated` so ``finally`` blocks run; the
+exit code is then 128 + the signal). The lab's processes and Locust die with the controller
+even after a SIGKILL (``PR_SET_PDEATHSIG``); `chaos lab down` and `chaos revert-all` sweep
+what the kernel cannot (namespaces, faults).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,50 +37,30 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
 from chaos.collect.proxylog import ProxyLogErrors
 from chaos.collect.timewait import TimeWaitTimers
+from chaos.endings import Terminated, die_with_parent, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
-from chaos.faults.remote import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
-from chaos.faults.schedule import FaultSchedule
-from chaos.faults.targets import is_agent_url
-from chaos.lab import lab, netns, proxies
+from chaos.faults.engine.schedule import FaultSchedule
+from chaos.faults.engine.targets import is_agent_url
+from chaos.kernel import netns
+from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
 from chaos.progress import Progress, live_progress
+from chaos.record.lineproto import read_points
+from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.report import write_report
-from chaos.rundir import RunDir, chown_to_invoker, read_journal
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
-from chaos.sink.lineproto import read_points
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        # pyroute2 forks helper children (no exec) and stops them with SIGTERM; they inherit
-        # this handler and must just exit, not run the run's cleanup a second time.
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -134,12 +117,12 @@ def run_scenario(
         f"run directory {run.path}"
     )
     result: LoadResult | None = None
-    outcome = "error"
     sink: Sink | None = None
-    try:
-        with sigterm_raises():
+    sink_stats: SinkStats | None = None
+    with signals_raise(), Ending(run) as ending:
+        try:
             sink = open_sink(scenario, run, influx, console)  # InfluxDB down: fail before lab.up
-            state = lab.up(scenario, name, run)
+            state = lab.up(scenario, name, run, tied=True)
             schedule = FaultSchedule(
                 scenario.faults, state, run.journal, annotate=sink.annotate
             )
@@ -149,19 +132,74 @@ def run_scenario(
                 sampling(scenario, state, run, sink),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
-            outcome = "done"
-    except (KeyboardInterrupt, Terminated):
-        outcome = "interrupted"
-        raise KeyboardInterrupt from None
-    finally:
-        removed = lab.down(name)
-        run.journal.event("lab.down", lab=name, removed=len(removed))
-        sink_stats = sink.close() if sink is not None else None  # journals sink.stats
-        run.journal.event("run.end", outcome=outcome)
-        run.close()
-        chown_to_invoker(run.path)
-    code = conclude(options, scenario, run.path, result, sink_stats, console)
+            ending.done()
+        finally:
+            with ending.teardown():
+                removed = lab.down(name)
+                run.journal.event("lab.down", lab=name, removed=len(removed))
+                sink_stats = sink.close() if sink is not None else None  # journals sink.stats
+        code = conclude(options, scenario, run.path, result, sink_stats, console)
     return on_done(run.path, code) if on_done else code
+
+
+class Ending:
+    """How a run ends, whatever ends it: the journal's ``run.end``, and for a stop signal or
+    Ctrl-C the report of what was gathered, then the interruption goes on to the CLI (exit
+    128 + signal).
+
+    ``with signals_raise(), Ending(run) as ending:`` around the run; ``ending.done()`` when
+    the body finished; ``with ending.teardown():`` around the cleanup in ``finally``, which a
+    second signal cannot cut short (it is recorded and ends the run once cleanup is done).
+    On success the caller concludes (summary, verdicts, report) inside the block; on an
+    interruption :meth:`__exit__` writes the summary and report of what was gathered.
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.outcome = "error"
+        self.interrupted: BaseException | None = None
+
+    def __enter__(self) -> Ending:
+        return self
+
+    def done(self) -> None:
+        self.outcome = "done"
+
+    @contextmanager
+    def teardown(self) -> Iterator[None]:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt | Terminated):
+            self.outcome = "interrupted"  # called from a finally: the interruption is on its way
+        with held_signals() as late:
+            try:
+                yield
+            finally:
+                if late and self.outcome == "done":
+                    self.outcome = "interrupted"
+                    self.interrupted = ending_for(late[0])
+                self.run.journal.event("run.end", outcome=self.outcome)
+                self.run.close()
+                chown_to_invoker(self.run.path)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, KeyboardInterrupt | Terminated):
+            self.interrupted = exc
+        if self.interrupted is None:
+            return
+        if has_samples(self.run.path):  # the report of what was gathered before the end
+            summary = {**summarize(self.run.path, None), "interrupted": True}
+            (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            with suppress(ChaosError):  # the run's ending stands without its report
+                write_report(self.run.path)
+            chown_to_invoker(self.run.path)
+        if self.interrupted is not exc:
+            raise self.interrupted  # a signal during teardown after a finished body
+
+
+def has_samples(run_path: Path) -> bool:
+    try:
+        return (run_path / "samples.lp").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[RunDir, str]:
@@ -400,7 +438,7 @@ def drive_load(
         workers=workers,
         run_dir=run.path,
         user_args=args,
-        spawn=lambda argv, **kw: netns.popen(client_ns, argv, **kw),
+        spawn=lambda argv, **kw: netns.popen(client_ns, argv, prepare=die_with_parent, **kw),
         rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
@@ -587,11 +625,10 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
         f"run directory {run.path}"
     )
     result: LoadResult | None = None
-    outcome = "error"
     sink: Sink | None = None
     sink_stats: SinkStats | None = None
-    try:
-        with sigterm_raises():
+    with signals_raise(), Ending(run) as ending:
+        try:
             wait_ready(remote, faults, influx, console)
             sink = open_sink(scenario, run, influx, console)
             # Remote faults never touch a local namespace: an empty lab state suffices.
@@ -601,16 +638,11 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
             schedule.validate()  # every agent checks its faults before the load starts
             with remote_sampling(scenario, run, sink):
                 result = drive_remote_load(scenario, run, console, schedule)
-            outcome = "done"
-    except (KeyboardInterrupt, Terminated):
-        outcome = "interrupted"
-        raise KeyboardInterrupt from None
-    finally:
-        sink_stats = sink.close() if sink is not None else None
-        run.journal.event("run.end", outcome=outcome)
-        run.close()
-        chown_to_invoker(run.path)
-    return conclude(options, scenario, run.path, result, sink_stats, console)
+            ending.done()
+        finally:
+            with ending.teardown():
+                sink_stats = sink.close() if sink is not None else None
+        return conclude(options, scenario, run.path, result, sink_stats, console)
 
 
 @contextmanager

@@ -50,10 +50,10 @@ from rich.text import Text
 
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
+from chaos.record.lineproto import Point, read_points
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.scenario.model import Scenario
-from chaos.sink.lineproto import Point, read_points
 
 MAX_STEPS = 100
 SUSTAINED = 0.9  # a step holds when it reaches this share of its target

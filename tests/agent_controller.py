@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from chaos.errors import FaultError
-from chaos.faults.schedule import FaultSchedule
+from chaos.faults.engine.schedule import FaultSchedule
 from chaos.lab.topology import LabState
-from chaos.rundir import Journal
+from chaos.record.rundir import Journal
 from chaos.scenario.model import FaultSpec
 
 

@@ -2,7 +2,10 @@
 
 ``machine_stays_clean`` snapshots the host before the session and fails the run if anything
 the tests made survives them: network namespaces, host links, host qdiscs, host nft tables,
-stopped processes, or child processes of the test runner.
+stopped processes, or child processes of the test runner. Other labs and other test sessions
+may live on the same host, so it counts only what is this session's: names carrying the
+session token (``session_token.TOKEN``), processes that descend from this runner or carry its
+token in their environment or command line.
 
 Root tests (``tests/root``) need real namespaces. Without root they are skipped with a
 visible reason, except under CI (``CI=true``), where a missing root is a failure.
@@ -20,26 +23,32 @@ from pathlib import Path
 
 import psutil
 import pytest
+from session_token import ENV_VAR, TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
+os.environ[ENV_VAR] = TOKEN
+
+
+def _ours(name: str) -> bool:
+    return TOKEN in name
 
 
 def _namespaces() -> set[str]:
     try:
-        return set(os.listdir("/run/netns"))
+        return {name for name in os.listdir("/run/netns") if _ours(name)}
     except FileNotFoundError:
         return set()
 
 
 def _host_links() -> set[str]:
-    return {name for name in os.listdir("/sys/class/net")}
+    return {name for name in os.listdir("/sys/class/net") if _ours(name)}
 
 
 def _host_qdiscs() -> set[str]:
     out = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
-    return {line for line in out.splitlines() if line and " noqueue " not in line}
+    return {line for line in out.splitlines() if _ours(line) and " noqueue " not in line}
 
 
 def _host_nft_tables() -> set[str]:
@@ -47,13 +56,26 @@ def _host_nft_tables() -> set[str]:
     if not IS_ROOT or not os.path.exists(nft):
         return set()
     out = subprocess.run([nft, "list", "tables"], capture_output=True, text=True).stdout
-    return set(out.splitlines())
+    return {line for line in out.splitlines() if _ours(line)}
+
+
+def _started_by_this_session(proc: psutil.Process) -> bool:
+    """A descendant of this runner, or one that carries its token (a lab process whose
+    controller was killed is reparented, but keeps its environment and command line)."""
+    try:
+        if any(parent.pid == os.getpid() for parent in proc.parents()):
+            return True
+        if _ours(" ".join(proc.cmdline())):
+            return True
+        return proc.environ().get(ENV_VAR) == TOKEN
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def _stopped_processes() -> set[tuple[int, str]]:
     found = set()
     for proc in psutil.process_iter(["pid", "status", "name"]):
-        if proc.info["status"] == psutil.STATUS_STOPPED:
+        if proc.info["status"] == psutil.STATUS_STOPPED and _started_by_this_session(proc):
             found.add((proc.info["pid"], proc.info["name"]))
     return found
 
@@ -124,7 +146,7 @@ _names = itertools.count()
 @pytest.fixture
 def lab_name() -> str:
     """A short lab name unique to this test session (labs from other sessions coexist)."""
-    return f"t{os.getpid() % 100000}x{next(_names)}"
+    return f"{TOKEN}{next(_names)}"
 
 
 @pytest.fixture

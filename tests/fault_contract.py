@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import Handle, Target, fault_type
-from chaos.faults.guard import FaultGuard
-from chaos.faults.ledger import Ledger
+from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.engine.ledger import Ledger
 
 
 @dataclass

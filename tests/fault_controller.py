@@ -12,7 +12,7 @@ import sys
 import time
 
 from chaos.faults.base import Target, fault_type
-from chaos.faults.guard import FaultGuard
+from chaos.faults.engine.guard import FaultGuard
 
 
 def main(namespace: str, pid: int) -> None:

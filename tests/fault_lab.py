@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.lab import netns, processes
+from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
 CLIENT_IP = "198.18.1.10"

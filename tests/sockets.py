@@ -1,7 +1,7 @@
 """Real TCP sockets in known states, for the collector tests and ``bench/sampling.py``.
 
 Test infrastructure, independent of ``chaos``: every function works in the calling thread's
-network namespace (run it through ``chaos.lab.netns.run_in`` to aim at a lab namespace), and
+network namespace (run it through ``chaos.kernel.netns.run_in`` to aim at a lab namespace), and
 the caller owns (and closes) the sockets it gets back.
 """
 

@@ -1,6 +1,6 @@
 """Collectors: socket and kernel state of every namespace involved, sampled into points.
 
-One module per source, all with the same interface (:class:`~chaos.collect.base.Collector`:
+One module per source, all with the same interface (:class:`~chaos.record.point.Collector`:
 ``name``, ``netns``, ``period``, ``sample(now) -> list[Sample]``, ``close()``):
 
 ==========================  ====================================================  ============
@@ -16,7 +16,7 @@ module                      measurements                                        
 ==========================  ====================================================  ============
 
 Build the usual set for one namespace with :func:`collectors_for`, run them with
-:class:`~chaos.collect.sampler.Sampler`, render with :func:`~chaos.collect.base.to_line`.
+:class:`~chaos.collect.sampler.Sampler`, render with :func:`~chaos.record.point.to_line`.
 docs/metrics.md has the schema.
 """
 
@@ -24,15 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chaos.collect.base import Collector, Sample, to_line, to_lines
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
 from chaos.collect.locust_stats import LocustHistory
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
-from chaos.collect.sockdiag import InetDiag
 from chaos.collect.zombies import (
     ZombiePeer,
     ZombieScan,
@@ -40,6 +37,9 @@ from chaos.collect.zombies import (
     peers_from_rules,
     socket_tuples,
 )
+from chaos.kernel.nsref import NetnsRef
+from chaos.kernel.sockdiag import InetDiag
+from chaos.record.point import Collector, Sample, to_line, to_lines
 
 __all__ = [
     "Collector",

@@ -10,7 +10,7 @@ metric because it depends on the 4-tuple; it is exactly what a TIME_WAIT pile-up
 Which sockets count: *outbound* ones, i.e. local port inside the range and not a port that
 has (or had, in the last ``listen_memory_s`` seconds) a listener: inbound connections carry
 the listener's port, and their TIME_WAIT sockets outlive it by a minute. The kernel does that
-selection with a bytecode filter (:func:`~chaos.collect.sockdiag.outbound_filter`), so
+selection with a bytecode filter (:func:`~chaos.kernel.sockdiag.outbound_filter`), so
 inbound sockets are never copied out. Inbound sockets of a listener gone for longer, or
 never seen by this collector, are taken for outbound ones (one tiny group per peer port).
 Two walks per sample: TIME_WAIT, and the other port-holding states (their record sizes
@@ -27,10 +27,10 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.census import FAMILY_NAMES, listening, record_format
-from chaos.collect.nsref import NetnsRef, ProcFiles
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef, ProcFiles
+from chaos.record.point import Sample, time_ns_of
 
 PORT_HOLDING = frozenset(
     {

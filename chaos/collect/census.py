@@ -20,7 +20,7 @@ census avoids dumping sockets it only needs to *count*:
 * ``mode="auto"``: exact below :data:`AUTO_EXACT_LIMIT` sockets, derive above; each result
   says which one it used.
 
-Both families always share one walk (:data:`~chaos.collect.sockdiag.AF_ANY`).
+Both families always share one walk (:data:`~chaos.kernel.sockdiag.AF_ANY`).
 
 "Age" per state (``<state>_oldest_s``; the largest over the sockets in that state):
 
@@ -46,10 +46,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.kernel import PROC_NET, parse_netstat, parse_sockstat
-from chaos.collect.nsref import NetnsRef, ProcFiles
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef, ProcFiles
+from chaos.record.point import Sample, time_ns_of
 
 # states dumped socket by socket in every mode: usually few sockets
 RARE = sd.ALL_STATES - {sd.ESTABLISHED, sd.TIME_WAIT, sd.LISTEN}

@@ -24,12 +24,12 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.collect import collectors_for
-from chaos.collect.base import Collector, Sample
 from chaos.collect.kernel import NOTABLE
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
-from chaos.collect.sockdiag import STATE_NAMES
 from chaos.errors import SinkError
+from chaos.kernel.nsref import NetnsRef
+from chaos.kernel.sockdiag import STATE_NAMES
+from chaos.record.point import Collector, Sample
 from chaos.sink import InfluxFlags, Sink, resolve_influx
 
 TEARDOWN_ROWS = ("fin_wait1", "fin_wait2", "close_wait", "last_ack", "closing")

@@ -23,9 +23,9 @@ import socket
 import struct
 from collections import Counter
 
-from chaos.collect.base import Sample, deltas, time_ns_of
 from chaos.collect.kernel import PROC_NET
-from chaos.collect.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.kernel.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.record.point import Sample, deltas, time_ns_of
 
 NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from chaos.collect.base import Sample, deltas, time_ns_of
-from chaos.collect.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.kernel.nsref import NetnsRef, ProcFile, open_proc_files
+from chaos.record.point import Sample, deltas, time_ns_of
 
 PROC_NET = "/proc/thread-self/net"
 

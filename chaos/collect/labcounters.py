@@ -26,11 +26,11 @@ import os
 import socket
 import struct
 
-from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.conntrack import open_nfnetlink
 from chaos.errors import LabError
-from chaos.lab import netns
+from chaos.kernel import netns
 from chaos.lab.topology import LAB_COUNTERS, LAB_TABLE
+from chaos.record.point import Sample, time_ns_of
 
 # include/uapi/linux/netfilter/{nfnetlink,nf_tables}.h
 NFT_GETOBJ = (10 << 8) | 19  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETOBJ

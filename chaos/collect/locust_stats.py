@@ -22,7 +22,7 @@ import csv
 from pathlib import Path
 from typing import BinaryIO
 
-from chaos.collect.base import FieldValue, Sample
+from chaos.record.point import FieldValue, Sample
 
 MEASUREMENT = "locust"
 FAILURES_MEASUREMENT = "locust_failures"

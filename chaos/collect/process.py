@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chaos.collect.base import Sample, time_ns_of
+from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "process"
 _TICKS = os.sysconf("SC_CLK_TCK")

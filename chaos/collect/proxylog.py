@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from chaos.collect.base import FieldValue, Sample, time_ns_of
+from chaos.record.point import FieldValue, Sample, time_ns_of
 
 MEASUREMENT = "proxy_errors"
 CONNECT_FAILED = re.compile(rb"connect\(\)(?: to \S+)? failed \((\d+): ")

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chaos.collect.base import Collector, FieldValue, Sample, time_ns_of
+from chaos.record.point import Collector, FieldValue, Sample, time_ns_of
 
 log = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE")

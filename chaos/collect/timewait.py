@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import struct
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import Sample, time_ns_of
-from chaos.collect.nsref import NetnsRef
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.record.point import Sample, time_ns_of
 
 MEASUREMENT = "time_wait_timers"
 #: the timer wheel's granularity and the sampling jitter stay below this

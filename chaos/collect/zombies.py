@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import Sample, time_ns_of
 from chaos.collect.census import info_offset, record_format
-from chaos.collect.nsref import NetnsRef
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.record.point import Sample, time_ns_of
 
 if TYPE_CHECKING:
     from chaos.lab.topology import PeerRule

@@ -1,6 +1,6 @@
 """The one fault interface, the target a fault acts on, and the explicit registry.
 
-A fault's life, driven by :mod:`chaos.faults.guard`:
+A fault's life, driven by :mod:`chaos.faults.engine.guard`:
 
 1. ``validate(target, params)``: parse and check the parameters and the target, and probe
    the kernel features the fault needs. Nothing is changed. Errors are :class:`FaultError`
@@ -143,7 +143,7 @@ def fault_type(kind: str) -> type[Fault]:
     if kind == "remote":
         # A fault held by a remote agent: not a scenario type (so not in REGISTRY), but its
         # ledger entries must revert like any other (`chaos revert-all` on the controller).
-        from chaos.faults.remote import RemoteFault
+        from chaos.agent.client import RemoteFault
 
         return RemoteFault
     try:

@@ -50,7 +50,7 @@ from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from chaos.errors import FaultError
 from chaos.faults.base import Fault, Handle, Params, register
-from chaos.lab import netns
+from chaos.kernel import netns
 
 ROOT_HANDLE = 0xCA050000  # "ca05:" the root we add (netem, or prio when scoped)
 NETEM_CHILD_HANDLE = 0xCA060000  # "ca06:" the netem under prio band 2 when scoped

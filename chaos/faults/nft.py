@@ -48,7 +48,7 @@ from pydantic import Field, field_validator, model_validator
 
 from chaos.errors import FaultError
 from chaos.faults.base import Fault, Handle, Params, register
-from chaos.lab import netns
+from chaos.kernel import netns
 
 Direction = Literal["input", "output", "forward"]
 

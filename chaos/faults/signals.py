@@ -1,7 +1,7 @@
 """Signals to the lab's processes: ``stop`` (SIGSTOP for the window, SIGCONT at revert) and
 ``kill`` (SIGKILL; irreversible).
 
-The processes are the target's (see :mod:`chaos.faults.targets`): a role's recorded
+The processes are the target's (see :mod:`chaos.faults.engine.targets`): a role's recorded
 processes, ``workers``, ``ROLE:PATTERN`` (command lines matched when the fault is prepared)
 or ``pid:N``. With ``children`` (the default), their descendants are signalled too: the
 origin and nginx serve from forked workers, and stopping only the parent would stop nothing.
@@ -26,8 +26,8 @@ from pydantic import Field
 
 from chaos.errors import FaultError
 from chaos.faults.base import Fault, Handle, Params, register
-from chaos.lab import netns
-from chaos.lab.processes import start_time, state_of
+from chaos.kernel import netns
+from chaos.kernel.processes import start_time, state_of
 
 GONE = (None, "Z")
 

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from chaos.errors import FaultError, SysctlError
 from chaos.faults.base import Fault, Handle, Params, register
-from chaos.lab import netns
+from chaos.kernel import netns
 
 SysctlValue = int | str | list[int]
 

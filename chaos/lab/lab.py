@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.errors import LabError
-from chaos.lab import processes, topology
+from chaos.kernel import processes
+from chaos.lab import topology
 from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
 from chaos.lab.topology import LabState, Plan
-from chaos.rundir import RunDir
+from chaos.record.rundir import RunDir
 from chaos.scenario.model import Scenario
 
 
@@ -55,8 +56,11 @@ def preflight(scenario: Scenario, name: str) -> Plan:
     return plan
 
 
-def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
-    """Build the lab and start its processes; on any failure, remove what was made."""
+def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabState:
+    """Build the lab and start its processes; on any failure, remove what was made.
+
+    ``tied``: the lab's processes die with this process (``chaos run``); else they outlive
+    it (``chaos lab up``)."""
     plan = preflight(scenario, name)
     state = LabState(
         name=name,
@@ -82,7 +86,8 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
         run.journal.event("lab.topology.built", lab=name)
         origin_ns = plan.namespace("origin")
         proc, record = processes.spawn(
-            "origin", "origin", origin_ns, origin_argv(scenario, run), run.log("origin")
+            "origin", "origin", origin_ns, origin_argv(scenario, run), run.log("origin"),
+            tied=tied,
         )
         state.processes.append(record)
         state.save()
@@ -92,7 +97,7 @@ def up(scenario: Scenario, name: str, run: RunDir) -> LabState:
             _check_external(plan, scenario)
         else:
             proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
-            proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"))
+            proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"), tied=tied)
             state.processes.append(record)
             state.save()
             run.journal.event("process.started", role="proxy", kind=proxy.kind, pid=record.pid)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.errors import CapabilityError, ProcessStartError
-from chaos.lab import netns, processes
-from chaos.lab.processes import ProcessRecord
+from chaos.kernel import netns, processes
+from chaos.kernel.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -149,9 +149,14 @@ class Proxy(ABC):
                 "this is a bug if the scenario is valid; please report it with the file above",
             )
 
-    def start(self, namespace: str, log_path: Path) -> tuple[subprocess.Popen, ProcessRecord]:
+    def start(
+        self, namespace: str, log_path: Path, tied: bool = False
+    ) -> tuple[subprocess.Popen, ProcessRecord]:
+        """``tied``: the proxy dies with this process (see :func:`processes.spawn`)."""
         conf = self.write_config(namespace)
-        proc, record = processes.spawn("proxy", self.kind, namespace, self.run_argv(conf), log_path)
+        proc, record = processes.spawn(
+            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied
+        )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
         )

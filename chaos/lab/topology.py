@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos.errors import LabError, NotRootError
-from chaos.lab import netns, processes
-from chaos.lab.processes import ProcessRecord
+from chaos.kernel import netns, processes
+from chaos.kernel.processes import ProcessRecord
 from chaos.scenario.model import LabSpec, Scenario
 
 STATE_DIR = Path(os.environ.get("CHAOS_STATE_DIR", "/run/chaos/labs"))

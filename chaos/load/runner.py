@@ -47,9 +47,11 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from chaos.endings import die_with_parent
 from chaos.errors import LoadError
 
 Spawn = Callable[..., subprocess.Popen]
@@ -346,7 +348,8 @@ class LocustRun:
         self.user_args = list(user_args)
         self.user_classes = list(user_classes)
         self.master_args = list(master_args)
-        self.spawn: Spawn = spawn or subprocess.Popen
+        # by default Locust dies with its controller, even of a SIGKILL
+        self.spawn: Spawn = spawn or partial(subprocess.Popen, preexec_fn=die_with_parent)
         self.master_port = master_port
         # A remote run's workers are other hosts' processes: the master listens for them on
         # master_bind_host and starts local_workers (default: all of them) itself.

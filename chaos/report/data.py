@@ -5,7 +5,7 @@ not one the report can say anything about):
 
 * ``journal.jsonl``: run and load start/end, fault windows (``fault.apply``/``fault.revert``).
 * ``samples.lp``: every collected point (docs/metrics.md), read with
-  :func:`chaos.sink.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
+  :func:`chaos.record.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
   points when the journal has none.
 * Load over time: the ``locust`` measurement when the run wrote one, else Locust's own CSVs
   (``locust/locust_stats_history.csv``, ``locust/rate.csv``).
@@ -31,7 +31,7 @@ from typing import Any
 
 from chaos.errors import SinkError
 from chaos.load.runner import FAILURES_CSV
-from chaos.sink.lineproto import ParseStats, Point, read_points
+from chaos.record.lineproto import ParseStats, Point, read_points
 
 ROLE_ORDER = ("client", "gateway", "proxy", "origin")
 SOCKET_MEASUREMENTS = ("tcp_states", "port_budget_summary", "tcp_zombies", "tcp_counters")

@@ -225,7 +225,7 @@ def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 def _fault_problems(scenario: Scenario, prefix: str) -> list[tuple[int, str, str]]:
     """(index, path, message) for each fault whose type, params or timing is wrong."""
     from chaos.errors import FaultError  # the fault package imports this one's model
-    from chaos.faults.schedule import check_offline
+    from chaos.faults.engine.schedule import check_offline
 
     out = []
     for index, spec in enumerate(scenario.faults):

@@ -6,7 +6,7 @@ Durations accept a number of seconds or a string with a unit (``250ms``, ``10s``
 
 Later features extend this tree by adding fields with defaults, so existing scenario files
 stay valid. Fault types, ``params`` and timing are checked per fault type by
-:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.schedule.
+:mod:`chaos.faults` when the file is loaded (the loader, :func:`chaos.faults.engine.schedule.
 check_offline`), their targets once the lab exists (before the load starts); expectation
 expressions by :mod:`chaos.expect` (at load time).
 """

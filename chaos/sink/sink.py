@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.collect.base import FieldValue, Sample, to_line
-from chaos.rundir import Journal
+from chaos.record.point import FieldValue, Sample, to_line
+from chaos.record.rundir import Journal
 from chaos.sink.config import InfluxConfig
 from chaos.sink.influx import BATCH_LINES, DeliveryStats, InfluxWriter
 
@@ -128,7 +128,7 @@ class Sink:
     def annotate(self, action: str, /, *, title: str | None = None, **fields: FieldValue) -> None:
         """A ``chaos_event`` point for Grafana annotations, e.g.
         ``annotate("fault.apply", id=h.id, kind="netem", target="proxy")`` (the signature of
-        :class:`chaos.faults.guard.Annotate`).
+        :class:`chaos.faults.engine.guard.Annotate`).
 
         Tags: run, scenario, ``action``, and ``id``, ``kind`` (the fault kind), ``target`` and
         ``role`` when given. Fields: ``title`` (default: "action kind on target") and every

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from vmetrics import Series, VictoriaMetrics, free_port, victoria_fixture  # noqa: F401
 
-from chaos.collect.base import Sample
 from chaos.errors import SinkError
-from chaos.rundir import Journal, read_journal
+from chaos.record.point import Sample
+from chaos.record.rundir import Journal, read_journal
 from chaos.sink import InfluxConfig, Sink
 from chaos.sink.spool import Spool
 

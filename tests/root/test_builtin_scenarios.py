@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from chaos.expect import Timeline, evaluate
-from chaos.rundir import read_journal
+from chaos.record.lineproto import read_points
+from chaos.record.rundir import read_journal
 from chaos.scenario import loader
-from chaos.sink.lineproto import read_points
 
 PATHOLOGIES = [name for name in loader.builtin_names() if name != "smoke"]
 CASES: list[tuple[str, str | None]] = [

@@ -1,6 +1,6 @@
 """Collectors against real sockets in throw-away namespaces (root).
 
-Every namespace is named ``ctest-<random>-<n>`` and removed by the fixture, whatever
+Every namespace is named ``ctest-<session token><random>-<n>`` and removed by the fixture, whatever
 happens; sockets live in this process (made from threads inside the namespaces) and are
 closed by the fixture, and the timewait sockets die with their namespace.
 """
@@ -17,20 +17,21 @@ from collections.abc import Callable, Iterator
 import pytest
 import sockets
 from container_cli import docker_stand_in
+from session_token import TOKEN
 from sockets import listener
 
 from chaos.collect import collectors_for
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import to_lines
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.cli import collect_main
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
 from chaos.collect.zombies import ZombieScan, confirm_zombies, scan, socket_tuples
-from chaos.lab import netns
+from chaos.kernel import netns
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.record.point import to_lines
 
 pytestmark = pytest.mark.root
 
@@ -41,7 +42,7 @@ class Lab:
     """Namespaces and sockets of one test; everything is undone by :meth:`cleanup`."""
 
     def __init__(self) -> None:
-        self.prefix = f"ctest-{secrets.token_hex(3)}-"
+        self.prefix = f"ctest-{TOKEN}{secrets.token_hex(3)}-"
         self.names: list[str] = []
         self.sockets: list[socket.socket] = []
         self.refs: list[NetnsRef] = []

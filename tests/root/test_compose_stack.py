@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_checks import REPO, compose_config, dashboard_queries, query_refs
+from session_token import TOKEN
 from vmetrics import BINARY as VM_BINARY
 
 VENV_BIN = Path(sys.executable).parent
@@ -64,7 +65,7 @@ def sh(*argv: str) -> None:
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[str]:
     """A bridge in `<prefix>-net` and one namespace per owning service, linked to it."""
-    prefix = f"cs{os.getpid() % 100000}"
+    prefix = f"cs-{TOKEN}"
     made: list[str] = []
     try:
         hub = f"{prefix}-net"

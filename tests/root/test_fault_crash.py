@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fault_lab import nft_ruleset, spawn_sleeper
 
-from chaos.faults.ledger import Ledger
-from chaos.lab import netns
-from chaos.lab.processes import state_of
+from chaos.faults.engine.ledger import Ledger
+from chaos.kernel import netns
+from chaos.kernel.processes import state_of
 
 CONTROLLER = Path(__file__).resolve().parent.parent / "fault_controller.py"
 KEY = "net.ipv4.tcp_fin_timeout"

@@ -12,11 +12,11 @@ import pytest
 from fault_lab import MiniLab, mini_lab, nft_ruleset
 
 from chaos.errors import FaultError
-from chaos.faults.ledger import Ledger
-from chaos.faults.schedule import FaultSchedule
-from chaos.lab import netns
-from chaos.lab.processes import state_of
-from chaos.rundir import Journal, read_journal
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.schedule import FaultSchedule
+from chaos.kernel import netns
+from chaos.kernel.processes import state_of
+from chaos.record.rundir import Journal, read_journal
 from chaos.scenario.model import FaultSpec
 
 FIN = "net.ipv4.tcp_fin_timeout"

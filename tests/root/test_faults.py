@@ -32,12 +32,12 @@ from chaos import capabilities
 from chaos.errors import FaultError
 from chaos.faults import nft as nft_faults
 from chaos.faults.base import REGISTRY, Handle, Target, fault_type
-from chaos.faults.guard import FaultGuard
-from chaos.faults.ledger import Ledger
-from chaos.faults.targets import resolve
-from chaos.lab import netns
-from chaos.lab.processes import state_of
-from chaos.rundir import Journal, read_journal
+from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.targets import resolve
+from chaos.kernel import netns
+from chaos.kernel.processes import state_of
+from chaos.record.rundir import Journal, read_journal
 
 fault_type("stop")  # fills REGISTRY for the parametrization below
 

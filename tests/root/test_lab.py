@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from chaos.errors import LabError, SysctlError
-from chaos.lab import lab, netns, proxies, topology
+from chaos.kernel import netns
+from chaos.lab import lab, proxies, topology
 from chaos.lab.origin import read_access_log
 from chaos.lab.topology import LabState
-from chaos.rundir import RunDir
+from chaos.record.rundir import RunDir
 from chaos.scenario import loader
 
 

@@ -17,8 +17,9 @@ import pytest
 
 from chaos.collect.labcounters import LabCounter
 from chaos.errors import LabError
-from chaos.lab import lab, netns
-from chaos.rundir import RunDir
+from chaos.kernel import netns
+from chaos.lab import lab
+from chaos.record.rundir import RunDir
 from chaos.scenario.loader import parse
 
 CONNECTIONS = 5

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos.lab import netns
+from chaos.faults.engine.ledger import Ledger
+from chaos.kernel import netns
 from chaos.lab.topology import LabState, list_labs
-from chaos.rundir import read_journal
+from chaos.record.rundir import read_journal
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -50,37 +51,91 @@ def test_run_smoke_end_to_end(chaos_cli, tmp_path, lab_name):
     assert lab_name not in list_labs()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_run_cleans_up_on_signal(tmp_path, lab_name, sig):
+#: smoke with a sysctl fault on the origin for the whole run: every signal comes mid-fault
+SMOKE_WITH_FAULT = (REPO / "chaos/scenario/builtin/smoke.yaml").read_text() + """
+faults:
+  - type: sysctl
+    target: origin
+    at: 0s
+    for: 60s
+    params: {values: {net.ipv4.tcp_fin_timeout: 7}}
+"""
+
+
+def start_faulted_run(tmp_path: Path, lab_name: str) -> tuple[subprocess.Popen, Path]:
+    """`chaos run` with a sysctl fault, once its load and its fault are on; the runs dir."""
+    scenario = tmp_path / "faulted.yaml"
+    scenario.write_text(SMOKE_WITH_FAULT)
+    runs_dir = tmp_path / "runs"
     proc = subprocess.Popen(
-        [str(VENV_BIN / "chaos"), "run", "smoke", "--duration", "60s", "--workers", "1",
-         "--name", lab_name, "--runs-dir", str(tmp_path)],
+        [str(VENV_BIN / "chaos"), "run", str(scenario), "--duration", "60s", "--workers", "1",
+         "--name", lab_name, "--runs-dir", str(runs_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = run_dirs(runs_dir) if runs_dir.exists() else []
+        events = [e["event"] for e in read_journal(runs[0] / "journal.jsonl")] if runs else []
+        if "load.start" in events and "fault.apply" in events:
+            return proc, runs_dir
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    pytest.fail("the run never started its load and fault")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_run_cleans_up_on_signal(tmp_path, lab_name, sig, monkeypatch):
+    """Closing the terminal (SIGHUP), SIGTERM and Ctrl-C all revert, remove the lab, write
+    the report of what was gathered, and exit with 128 + the signal."""
+    ledger = tmp_path / "ledger"
+    monkeypatch.setenv("CHAOS_LEDGER_DIR", str(ledger))
+    proc, runs_dir = start_faulted_run(tmp_path, lab_name)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            runs = run_dirs(tmp_path)
-            if runs and any(e["event"] == "load.start"
-                            for e in read_journal(runs[0] / "journal.jsonl")):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never started its load")
-        time.sleep(1)
+        time.sleep(2)  # a sample or two
+        assert len(Ledger(ledger).entries()[0]) == 1  # the fault is applied
+        signalled = time.monotonic()
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr
-    events = read_journal(run_dirs(tmp_path)[0] / "journal.jsonl")
+    print(f"{sig.name}: exit {proc.returncode} after {took:.2f} s")
+    (run,) = run_dirs(runs_dir)
+    events = read_journal(run / "journal.jsonl")
     assert events[-1] == {**events[-1], "event": "run.end", "outcome": "interrupted"}
+    assert "fault.revert" in [e["event"] for e in events]
+    assert Ledger(ledger).entries() == ([], [])
+    assert (run / "report.html").exists() and json.loads((run / "summary.json").read_text())[
+        "interrupted"
+    ]
     assert LabState.load(lab_name) is None
     assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"chaos-{lab_name}-")]
     # No Locust, proxy or origin process of the run survives.
     leftover = subprocess.run(["pgrep", "-f", f"chaos-{lab_name}|{tmp_path}"],
                               capture_output=True, text=True).stdout.split()
     assert [pid for pid in leftover if int(pid) != os.getpid()] == []
+
+
+def test_run_killed_takes_its_processes_along(tmp_path, lab_name, monkeypatch, chaos_cli):
+    """SIGKILL of `chaos run`: its lab's processes (origin, proxy, Locust) die with it
+    (PR_SET_PDEATHSIG); the namespaces and the fault's ledger entry are swept by
+    `chaos lab down` and `chaos revert-all`."""
+    monkeypatch.setenv("CHAOS_LEDGER_DIR", str(tmp_path / "ledger"))
+    proc, _ = start_faulted_run(tmp_path, lab_name)
+    namespaces = LabState.load(lab_name).namespaces.values()
+    assert any(netns.pids_in(ns) for ns in namespaces)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(netns.pids_in(ns) for ns in namespaces) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(netns.pids_in(ns) for ns in namespaces)
+    assert chaos_cli("lab", "down", lab_name).returncode == 0
+    result = chaos_cli("revert-all")
+    assert result.returncode == 0 and "reverted" in result.stdout, result.stdout
+    assert not [ns for ns in netns.list_namespaces() if ns.startswith(f"chaos-{lab_name}-")]

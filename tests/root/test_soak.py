@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from chaos.lab.topology import list_labs
+from chaos.record.lineproto import read_points
 from chaos.report import write_report
-from chaos.sink.lineproto import read_points
 
 SCENARIO = """\
 name: soak-small

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from chaos.lab.topology import list_labs
-from chaos.rundir import read_journal
+from chaos.record.rundir import read_journal
 
 SCENARIO = """\
 name: sweep-proxy-ports

@@ -19,16 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from chaos.collect import sockdiag as sd
 from chaos.collect.census import CensusResult, SocketCensus
-from chaos.collect.nsref import NetnsRef
-from chaos.lab import lab, netns, processes, topology
+from chaos.kernel import netns, processes
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.lab import lab, topology
 from chaos.lab.origin import read_stats
 from chaos.lab.proxies import parse_log
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import LoadResult, LocustRun
-from chaos.rundir import RunDir
+from chaos.record.rundir import RunDir
 from chaos.scenario import loader
 from chaos.scenario.model import Scenario
 

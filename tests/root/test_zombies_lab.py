@@ -22,12 +22,12 @@ import pytest
 from test_collect_census import wait_for
 from test_teardown_states import running_lab
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.zombies import ZombieScan, confirm_zombies, peers_from_rules, socket_tuples
-from chaos.faults import targets
 from chaos.faults.base import fault_type
-from chaos.lab import netns
+from chaos.faults.engine import targets
+from chaos.kernel import netns
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
 from chaos.lab.topology import LabState, Plan
 from chaos.scenario.model import Scenario
 

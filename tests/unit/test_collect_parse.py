@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.base import Sample, deltas, to_line, to_lines
 from chaos.collect.budget import count_reserved, parse_port_range, seconds_left, slope
 from chaos.collect.census import record_format
 from chaos.collect.conntrack import count_tcp_states, parse_ct_stats
 from chaos.collect.kernel import KernelCounters, flatten, parse_netstat, parse_sockstat
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.sampler import Sampler
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
+from chaos.record.point import Sample, deltas, to_line, to_lines
 
 NETSTAT = """\
 TcpExt: SyncookiesSent TW TWRecycled TCPTimeWaitOverflow TCPACKSkippedTimeWait

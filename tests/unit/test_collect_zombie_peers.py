@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from chaos.collect import sockdiag as sd
-from chaos.collect.nsref import NetnsRef
 from chaos.collect.zombies import Conn, SocketTuples, confirm_zombies, nat, peers_from_rules
+from chaos.kernel import sockdiag as sd
+from chaos.kernel.nsref import NetnsRef
 from chaos.lab.topology import Plan
 from chaos.scenario import loader
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from container_cli import docker_stand_in
 
-from chaos.collect.nsref import container_pid
 from chaos.errors import LabError
+from chaos.kernel.nsref import container_pid
 
 
 def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stdout: str, code: int) -> None:

@@ -23,8 +23,8 @@ from deploy_checks import (
     query_refs,
 )
 
+from chaos.agent.service import Scope
 from chaos.errors import FaultError, ScenarioError
-from chaos.faults.agent import Scope
 from chaos.lab.proxies import Endpoints, HAProxy
 from chaos.run import remote_faults
 from chaos.scenario import loader

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.collect.base import Sample
 from chaos.errors import ScenarioError
 from chaos.expect import Timeline, check_expression, evaluate, evaluate_expression
+from chaos.record.point import Sample
 from chaos.scenario.loader import parse
 from chaos.scenario.model import Scenario
 

@@ -8,6 +8,7 @@ import pytest
 
 from chaos.errors import FaultError
 from chaos.faults.base import Target
+from chaos.faults.engine.schedule import _check_timing, _step_params, _Timeline
 from chaos.faults.nft import (
     FilterParams,
     LossParams,
@@ -16,7 +17,6 @@ from chaos.faults.nft import (
     rule_text,
     table_script,
 )
-from chaos.faults.schedule import _check_timing, _step_params, _Timeline
 from chaos.faults.signals import Kill, SignalParams, Stop
 from chaos.scenario.model import FaultSpec
 

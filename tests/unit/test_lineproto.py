@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.collect.base import Sample, to_line, to_lines
-from chaos.sink.lineproto import LineProtocolError, ParseStats, parse_line, parse_lines, read_points
+from chaos.record.lineproto import (
+    LineProtocolError,
+    ParseStats,
+    parse_line,
+    parse_lines,
+    read_points,
+)
+from chaos.record.point import Sample, to_line, to_lines
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import json
 import socket
 from pathlib import Path
 
-from chaos.collect.base import Collector, Sample, to_lines
 from chaos.collect.locust_stats import CsvTail, LocustFailures, LocustHistory
 from chaos.load.runner import LocustRun
+from chaos.record.point import Collector, Sample, to_lines
 from chaos.report.data import load_run
 
 RAW = Path(__file__).resolve().parents[2] / "locustfiles" / "raw_tcp.py"

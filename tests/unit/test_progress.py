@@ -7,8 +7,8 @@ import time
 
 from rich.console import Console
 
-from chaos.collect.base import Sample
 from chaos.progress import Progress, live_progress
+from chaos.record.point import Sample
 
 
 class _Sink:

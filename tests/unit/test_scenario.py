@@ -266,7 +266,7 @@ def test_unknown_variant_lists_the_known_ones():
 
 def test_a_sysctl_newer_than_the_kernel_is_a_capability_not_a_typo(monkeypatch):
     from chaos.errors import CapabilityError, SysctlError
-    from chaos.lab import netns
+    from chaos.kernel import netns
 
     monkeypatch.setitem(netns.SYSCTL_SINCE, "net.ipv4.tcp_from_the_future", "99.1")
     with pytest.raises(CapabilityError) as caught:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.collect.base import Collector, Sample, to_line
 from chaos.collect.locust_stats import LocustHistory, percentile_field
 from chaos.errors import SinkError
+from chaos.record.point import Collector, Sample, to_line
 from chaos.scenario.model import InfluxSpec
 from chaos.sink import InfluxFlags, Sink, resolve_influx
 from chaos.sink.spool import Spool

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 from netem_pair import A_IP, B_IP, Pair
+from session_token import TOKEN
 
-from chaos.lab import netns
+from chaos.kernel import netns
 
 if not (os.environ.get("CHAOS_IN_VM") or os.environ.get("CHAOS_NETEM_DIRECT")):
     collect_ignore_glob = ["test_*.py"]
@@ -23,7 +24,7 @@ if not (os.environ.get("CHAOS_IN_VM") or os.environ.get("CHAOS_NETEM_DIRECT")):
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    prefix = f"cvm{os.getpid()}"
+    prefix = f"cvm-{TOKEN}"
     made = Pair(f"{prefix}-a", f"{prefix}-b")
     netns.create(made.a)
     try:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from chaos.faults.base import Target
-from chaos.lab import netns
+from chaos.kernel import netns
 
 A_IP, B_IP = "198.18.0.1", "198.18.0.2"  # RFC 2544 benchmarking range, lab only
 PORT, OTHER_PORT, BULK_PORT = 8080, 8081, 9000

@@ -68,7 +68,7 @@ def is_applied(handle: Handle) -> bool:
 
 def run_steps(handle: Handle, count: int) -> None:
     """Do the first ``count`` kernel changes of an apply, as an interrupted apply would."""
-    from chaos.lab import netns
+    from chaos.kernel import netns
 
     with netns.ipr(handle.data["netns"]) as ipr:
         for _what, step in itertools.islice(Netem.steps(handle), count):

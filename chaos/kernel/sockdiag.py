@@ -334,7 +334,7 @@ class InetDiag:
 
     @classmethod
     def open_in(cls, ns: object, *, net_admin: bool = False) -> InetDiag:
-        """Open inside namespace ``ns`` (a :class:`~chaos.collect.nsref.NetnsRef`)."""
+        """Open inside namespace ``ns`` (a :class:`~chaos.kernel.nsref.NetnsRef`)."""
         return cls(ns.run(open_diag_socket, net_admin=net_admin))  # type: ignore[attr-defined]
 
     def acquire(self) -> InetDiag:

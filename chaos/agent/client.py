@@ -1,6 +1,6 @@
 """The controller's side of the remote agent: a fault whose target is an agent URL.
 
-A scenario aims a fault at a target on an agent (``chaos agent``, :mod:`chaos.faults.agent`)
+A scenario aims a fault at a target on an agent (``chaos agent``, :mod:`chaos.agent.service`)
 by giving the agent's URL and the target there as one string::
 
     faults:
@@ -26,7 +26,7 @@ Before the run, :func:`validate_remote` asks the agent to check the fault
 target and params are valid there. Agent errors become :class:`FaultError` with the agent's
 own message and hint.
 
-A :class:`RemoteFault` goes through the controller's :class:`~chaos.faults.guard.FaultGuard`
+A :class:`RemoteFault` goes through the controller's :class:`~chaos.faults.engine.guard.FaultGuard`
 like any fault: its handle (kind ``remote``: agent URL, target, fault id, ``token_env``) is
 in the controller's ledger, so ``chaos revert-all`` on the controller asks the agent to
 revert (an agent that no longer knows the fault has reverted it already). The fault id is

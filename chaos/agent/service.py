@@ -1,10 +1,11 @@
 """``chaos agent``: serve the fault types over HTTP, for faults on another host or container.
 
-A controller (see :mod:`chaos.faults.remote`) asks the agent to apply a fault; the agent
-validates and applies it through the same :class:`~chaos.faults.guard.FaultGuard` and
+A controller (see :mod:`chaos.agent.client`) asks the agent to apply a fault; the agent
+validates and applies it through the same :class:`~chaos.faults.engine.guard.FaultGuard` and
 on-disk ledger as a local run, and holds it under a **lease** that the controller renews.
 When a lease lapses (the controller died, or the network between them was cut) the agent
-reverts the fault by itself. On SIGTERM or Ctrl-C it reverts everything and exits; after a
+reverts the fault by itself. On SIGTERM, SIGHUP (its terminal closed), SIGQUIT or Ctrl-C it
+reverts everything and exits with 128 + the signal; after a
 SIGKILL, ``chaos revert-all`` on the agent's host (same ``CHAOS_LEDGER_DIR``) restores
 everything from the ledger, and the next agent started on that ledger reverts what the dead
 one left.
@@ -14,7 +15,7 @@ Security: every request carries ``Authorization: Bearer <token>`` (``--token-fil
 ``--listen`` says otherwise; and it touches only the targets on its allow-list. Across a
 network it should serve HTTPS (``--tls-cert`` and ``--tls-key``, PEM; TLS 1.2 or newer), so
 the token does not travel in the clear; the controller then uses ``https://`` URLs and
-trusts the certificate through ``params.ca_file`` (:mod:`chaos.faults.remote`). The TLS
+trusts the certificate through ``params.ca_file`` (:mod:`chaos.agent.client`). The TLS
 handshake happens in the request's own thread, with a timeout, so a client that stalls it
 holds up no one else.
 
@@ -63,12 +64,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos import capabilities
+from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
-from chaos.faults.guard import FaultGuard, revert_handle
-from chaos.faults.ledger import Ledger
-from chaos.faults.targets import links_of, resolve
-from chaos.lab import netns, processes
+from chaos.faults.engine.guard import FaultGuard, revert_handle
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.targets import links_of, resolve
+from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
 API = "/v1"
@@ -646,7 +648,8 @@ def serve(
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> int:
-    """Run the agent until SIGTERM or Ctrl-C; then revert everything. Returns an exit code."""
+    """Run the agent until SIGTERM, SIGHUP, SIGQUIT or Ctrl-C; then revert everything.
+    Returns the exit code: 128 + the signal."""
     if os.geteuid() != 0:
         raise NotRootError(
             "the agent applies faults in namespaces: it needs root",
@@ -665,15 +668,17 @@ def serve(
             "choose an address of this host (or namespace) and a free port with --listen",
         ) from None
     owner = os.getpid()
+    stopped_by: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
         if os.getpid() != owner:  # a forked helper (pyroute2) inherited this handler
             os._exit(128 + signum)
+        stopped_by.append(signum)
         # shutdown() waits for serve_forever, which runs in this (main) thread: not here.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for sig in (signal.SIGINT, *ENDING_SIGNALS):
+        signal.signal(sig, stop)
     reaper = threading.Thread(target=agent.reap, name="lease-reaper", daemon=True)
     reaper.start()
     bound_host, bound_port = server.server_address[:2]
@@ -690,4 +695,4 @@ def serve(
         agent.shutdown()  # raises FaultError (exit 7) if a revert failed
         reaper.join(timeout=5)
         print(f"chaos agent stopped; reverted {active} fault(s)", flush=True)
-    return 0
+    return 128 + stopped_by[0] if stopped_by else 0

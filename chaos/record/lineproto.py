@@ -1,6 +1,6 @@
 """Read InfluxDB line protocol back: the run directory's ``samples.lp``, for the report.
 
-The writer is :func:`chaos.collect.base.to_line`; this is its inverse, and it also reads
+The writer is :func:`chaos.record.point.to_line`; this is its inverse, and it also reads
 anything else that follows the line protocol reference (``u`` integers, ``t``/``F`` booleans,
 a missing timestamp, ``#`` comments). It is tolerant on purpose: a run killed mid-write leaves
 a torn last line, and one bad line must not cost the whole report, so bad lines are counted

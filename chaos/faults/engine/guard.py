@@ -2,15 +2,17 @@
 
 :class:`FaultGuard` applies a fault as validate → prepare → **ledger write (fsync'd)** →
 apply → journal ``fault.apply``, and keeps a last-in-first-out stack of what is applied.
-Leaving its ``with`` block — normally, by an exception, Ctrl-C, or SIGTERM (turned into an
-exception when nobody else handles it) — reverts the stack in LIFO order, journals
-``fault.revert`` for each, and removes each ledger entry *after* its revert succeeded. A
-revert that fails is loud: ``fault.revert.failed`` in the journal, the ledger entry kept (so
-``chaos revert-all`` can retry), and a :class:`FaultError` once every other revert was tried.
-After a SIGKILL, nothing in this process runs; the ledger is what ``revert-all`` reads.
+Leaving its ``with`` block — normally, by an exception, Ctrl-C, or SIGTERM, SIGHUP or
+SIGQUIT (turned into an exception when nobody else handles them, see :mod:`chaos.endings`)
+— reverts the stack in LIFO order, journals ``fault.revert`` for each, and removes each
+ledger entry *after* its revert succeeded. A revert that fails is loud:
+``fault.revert.failed`` in the journal, the ledger entry kept (so ``chaos revert-all`` can
+retry), and a :class:`FaultError` once every other revert was tried. After a SIGKILL, nothing
+in this process runs; the ledger is what ``revert-all`` reads.
 
-While reverting in the main thread, Ctrl-C and SIGTERM are held back and re-delivered after
-the reverts, so an impatient second Ctrl-C cannot leave half the faults applied.
+While reverting in the main thread, Ctrl-C and the stop signals are held back and
+re-delivered after the reverts, so an impatient second Ctrl-C cannot leave half the faults
+applied.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
+from chaos.endings import handled, held_signals, signals_raise
 from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle, fault_type
-from chaos.faults.ledger import Ledger
+from chaos.faults.engine.ledger import Ledger
 
 
 class Annotate(Protocol):
@@ -55,36 +58,22 @@ def revert_handle(handle: Handle) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Defer SIGINT and SIGTERM while reverting (main thread only), then re-deliver them."""
-    if threading.current_thread() is not threading.main_thread():
+    """Defer Ctrl-C and the stop signals while reverting (main thread only), then
+    re-deliver them."""
+    with held_signals() as pending:
         yield
-        return
-    pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-
-    def hold(signum: int, frame: Any) -> None:
-        pending.append(signum)
-
-    previous = {sig: signal.signal(sig, hold) for sig in held}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for signum in dict.fromkeys(pending):
-            signal.raise_signal(signum)
+    for signum in dict.fromkeys(pending):
+        signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
-    """SIGTERM raises (as in ``chaos run``) unless someone already handles it."""
-    in_main = threading.current_thread() is threading.main_thread()
-    if not in_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+def _stop_signals_raise() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGQUIT raise (as in ``chaos run``) unless someone already
+    handles them."""
+    if handled():
         yield
         return
-    from chaos.run import sigterm_raises  # the project's one SIGTERM → exception handler
-
-    with sigterm_raises():
+    with signals_raise():
         yield
 
 
@@ -107,7 +96,7 @@ class FaultGuard:
     # --- context manager ------------------------------------------------------------------
     def __enter__(self) -> FaultGuard:
         self._sigterm = contextlib.ExitStack()
-        self._sigterm.enter_context(_sigterm_as_exception())
+        self._sigterm.enter_context(_stop_signals_raise())
         return self
 
     def __exit__(

@@ -30,13 +30,13 @@ state)::
       params: {direction: [input], probability: 10, ramp: [{}, {probability: 20},
                {probability: 40}]}
 
-Every apply and revert goes through :class:`~chaos.faults.guard.FaultGuard`: ledger entry
+Every apply and revert goes through :class:`~chaos.faults.engine.guard.FaultGuard`: ledger entry
 first, journal events ``fault.apply`` / ``fault.revert`` (with ``spec``, ``step``,
 ``window`` and ``at``), and the optional ``annotate`` callback for the sink. A fault that
 fails to apply stops the schedule; ``error`` holds it and ``stop()`` raises it after
 reverting everything.
 
-A target ``http://HOST:PORT/TARGET`` is a fault on a remote agent (:mod:`chaos.faults.remote`):
+A target ``http://HOST:PORT/TARGET`` is a fault on a remote agent (:mod:`chaos.agent.client`):
 the agent validates it before the run, applies and reverts it, and holds it under a lease this
 process renews (``params.lease``, ``params.token_env``). A lease that lapses (the agent
 reverted the fault early) stops the schedule like a failed apply.
@@ -52,12 +52,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from chaos import capabilities
+from chaos.agent.client import validate_remote
 from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle, Target, fault_type
-from chaos.faults.guard import Annotate, EventLog, FaultGuard
-from chaos.faults.ledger import Ledger
-from chaos.faults.remote import validate_remote
-from chaos.faults.targets import is_agent_url, resolve
+from chaos.faults.engine.guard import Annotate, EventLog, FaultGuard
+from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.targets import is_agent_url, resolve
 from chaos.lab.topology import LabState
 from chaos.scenario.model import FaultSpec
 

@@ -13,7 +13,7 @@ Target forms::
                                         namespaces (never the host's)
 
 Agent URLs (``http://HOST:PORT/TARGET``) name a target on a remote agent: the schedule
-hands them to :mod:`chaos.faults.remote` (see :func:`is_agent_url`); ``resolve`` refuses
+hands them to :mod:`chaos.agent.client` (see :func:`is_agent_url`); ``resolve`` refuses
 them. The agent itself resolves ``TARGET`` with ``resolve`` against its allow-list.
 """
 
@@ -24,7 +24,7 @@ import re
 
 from chaos.errors import FaultError
 from chaos.faults.base import Target
-from chaos.lab import netns, processes
+from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
 #: A Locust worker's command line (see chaos.load.runner.LocustRun.worker_argv).
@@ -88,7 +88,7 @@ def resolve(target: str, state: LabState) -> Target:
     if is_agent_url(text):
         raise FaultError(
             f"fault target {text!r}: an agent URL is for remote agents, not the local lab",
-            "agent targets are applied through chaos.faults.remote (the fault schedule does)",
+            "agent targets are applied through chaos.agent.client (the fault schedule does)",
         )
     if text in state.namespaces:
         return _role_target(text, text, state, None)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults.base import Handle
-from chaos.lab import processes
+from chaos.kernel import processes
 
 DEFAULT_DIR = "/run/chaos/faults"
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chaos.endings import die_with_parent
 from chaos.errors import ProcessStartError
-from chaos.lab import netns
+from chaos.kernel import netns
 
 
 def start_time(pid: int) -> int | None:
@@ -84,11 +85,20 @@ def spawn(
     argv: Sequence[str],
     log_path: Path,
     detach: bool = True,
+    tied: bool = False,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
-    ``detach`` puts it in its own session, so it outlives the `chaos lab up` command.
+    ``detach`` puts it in its own session, so a terminal's signals reach only the controller
+    and a lab outlives the `chaos lab up` command. ``tied`` makes it die with this process
+    (``chaos run``: even a SIGKILL of the controller leaves no lab process running).
     """
+
+    def prepare() -> None:
+        raise_fd_limit()
+        if tied:
+            die_with_parent()
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
@@ -98,7 +108,7 @@ def spawn(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                prepare=raise_fd_limit,
+                prepare=prepare,
                 start_new_session=detach,
                 close_fds=True,
             )

@@ -1,7 +1,7 @@
 """Which network namespace a collector looks at, and how it gets in there.
 
 A :class:`NetnsRef` names one namespace: the host's (the controller's own), a lab namespace by
-name (entered through :func:`chaos.lab.netns.run_in`, the project's one gateway to named
+name (entered through :func:`chaos.kernel.netns.run_in`, the project's one gateway to named
 namespaces), or any process's namespace by pid, by container (its main process, as the
 container engine's CLI reports it) or by a namespace file path (``/proc/PID/ns/net``, a
 bind mount). For pid and path the namespace file is opened once and
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chaos.errors import LabError, NotRootError
-from chaos.lab import netns
+from chaos.kernel import netns
 
 T = TypeVar("T")
 run_in_fd = netns.run_in_fd
