@@ -35,6 +35,7 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ScenarioError] = []
@@ -45,6 +46,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed.append(exc)
             continue
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
+        for warning in overlap_warnings(scenario.faults, scenario.duration):
+            out.print(Text.assemble(("warning: ", "bold yellow"), f"{name}: {warning}"))
     for exc in failed:
         print_error(exc)
     return ScenarioError.exit_code if failed else 0
@@ -91,6 +94,8 @@ def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
         lab_name=args.name,
         workers=args.workers,
         variant=args.variant,
+        proxy_config=args.proxy_config,
+        proxy_kind=args.proxy_kind,
         report=not args.no_report,
         progress=not args.no_progress,
         influx=InfluxFlags(
@@ -152,6 +157,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from chaos.scenario import loader
 
     scenario = loader.load(args.scenario)
+    if args.proxy_config:
+        scenario = loader.with_proxy_config(scenario, args.proxy_config, args.proxy_kind)
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
@@ -171,11 +178,37 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab_proxy_config(args: argparse.Namespace) -> int:
+    from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
+    from chaos.scenario import loader
+
+    scenario = loader.load(args.scenario)
+    spec = scenario.lab.proxy
+    if args.kind:
+        spec = spec.model_copy(update={"kind": args.kind})
+    if spec.kind not in PROXIES:
+        raise ChaosError(
+            f"the scenario's proxy is kind {spec.kind}: the lab generates no configuration for it",
+            "give --kind haproxy, nginx or caddy",
+        )
+    # the placeholders stay unfilled: this is the starting point for a user's own file
+    proxy = proxy_for(spec, Endpoints("", 0, "", 0), Path("."))
+    sys.stdout.write(proxy.example())
+    return 0
+
+
 def cmd_lab_down(args: argparse.Namespace) -> int:
     from chaos.lab import lab, topology
 
     names = topology.list_labs() if args.all else [args.name]
     for name in names:
+        owner = topology.running_owner(name) if args.all and not args.force else None
+        if owner is not None:
+            out.print(
+                f"lab [bold]{name}[/]: left alone, its owner {owner.describe()} is running "
+                "(--force to remove it anyway)"
+            )
+            continue
         removed = lab.down(name)
         if removed:
             out.print(f"lab [bold]{name}[/]: removed {len(removed)} items")
@@ -293,7 +326,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
         table = Table(*columns, box=None, pad_edge=False)
         for e in entries:
             since = datetime.fromtimestamp(e.since).strftime("%H:%M:%S")
-            owner = f"{e.owner_pid} " + ("(running)" if e.owner_alive() else "[yellow](gone)[/]")
+            state = "(running)" if e.owner_alive() else "[yellow](gone)[/]"
+            where = "" if e.owner.here() else f"@{e.owner.host}"
+            owner = f"{e.owner.pid}{where} {state}"
             namespace = str(e.handle.data.get("netns") or "-")
             table.add_row(
                 e.handle.id,
@@ -350,7 +385,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.engine.guard import revert_handle
+    from chaos.faults.engine.guard import revert_recorded
     from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
@@ -366,13 +401,19 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     failed = len(bad)
     for e in entries:  # newest first: the reverse of the order they were applied in
         label = f"{e.handle.id} {e.handle.kind} on {e.handle.target}"
+        if e.owner_alive() and not args.force:
+            out.print(
+                Text.assemble(("left ", "yellow"), label, f": owner {e.owner.describe()} is "
+                              "running (--force reverts it)"),
+                soft_wrap=True,
+            )  # fmt: skip
+            continue
         try:
-            revert_handle(e.handle)
+            revert_recorded(ledger, e.handle)
         except (FaultError, ChaosError) as exc:
             failed += 1
             err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
             continue
-        ledger.remove(e.handle.id)
         out.print(Text.assemble(("reverted ", "green"), label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
@@ -444,6 +485,22 @@ def add_influx_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_proxy_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy-config",
+        default=None,
+        metavar="FILE",
+        help="run the lab's proxy with your own configuration file (see README, "
+        "'Test your own proxy')",
+    )
+    p.add_argument(
+        "--proxy-kind",
+        choices=("haproxy", "nginx", "caddy"),
+        default=None,
+        help="the proxy --proxy-config is for (default: told from the file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaos",
@@ -485,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no live progress line (off a terminal: a compact line every 10 s)",
     )
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("sweep", cmd_sweep, "step the connection rate up: the knee and what ran out first")
@@ -508,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_proxy_config_flags(p)
     add_influx_flags(p)
 
     p = add("push", cmd_push, "send a run's samples (samples.lp) to InfluxDB")
@@ -526,9 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
     p.add_argument("--name", default=None, help="lab name (default: from the scenario, or 'lab')")
     p.add_argument("--runs-dir", default="runs")
+    add_proxy_config_flags(p)
+    p = add(
+        "proxy-config",
+        cmd_lab_proxy_config,
+        "print the proxy configuration the lab generates for a scenario, placeholders "
+        "unfilled: the starting point for your own (--proxy-config)",
+        lab_sub,
+    )
+    p.add_argument("scenario", nargs="?", default="smoke", metavar="SCENARIO")
+    p.add_argument("--kind", choices=("haproxy", "nginx", "caddy"), default=None)
     p = add("down", cmd_lab_down, "remove a lab and everything it made", lab_sub)
     p.add_argument("name", nargs="?", default="lab")
-    p.add_argument("--all", action="store_true", help="remove every lab")
+    p.add_argument(
+        "--all", action="store_true", help="remove every lab whose owner is gone"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --all: also the labs of running owners"
+    )
     p = add("status", cmd_lab_status, "show namespaces, addresses and processes", lab_sub)
     p.add_argument("name", nargs="?", default=None)
 
@@ -561,7 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("types", cmd_faults_types, "every fault type with its parameters", faults_sub)
     p.add_argument("--verbose", "-v", action="store_true", help="with each family's summary")
-    add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p = add("revert-all", cmd_revert_all, "revert every fault in the ledger (after a crash)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also revert the faults of owners still running (a live run or agent)",
+    )
 
     p = add("agent", cmd_agent, "serve the fault types over HTTP for a remote controller")
     p.add_argument(

@@ -6,13 +6,12 @@ faults and remove the lab exactly as for Ctrl-C (SIGINT, Python's KeyboardInterr
 process then exits with 128 + the signal's number, the shell's convention (SIGTERM → 143,
 SIGHUP → 129, SIGINT → 130), so a caller can tell how it ended.
 
-Children the controller starts should die with it where the kernel allows:
-:func:`die_with_parent` sets ``PR_SET_PDEATHSIG`` in the child (used as a ``preexec_fn``).
+Children the controller starts die with it where the kernel allows:
+:func:`chaos.kernel.processes.die_with_parent` (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import threading
@@ -22,7 +21,6 @@ from typing import Any
 
 #: the signals that end a controller the way SIGTERM does
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-PR_SET_PDEATHSIG = 1
 
 
 class Terminated(BaseException):
@@ -71,18 +69,6 @@ def signals_raise() -> Iterator[None]:
 def handled() -> bool:
     """True when someone already handles SIGTERM (an outer :func:`signals_raise`)."""
     return signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """In a child before exec: the kernel sends ``sig`` when the parent *thread* exits.
-
-    SIGKILL, because a child the controller left SIGSTOPped would never act on SIGTERM. Start
-    children from a thread that lives as long as they should (the main thread). The
-    ``PR_SET_PDEATHSIG`` setting survives exec (except of set-user-ID programs)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl: nobody will send it
-        os._exit(1)
 
 
 def ending_for(signum: int) -> BaseException:

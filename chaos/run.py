@@ -40,20 +40,23 @@ from rich.text import Text
 from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.labcounters import LabCounter
+from chaos.collect.load_series import LoadSeries
 from chaos.collect.locust_stats import LocustFailures, LocustHistory
 from chaos.collect.process import ProcessCpu
 from chaos.collect.proxylog import ProxyLogErrors
 from chaos.collect.timewait import TimeWaitTimers
-from chaos.endings import Terminated, die_with_parent, ending_for, held_signals, signals_raise
+from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Timeline, Verdict, evaluate
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
 from chaos.kernel import netns
+from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress
 from chaos.record.lineproto import read_points
 from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
@@ -74,12 +77,16 @@ class RunOptions:
     variant: str | None = None
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
+    proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
+    proxy_kind: str | None = None
 
 
 def resolve(options: RunOptions) -> Scenario:
     scenario = loader.load(options.scenario)
     if options.variant:
         scenario = loader.with_variant(scenario, options.variant)
+    if options.proxy_config:
+        scenario = loader.with_proxy_config(scenario, options.proxy_config, options.proxy_kind)
     updates: dict[str, Any] = {}
     if options.duration:
         try:
@@ -310,6 +317,8 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 refs[role] = NetnsRef.host()
             elif role in state.namespaces:
                 refs[role] = NetnsRef.named(state.namespaces[role])
+            elif role == "proxy" and (external := external_proxy_netns(state)) is not None:
+                refs[role] = external
             else:
                 return None
         return refs[role]
@@ -371,24 +380,48 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
 
 
 def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """Locust's per-second stats and failures, tailed from the files LocustRun writes
-    (--csv <run>/locust/locust --csv-full-history, and our locustfiles' --failures-csv)."""
+    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
+    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
+    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
     history = run_path / "locust" / "locust_stats_history.csv"
     failures = history.with_name(FAILURES_CSV)
     return [
+        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
         LocustHistory(history, netns=netns_label, tags={"role": "client"}),
         LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
     ]
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU of the proxy and origin processes the lab started (none for an external proxy):
-    a capacity sweep tells a saturated proxy from exhausted ports by it."""
-    return [
+    """CPU and memory of the proxy and origin processes the lab started, and of an external
+    proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
+    from exhausted ports by it."""
+    made: list[Collector] = [
         ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
+    external = state.proxy
+    if "pid" in external or "cgroup" in external:
+        made.append(
+            ProcessCpu(
+                int(external.get("pid", 0)),  # type: ignore[call-overload]
+                netns=str(external.get("netns", "host")),
+                tags={"role": "proxy"},
+                cgroup=external.get("cgroup"),  # type: ignore[arg-type]
+            )
+        )
+    return made
+
+
+def external_proxy_netns(state: LabState) -> NetnsRef | None:
+    """The external proxy's network namespace, where the user named it (``lab.proxy.netns``,
+    else the namespace of ``lab.proxy.process.pid``): its sockets are sampled as role proxy."""
+    if "netns" in state.proxy:
+        return NetnsRef.named(str(state.proxy["netns"]))
+    if "pid" in state.proxy:
+        return NetnsRef.of_pid(int(state.proxy["pid"]))  # type: ignore[call-overload]
+    return None
 
 
 def run_progress(

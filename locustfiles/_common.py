@@ -5,16 +5,19 @@ Standalone on purpose: no import of the ``chaos`` package (locust monkey-patches
 with gevent before this module is imported). Locust skips files starting with ``_`` when it is
 given a directory, so this module is never mistaken for a locustfile.
 
-Options registered here (shared by every locustfile that imports this module):
+Options registered here (shared by every locustfile that imports this module; names, defaults
+and help are in ``chaos/load/contract.py``, the one definition the controller uses too):
 
 ``--rate R``             target new connections (tasks) per second for the whole test; 0 = unpaced
-``--rate-mode M``        ``shared`` (default): one GCRA token bucket per process, each process
-                         gets ``R / workers``; ``per-user``: each user is paced on its own
-                         schedule at ``R / workers / users_on_this_process`` (like
-                         ``constant_pacing``: start times are scheduled, not sleep-after-work)
+``--rate-mode M``        ``per-user`` (default): each user is paced on its own schedule at
+                         ``R / workers / users_on_this_process`` (like ``constant_pacing``: start
+                         times are scheduled, not sleep-after-work); ``shared``: one GCRA token
+                         bucket per process, each process gets ``R / workers``
 ``--rate-steps LIST``    e.g. ``500,1000,2000``: the target changes every ``--step-seconds``
                          (measured from test start) and stays at the last step; overrides --rate
 ``--step-seconds S``     length of one step (default 10)
+``--source-addresses``   comma list of local addresses, spread round-robin over connections
+``--connect-timeout S``  seconds
 ``--workers-hint N``     number of worker processes sharing the rate. 0 (default) = automatic:
                          the master writes its connected worker count into the options it sends
                          to workers at test start; a local run counts as 1
@@ -24,6 +27,7 @@ Options registered here (shared by every locustfile that imports this module):
 ``--failures-csv PATH``  master/local only: failures per error class and second, one row per
                          class and second once the class has appeared:
                          ``time,elapsed_s,class,count,total``
+``--series-file PATH``   master/local only: the per-second load series (``_series.py``)
 ``--http-path PATH``     request path of the HTTP users (here because both locustfiles use it)
 """
 
@@ -36,7 +40,9 @@ import random
 import time
 from typing import Any
 
+import _series
 import gevent
+from _contract import contract, register_options
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -106,48 +112,8 @@ def errno_failure(exc: OSError) -> TcpFailure:
 
 # --------------------------------------------------------------------------- options
 @events.init_command_line_parser.add_listener
-def _add_rate_arguments(parser: Any) -> None:
-    group = parser.add_argument_group("rate control (locustfiles/_common.py)")
-    group.add_argument(
-        "--rate", type=float, default=0.0, help="target new connections/s for the whole test"
-    )
-    group.add_argument(
-        "--rate-mode",
-        choices=["shared", "per-user"],
-        default="shared",
-        help="shared: one token bucket per process; per-user: each user on its own schedule",
-    )
-    group.add_argument(
-        "--rate-steps", default="", help="comma list of rates, one per --step-seconds"
-    )
-    group.add_argument("--step-seconds", type=float, default=10.0, help="length of a rate step")
-    group.add_argument(
-        "--workers-hint",
-        type=int,
-        default=0,
-        help="worker processes sharing --rate (0 = automatic)",
-    )
-    group.add_argument(
-        "--rate-csv", default="", help="master/local: per-second target and achieved rate CSV"
-    )
-    group.add_argument(
-        "--failures-csv",
-        default="",
-        help="master/local: failures per error class and second (CSV)",
-    )
-    group.add_argument("--http-path", default="/", help="HTTP request path (raw http, http_user)")
-    group.add_argument(
-        "--rate-entry",
-        default="connection",
-        help="stats entry counted as achieved rate (empty = Aggregated)",
-    )
-    group.add_argument(
-        "--heartbeat-liveness",
-        type=int,
-        default=0,
-        help="master: missed 1 s heartbeats before a worker counts as gone (0: Locust's 3); "
-        "raise it when a fault SIGSTOPs workers on purpose",
-    )
+def _add_common_arguments(parser: Any) -> None:
+    register_options(parser, contract.COMMON)
 
 
 @events.init.add_listener
@@ -157,20 +123,23 @@ def _tune_locust(environment: Environment, **_: Any) -> None:
 
     # Per-second history rows reach the CSV (and the run's sink) within a second, not 5.
     locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
-    liveness = opt(environment, "heartbeat_liveness", 0)
+    # The hub's cached "now" dates from when gevent was imported; a local headless run arms
+    # its --run-time timer before the loop first runs, so without this the run ends early
+    # by the time the imports took (seconds on a busy machine).
+    gevent.get_hub().loop.update_now()
+    liveness = opt(environment, "heartbeat_liveness")
     if liveness:
         # Read by the master whenever a worker (re)appears: a stopped worker stays counted.
         locust.runners.HEARTBEAT_LIVENESS = liveness
 
 
-def opt(environment: Environment, name: str, default: Any) -> Any:
-    """An option from the parsed command line, or its default when run without one."""
+def opt(environment: Environment, name: str, default: Any = None) -> Any:
+    """An option from the parsed command line, or its default when run without one (the
+    contract's default when ``default`` is None)."""
+    if default is None:
+        default = contract.default(name)
     options = environment.parsed_options
     return default if options is None else getattr(options, name, default)
-
-
-def parse_rate_steps(text: str) -> list[float]:
-    return [float(part) for part in text.replace(" ", "").split(",") if part]
 
 
 # --------------------------------------------------------------------------- rate control
@@ -184,10 +153,10 @@ class RateControl:
 
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
-        self.rate = float(opt(environment, "rate", 0.0))
-        self.steps = parse_rate_steps(str(opt(environment, "rate_steps", "") or ""))
-        self.step_seconds = max(float(opt(environment, "step_seconds", 10.0)), 0.001)
-        self.mode = str(opt(environment, "rate_mode", "shared"))
+        self.rate = float(opt(environment, "rate"))
+        self.steps = contract.parse_rate_steps(str(opt(environment, "rate_steps") or ""))
+        self.step_seconds = max(float(opt(environment, "step_seconds")), 0.001)
+        self.mode = str(opt(environment, "rate_mode"))
         self.workers = self._worker_count(environment)
         self.started = time.monotonic()
         self.started_wall = time.time()
@@ -195,7 +164,7 @@ class RateControl:
 
     @staticmethod
     def _worker_count(environment: Environment) -> int:
-        hint = int(opt(environment, "workers_hint", 0) or 0)
+        hint = int(opt(environment, "workers_hint") or 0)
         if hint > 0:
             return hint
         runner = environment.runner
@@ -211,11 +180,8 @@ class RateControl:
 
     def target_rate(self, now: float | None = None) -> float:
         """Whole-test target (all workers) at monotonic time ``now``."""
-        if not self.steps:
-            return self.rate
         elapsed = (time.monotonic() if now is None else now) - self.started
-        index = min(int(elapsed / self.step_seconds), len(self.steps) - 1)
-        return self.steps[max(index, 0)]
+        return contract.target_rate(elapsed, self.rate, self.steps, self.step_seconds)
 
     def target_rate_at_wall(self, wall: float) -> float:
         return self.target_rate(self.started + (wall - self.started_wall))
@@ -369,7 +335,7 @@ class RateCsvWriter(PerSecondCsv):
     def __init__(self, environment: Environment, path: str) -> None:
         super().__init__(environment, path)
         self.control = RateControl(environment)
-        self.entry = str(opt(environment, "rate_entry", "connection") or "")
+        self.entry = str(opt(environment, "rate_entry") or "")
         self.users: dict[int, int] = {}  # second -> running users, sampled by tick()
         self.last_users = 0
 
@@ -607,12 +573,19 @@ def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
         setattr(environment.parsed_options, WORKERS_ATTR, max(runner.worker_count, 1))
     STATE.rate = RateControl(environment)
     _start_csv_writers(environment)
+    _series.start(environment, str(opt(environment, "series_file") or ""))
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
+    _series.stop(environment)
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     # At quitting, the master has the workers' final reports: the last rows are complete.
     _stop_csv_writers()
+    _series.close()
 
 
 # --------------------------------------------------------------------------- final CSV rows

@@ -22,7 +22,7 @@ Teardown modes (``--teardown``):
   ``hold-after-fin``    after the server's FIN keep the socket ``--hold-seconds`` (CLOSE_WAIT on
                         the client). Held sockets are closed by a per-user reaper greenlet so the
                         user goes on connecting; at most ``--max-held`` per user (beyond that the
-                        socket is closed at once and a ``hold_overflow`` failure is reported)
+                        socket is closed at once and the connection fails as ``HoldOverflow``)
   ``idle-before-send``  connect, idle ``--idle-ms`` (1000 if 0), send, read, close (meets
                         TCP_DEFER_ACCEPT)
   ``slow-reader``       SO_RCVBUF ``--rcvbuf`` (4096 if 0) before connect, read at
@@ -30,26 +30,22 @@ Teardown modes (``--teardown``):
 ``--idle-ms``, ``--rcvbuf`` and ``--read-rate`` also apply to every other mode when > 0.
 Keepalive (any mode): ``--keepalive`` with ``--keepidle/--keepintvl/--keepcnt`` seconds/probes.
 
-Stats (request_type ``TCP``):
-  ``connection``    one entry per connection attempt: total time, bytes received; a failure
-                    carries its class (below). Use this row for connection counts and rates.
-  ``connect``, ``first_byte``, ``response``, ``close``  per-phase times of the phases that
-                    completed (connect: socket to established; first_byte and response: from
-                    request sent; close: from full response to close(), including the wait for
-                    the server's FIN in the modes that wait). Fired for every
-                    ``--phase-stats``-th connection (1 = all, the default; 0 = none): each
-                    event costs ~3.3 us of CPU, so the four phase events cost ~10-15% of a
-                    connection's CPU (bench/load_churn.py, in the lab: ~8.3k connections per
-                    CPU-second with, ~9.9k without).
-  ``slow_connect``  a failure entry for each successful connect slower than
-                    ``--slow-connect-ms`` (port-range exhaustion shows first as connect latency).
-The ``Aggregated`` row therefore sums phases too: read counts from ``connection``.
+Stats: exactly one Locust request event per connection attempt (request_type ``TCP``, name
+``connection``): its total time and bytes received, and for a failure its class (below). So
+Locust's request count, Aggregated RPS and failures are connections. The phases (``connect``:
+socket to established; ``first_byte``: request sent to first response byte; ``close``: full
+response to close() done, including the wait for the server's FIN in the modes that wait;
+``total``: connect start to close done) are measured in microseconds and travel with the
+per-second counts through the load series (``_series.py``, ``--series-file``), never as extra
+request events: each event costs ~3 us of CPU.
 
 Failure classes (Locust's failure table groups by them): the errno name of an OSError
 (ECONNREFUSED, ECONNRESET, EADDRNOTAVAIL, EPIPE, ETIMEDOUT, ...), ``ConnectTimeout``
 (``--connect-timeout``), ``ReadTimeout`` (no progress on a read or send for ``--read-timeout``),
 ``IncompleteResponse`` (EOF before the response ended), ``BadResponse`` (e.g. ``HTTP503``),
-``SlowConnect``, ``HoldOverflow``. Both timeouts are enforced by one per-process watchdog timer
+``SlowConnect`` (a connect slower than ``--slow-connect-ms``: the connection counts as failed
+even when it went on to completion; port-range exhaustion shows first as connect latency),
+``HoldOverflow``. Both timeouts are enforced by one per-process watchdog timer
 with a resolution of min(timeout/10, 0.1 s), not by socket timeouts (see _Watchdog).
 
 Connections cut short when Locust kills the users at the end of a run (at most one per user)
@@ -87,6 +83,8 @@ from _common import (
     errno_failure,
     opt,
 )
+from _contract import contract, register_options
+from _series import RECORDER
 from gevent.socket import wait_read, wait_write
 from locust import User, events, task
 from locust.env import Environment
@@ -97,15 +95,8 @@ Sock = _socket.socket
 NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 LINGER_RST = struct.pack("ii", 1, 0)
 REQUEST_TYPE = "TCP"
-MODES = (
-    "client-close",
-    "wait-server-fin",
-    "half-close",
-    "abort",
-    "hold-after-fin",
-    "idle-before-send",
-    "slow-reader",
-)
+MODES = contract.TEARDOWN_MODES
+CONNECTION = contract.CONNECTION_ENTRY
 RECV_SIZE = 65536
 _NO_CONTEXT: dict[str, Any] = {}  # shared, never mutated: avoids a dict per event
 HOLD_OVERFLOW = TcpFailure("HoldOverflow")
@@ -117,24 +108,7 @@ INCOMPLETE = IncompleteResponse()
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    g = parser.add_argument_group("RawTcpUser (locustfiles/raw_tcp.py)")
-    g.add_argument("--protocol", choices=["raw", "http"], default="raw", help="wire protocol")
-    g.add_argument("--request", default="GET", help="raw protocol: request line (\\n appended)")
-    g.add_argument("--teardown", choices=MODES, default="client-close", help="how to end")
-    g.add_argument("--hold-seconds", type=float, default=30.0, help="hold-after-fin: hold time")
-    g.add_argument("--max-held", type=int, default=10000, help="held sockets per user, at most")
-    g.add_argument("--idle-ms", type=float, default=0.0, help="idle after connect, before send")
-    g.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF before connect (0: kernel)")
-    g.add_argument("--read-rate", type=float, default=0.0, help="read at most B/s (0: no limit)")
-    g.add_argument("--keepalive", action="store_true", default=False, help="SO_KEEPALIVE on")
-    g.add_argument("--keepidle", type=int, default=60, help="TCP_KEEPIDLE seconds")
-    g.add_argument("--keepintvl", type=int, default=10, help="TCP_KEEPINTVL seconds")
-    g.add_argument("--keepcnt", type=int, default=5, help="TCP_KEEPCNT probes")
-    g.add_argument("--source-addresses", default="", help="comma list of local addresses")
-    g.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
-    g.add_argument("--read-timeout", type=float, default=10.0, help="seconds without progress")
-    g.add_argument("--slow-connect-ms", type=float, default=200.0, help="slow_connect threshold")
-    g.add_argument("--phase-stats", type=int, default=1, help="phase entries every Nth conn")
+    register_options(parser, contract.RAW_OPTIONS)
 
 
 def parse_host(host: str) -> tuple[str, int]:
@@ -162,20 +136,20 @@ class RawConfig:
     """Options resolved once per process per test (users read attributes, nothing parses)."""
 
     def __init__(self, environment: Environment) -> None:
-        g = lambda name, default: opt(environment, name, default)  # noqa: E731
+        g = lambda name: opt(environment, name)  # noqa: E731
         self.environment = environment
-        self.protocol: str = g("protocol", "raw")
-        self.request_line: str = g("request", "GET")
-        self.http_path: str = g("http_path", "/")
-        self.mode: str = g("teardown", "client-close")
-        self.hold_seconds = float(g("hold_seconds", 30.0))
-        self.max_held = int(g("max_held", 10000))
-        idle_ms = float(g("idle_ms", 0.0))
+        self.protocol: str = g("protocol")
+        self.request_line: str = g("request")
+        self.http_path: str = g("http_path")
+        self.mode: str = g("teardown")
+        self.hold_seconds = float(g("hold_seconds"))
+        self.max_held = int(g("max_held"))
+        idle_ms = float(g("idle_ms"))
         if self.mode == "idle-before-send" and idle_ms <= 0:
             idle_ms = 1000.0
         self.idle = idle_ms / 1000.0
-        rcvbuf = int(g("rcvbuf", 0))
-        read_rate = float(g("read_rate", 0.0))
+        rcvbuf = int(g("rcvbuf"))
+        read_rate = float(g("read_rate"))
         if self.mode == "slow-reader":
             rcvbuf = rcvbuf or 4096
             read_rate = read_rate or 1024.0
@@ -185,12 +159,11 @@ class RawConfig:
         self.read_chunk = RECV_SIZE
         if read_rate > 0:
             self.read_chunk = max(1, min(int(read_rate / 10) or 1, rcvbuf or RECV_SIZE))
-        self.connect_timeout = float(g("connect_timeout", 5.0))
-        self.read_timeout = float(g("read_timeout", 10.0))
+        self.connect_timeout = float(g("connect_timeout"))
+        self.read_timeout = float(g("read_timeout"))
         # Timeouts are enforced by a watchdog with this resolution (see _Watchdog).
         self.watchdog_tick = min(max(min(self.connect_timeout, self.read_timeout) / 10, 0.005), 0.1)
-        self.slow_connect = float(g("slow_connect_ms", 200.0))
-        self.phase_every = max(int(g("phase_stats", 1)), 0)
+        self.slow_connect = float(g("slow_connect_ms")) / 1000.0  # seconds
         self.half_close = self.mode == "half-close"
         self.wait_fin = self.mode in ("wait-server-fin", "half-close", "hold-after-fin")
         self.abort = self.mode == "abort"
@@ -198,15 +171,15 @@ class RawConfig:
         pre: list[tuple[int, int, int]] = []
         if rcvbuf > 0:
             pre.append((socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf))
-        if g("keepalive", False):
+        if g("keepalive"):
             pre += [
                 (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-                (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(g("keepidle", 60))),
-                (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(g("keepintvl", 10))),
-                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(g("keepcnt", 5))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(g("keepidle"))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(g("keepintvl"))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(g("keepcnt"))),
             ]
         self.pre_opts = tuple(pre)
-        sources = [a.strip() for a in str(g("source_addresses", "") or "").split(",") if a.strip()]
+        sources = [a.strip() for a in str(g("source_addresses") or "").split(",") if a.strip()]
         self.sources: Iterator[str] | None = None
         if sources:
             runner = environment.runner
@@ -294,7 +267,6 @@ class RawTcpUser(User):
         self._pacer = Pacer(environment)
         self._held: deque[tuple[float, Sock]] = deque()
         self._reaper: gevent.Greenlet | None = None
-        self._count = 0
         self._deadline = 0.0  # perf_counter() deadline of the current blocking step, 0 = none
         self._glet: Any = None
 
@@ -332,9 +304,10 @@ class RawTcpUser(User):
     # ------------------------------------------------------------------ one connection
     def one_connection(self) -> None:
         cfg = self._cfg
-        fire = self._fire
         perf = time.perf_counter
+        recorder = RECORDER
         t0 = perf()
+        recorder.starts.append(t0)
         t1 = t2 = tf = t3 = 0.0
         nbytes = 0
         failure: TcpFailure | None = None
@@ -362,6 +335,7 @@ class RawTcpUser(User):
                 if err:
                     raise OSError(err, os.strerror(err))
             t1 = perf()
+            recorder.connects.append((t0, t1))
             stage = 1
             if cfg.idle > 0:
                 self._deadline = 0.0
@@ -382,7 +356,8 @@ class RawTcpUser(User):
                 nbytes += self._read_to_eof(sock)
             self._deadline = 0.0
             if cfg.hold:
-                self._hold(sock)
+                if not self._hold(sock):
+                    failure = HOLD_OVERFLOW
             else:
                 if cfg.abort:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
@@ -399,58 +374,15 @@ class RawTcpUser(User):
         t4 = perf()
         if failure is not None:
             sock.close()
-
-        self._count += 1
-        every = cfg.phase_every
-        if every and self._count % every == 0:
-            if t1:
-                fire(
-                    request_type=REQUEST_TYPE,
-                    name="connect",
-                    response_time=(t1 - t0) * 1000.0,
-                    response_length=0,
-                    exception=None,
-                    context=_NO_CONTEXT,
-                )
-            if tf:
-                fire(
-                    request_type=REQUEST_TYPE,
-                    name="first_byte",
-                    response_time=(tf - t2) * 1000.0,
-                    response_length=0,
-                    exception=None,
-                    context=_NO_CONTEXT,
-                )
-            if t3:
-                fire(
-                    request_type=REQUEST_TYPE,
-                    name="response",
-                    response_time=(t3 - t2) * 1000.0,
-                    response_length=nbytes,
-                    exception=None,
-                    context=_NO_CONTEXT,
-                )
-                if failure is None:
-                    fire(
-                        request_type=REQUEST_TYPE,
-                        name="close",
-                        response_time=(t4 - t3) * 1000.0,
-                        response_length=0,
-                        exception=None,
-                        context=_NO_CONTEXT,
-                    )
-        if t1 and (t1 - t0) * 1000.0 > cfg.slow_connect:
-            fire(
-                request_type=REQUEST_TYPE,
-                name="slow_connect",
-                response_time=(t1 - t0) * 1000.0,
-                response_length=0,
-                exception=SLOW_CONNECT,
-                context=_NO_CONTEXT,
-            )
-        fire(
+        elif t1 - t0 > cfg.slow_connect:
+            # Port-range exhaustion shows first as connect latency: such a connection counts
+            # as failed (SlowConnect) although it went on to completion.
+            failure = SLOW_CONNECT
+        # The phases travel through the series (_series.py); Locust gets one event.
+        recorder.ends.append((t0, t2, tf, t3, t4, failure))
+        self._fire(
             request_type=REQUEST_TYPE,
-            name="connection",
+            name=CONNECTION,
             response_time=(t4 - t0) * 1000.0,
             response_length=nbytes,
             exception=failure,
@@ -548,23 +480,18 @@ class RawTcpUser(User):
             total += len(data)
 
     # ------------------------------------------------------------------ holding
-    def _hold(self, sock: Sock) -> None:
+    def _hold(self, sock: Sock) -> bool:
+        """Keep ``sock`` for --hold-seconds; False (and closed) when the user holds the most
+        it may already."""
         cfg = self._cfg
         if len(self._held) >= cfg.max_held:
             sock.close()
-            self._fire(
-                request_type=REQUEST_TYPE,
-                name="hold_overflow",
-                response_time=0.0,
-                response_length=0,
-                exception=HOLD_OVERFLOW,
-                context=_NO_CONTEXT,
-            )
-            return
+            return False
         self._held.append((time.monotonic() + cfg.hold_seconds, sock))
         if self._reaper is None or self._reaper.dead:
             # One reaper per user, not a greenlet per socket: deadlines are in FIFO order.
             self._reaper = gevent.spawn(self._reap)
+        return True
 
     def _reap(self) -> None:
         held = self._held

@@ -67,7 +67,7 @@ from chaos import capabilities
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
-from chaos.faults.engine.guard import FaultGuard, revert_handle
+from chaos.faults.engine.guard import FaultGuard, revert_recorded
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import links_of, resolve
 from chaos.kernel import netns, processes
@@ -447,11 +447,10 @@ class Agent:
             if entry.owner_alive():
                 continue
             try:
-                revert_handle(entry.handle)
+                revert_recorded(ledger, entry.handle)
             except FaultError as exc:
                 self.log.event("agent.leftover.failed", id=entry.handle.id, error=exc.message)
                 continue
-            ledger.remove(entry.handle.id)
             self.log.event("agent.leftover.reverted", id=entry.handle.id, kind=entry.handle.kind)
 
     def shutdown(self) -> None:

@@ -14,6 +14,13 @@ A fault's life, driven by :mod:`chaos.faults.engine.guard`:
 4. ``revert(handle)``: a classmethod that needs only the handle (it runs in another process
    after a SIGKILL). It restores the snapshot and is harmless when called twice or when
    ``apply`` never ran or only half ran.
+
+Faults that may overlap on one thing (two sysctl windows on one key, two stops of one
+process, from one run or several processes) set ``stacks``: the guard then, under the
+ledger's lock, hands each fault the other recorded faults of its kind (``holders``, oldest
+first). ``stack_on`` takes the *original* state from an older holder instead of the state
+the older fault made; ``revert_stacked`` leaves what a holder still holds (a sysctl goes to
+the newest holder's value) and restores the original when the last one ends, in any order.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ class Fault(ABC):
     features: ClassVar[tuple[str, ...]] = ()
     #: True when revert undoes the fault (SIGKILL cannot be undone).
     reversible: ClassVar[bool] = True
+    #: True when faults of this kind may overlap and stack (see the module's docstring).
+    stacks: ClassVar[bool] = False
 
     def __init__(self, target: Target, params: Params) -> None:
         self.target = target
@@ -121,6 +130,21 @@ class Fault(ABC):
     @abstractmethod
     def revert(cls, handle: Handle) -> None:
         """Undo ``handle``; idempotent, safe after a partial apply or none."""
+
+    @classmethod
+    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
+        """(``stacks``) What two faults of this kind on one target overlap on, from raw
+        params (for ``chaos validate``'s warning): a sysctl key, the process."""
+        return set()
+
+    def stack_on(self, handle: Handle, holders: list[Handle]) -> None:  # noqa: B027
+        """(``stacks``) Before the ledger write: where an older fault in ``holders`` holds
+        what ``handle`` changes, take its original state into ``handle``."""
+
+    @classmethod
+    def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
+        """(``stacks``) Undo ``handle`` but leave what ``holders`` still hold."""
+        cls.revert(handle)
 
     def handle(self, **data: Any) -> Handle:
         return Handle(kind=self.kind, target=self.target.name, data=data)

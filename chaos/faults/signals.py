@@ -11,6 +11,10 @@ time no longer matches belongs to another program now and is never signalled. Af
 signal the state is checked in ``/proc``: ``T`` after SIGSTOP, not ``T`` after SIGCONT, gone
 (or a zombie) after SIGKILL; a process that does not get there in ``settle`` seconds is a
 FaultError. Revert continues only processes that were not already stopped before the fault.
+
+Stops are reference-counted per process (pid and start time), across processes through the
+ledger: a stop that ends while another still holds the process leaves it stopped, and a
+stop that began on a process another had stopped inherits the state from before the first.
 """
 
 from __future__ import annotations
@@ -145,13 +149,31 @@ class Stop(_SignalFault):
                     "is it being traced? `cat /proc/PID/status`",
                 )
 
+    stacks = True
+
+    @classmethod
+    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
+        return {"the processes"}
+
+    def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
+        for record in handle.data["processes"]:
+            older = _holding(record, holders)
+            if older:
+                record["state"] = older[0]["state"]  # the state before the first stop
+
     @classmethod
     def revert(cls, handle: Handle) -> None:
+        cls.revert_stacked(handle, [])
+
+    @classmethod
+    def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
         settle = handle.data["settle"]
         stuck = []
         for record in reversed(handle.data["processes"]):
             if record["state"] == "T":
                 continue  # it was stopped before the fault: leave it as found
+            if _holding(record, holders):
+                continue  # another stop still holds it
             if state_of(record["pid"]) != "T" or not cls._signal(record, signal.SIGCONT):
                 continue
             state = _wait_state(record["pid"], record["started"], _running_or_gone, settle)
@@ -187,6 +209,14 @@ class Kill(_SignalFault):
     @classmethod
     def revert(cls, handle: Handle) -> None:
         """A killed process cannot be brought back; nothing to do, harmlessly."""
+
+
+def _holding(record: dict[str, Any], holders: list[Handle]) -> list[dict[str, Any]]:
+    """The records of ``holders`` (oldest first) for the same process as ``record``."""
+    same = (record["pid"], record["started"])
+    return [
+        r for h in holders for r in h.data["processes"] if (r["pid"], r["started"]) == same
+    ]
 
 
 def _stopped_or_gone(state: str | None) -> bool:

@@ -6,12 +6,17 @@ namespace and would change the host), present in the target's namespace, writabl
 previous values are snapshotted into the handle (so into the ledger) before anything is
 written. Revert writes the snapshot back, key by key, in reverse order; a key whose
 namespace is gone needs nothing.
+
+Windows stack per (namespace, key), across processes (the ledger is the source of truth):
+a window that opens while another holds the key records the *original* value, not the
+other's; a window that closes while others still hold the key leaves it at the newest
+holder's value; the last one out restores the original, whatever the order.
 """
 
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -40,6 +45,12 @@ class SysctlParams(Params):
         return value
 
 
+def _holding(handle: Handle, holders: list[Handle], key: str) -> list[Handle]:
+    """The holders (oldest first) that set ``key`` in ``handle``'s namespace."""
+    namespace = handle.data["netns"]
+    return [h for h in holders if h.data["netns"] == namespace and key in h.data["values"]]
+
+
 def _writable(key: str) -> bool:
     return bool(os.stat(netns.sysctl_path(key)).st_mode & 0o200)
 
@@ -50,6 +61,7 @@ class SysctlWindow(Fault):
     params_model = SysctlParams
     features: ClassVar[tuple[str, ...]] = ()
     params: SysctlParams
+    stacks = True
 
     def check_target(self) -> None:
         namespace = self.target.netns
@@ -85,12 +97,30 @@ class SysctlWindow(Fault):
                 ) from None
 
     @classmethod
+    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
+        values = params.get("values")
+        return set(values) if isinstance(values, dict) else set()
+
+    def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
+        previous = handle.data["previous"]
+        for key in previous:
+            older = _holding(handle, holders, key)
+            if older:
+                previous[key] = older[0].data["previous"][key]  # the original, from the first
+
+    @classmethod
     def revert(cls, handle: Handle) -> None:
+        cls.revert_stacked(handle, [])
+
+    @classmethod
+    def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
         namespace = handle.data["netns"]
         if not netns.exists(namespace):
             return  # the sysctls died with their namespace
         failed = []
-        for key, value in reversed(handle.data["previous"].items()):
+        for key, original in reversed(handle.data["previous"].items()):
+            still = _holding(handle, holders, key)
+            value = still[-1].data["values"][key] if still else original
             try:
                 if netns.sysctl_get(namespace, key) != value:
                     netns.sysctl_set(namespace, key, value)

@@ -7,6 +7,7 @@ recorded pid that the kernel has since reused for another program is never signa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -17,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chaos.endings import die_with_parent
 from chaos.errors import ProcessStartError
 from chaos.kernel import netns
+
+PR_SET_PDEATHSIG = 1
 
 
 def start_time(pid: int) -> int | None:
@@ -78,6 +80,18 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child before exec: the kernel sends ``sig`` when the parent *thread* exits.
+
+    SIGKILL, because a child the controller left SIGSTOPped would never act on SIGTERM. Start
+    children from a thread that lives as long as they should (the main thread). The
+    ``PR_SET_PDEATHSIG`` setting survives exec (except of set-user-ID programs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl: nobody will send it
+        os._exit(1)
+
+
 def spawn(
     role: str,
     name: str,
@@ -86,12 +100,14 @@ def spawn(
     log_path: Path,
     detach: bool = True,
     tied: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
     ``detach`` puts it in its own session, so a terminal's signals reach only the controller
     and a lab outlives the `chaos lab up` command. ``tied`` makes it die with this process
     (``chaos run``: even a SIGKILL of the controller leaves no lab process running).
+    ``env`` replaces the environment (None: inherit).
     """
 
     def prepare() -> None:
@@ -111,6 +127,7 @@ def spawn(
                 prepare=prepare,
                 start_new_session=detach,
                 close_fds=True,
+                env=env,
             )
         except FileNotFoundError:
             raise ProcessStartError(
@@ -198,3 +215,45 @@ def terminate(record: ProcessRecord, grace: float = 5.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that made something (a ledger entry, a lab): pid, start time and host.
+
+    Alive means: on this host, the pid still runs the same program (start time matches). An
+    owner on another host (a ledger directory shared between hosts) cannot be checked here
+    and counts as alive, so nothing of it is touched without ``--force``."""
+
+    pid: int
+    started: int | None
+    host: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(os.getpid(), start_time(os.getpid()), socket.gethostname())
+
+    def here(self) -> bool:
+        return self.host in ("", socket.gethostname())
+
+    def alive(self) -> bool:
+        if not self.here():
+            return True
+        return start_time(self.pid) == self.started and state_of(self.pid) not in (None, "Z")
+
+    def describe(self) -> str:
+        """``pid 123 (chaos run smoke ...)``, for messages about whose something is."""
+        command = _cmdline(self.pid) if self.here() and self.alive() else ""
+        # paths as their last part: `python fault_controller.py ...`, `chaos run smoke`
+        command = " ".join(word.rpartition("/")[2] or word for word in command.split())
+        where = "" if self.here() else f" on {self.host}"
+        shown = f" ({command[:80]})" if command else ""
+        return f"pid {self.pid}{shown}{where}"

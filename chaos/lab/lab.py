@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chaos.collect.process import CGROUP_ROOT, cgroup_pids, process_roots
 from chaos.errors import LabError
-from chaos.kernel import processes
+from chaos.kernel import netns, processes
 from chaos.lab import topology
 from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
 from chaos.lab.topology import LabState, Plan
 from chaos.record.rundir import RunDir
-from chaos.scenario.model import Scenario
+from chaos.scenario.model import ProxySpec, Scenario
 
 
 def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
@@ -52,6 +53,8 @@ def preflight(scenario: Scenario, name: str) -> Plan:
         proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), Path("."))
         proxy.executable()
         proxy.check_fd_limit()
+        for note in proxy.check_user_config():  # the proxy's own check runs in its namespace
+            print(f"note: {note}", file=sys.stderr)
     topology.check_sysctls(plan)
     return plan
 
@@ -64,6 +67,7 @@ def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabSta
     plan = preflight(scenario, name)
     state = LabState(
         name=name,
+        owner=asdict(processes.Owner.current()),
         namespaces=plan.namespaces,
         run_dir=str(run.path),
         client_addresses=plan.client_addresses,
@@ -95,12 +99,23 @@ def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabSta
         run.journal.event("process.started", role="origin", pid=record.pid)
         if plan.external:
             _check_external(plan, scenario)
+            state.proxy.update(external_proxy(scenario.lab.proxy))
+            state.save()
+            run.journal.event("proxy.external", **state.proxy)
         else:
             proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
+            for note in proxy.check_user_config():
+                run.journal.event("proxy.note", note=note)
             proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"), tied=tied)
             state.processes.append(record)
             state.save()
-            run.journal.event("process.started", role="proxy", kind=proxy.kind, pid=record.pid)
+            run.journal.event(
+                "process.started",
+                role="proxy",
+                kind=proxy.kind,
+                pid=record.pid,
+                config=scenario.lab.proxy.config or "generated",
+            )
     except BaseException as exc:
         run.journal.event("lab.up.failed", lab=name, error=str(exc))
         topology.destroy(name)
@@ -119,6 +134,47 @@ def _check_external(plan: Plan, scenario: Scenario) -> None:
             f"side of the client link is 198.18.1.1) and forwarding to the origin at "
             f"{plan.origin_address}:{scenario.lab.origin.port}",
         )
+
+
+def external_proxy(spec: ProxySpec) -> dict[str, object]:
+    """Where the user's own proxy is measured: ``pid`` (the root of its process tree) or
+    ``cgroup`` for its CPU and memory, ``netns`` for its sockets. A name that does not
+    resolve now is an error before the run, not an empty graph after it."""
+    found: dict[str, object] = {}
+    selector = spec.process
+    if selector is not None and selector.pid is not None:
+        if processes.start_time(selector.pid) is None:
+            raise LabError(
+                f"lab.proxy.process.pid {selector.pid}: no such process",
+                "give the pid of your proxy's main process (e.g. `pgrep -o haproxy`)",
+            )
+        found["pid"] = selector.pid
+    elif selector is not None and selector.name is not None:
+        roots = process_roots(selector.name)
+        if len(roots) != 1:
+            raise LabError(
+                f"lab.proxy.process.name {selector.name!r} matches "
+                f"{len(roots) or 'no'} process tree{'s' if len(roots) != 1 else ''}"
+                + (f" (pids {', '.join(map(str, roots))})" if roots else ""),
+                "give lab.proxy.process.pid (or a cgroup) of the one you test",
+            )
+        found["pid"] = roots[0]
+    elif selector is not None and selector.cgroup is not None:
+        if not cgroup_pids(selector.cgroup):
+            raise LabError(
+                f"lab.proxy.process.cgroup {selector.cgroup!r} holds no process "
+                f"(looked in {CGROUP_ROOT})",
+                "give a cgroup v2 path from `systemctl status` or /proc/PID/cgroup",
+            )
+        found["cgroup"] = selector.cgroup
+    if spec.netns is not None:
+        if not netns.exists(spec.netns):
+            raise LabError(
+                f"lab.proxy.netns {spec.netns!r} does not exist",
+                "check the name with `ip netns list`",
+            )
+        found["netns"] = spec.netns
+    return found
 
 
 def down(name: str) -> list[str]:

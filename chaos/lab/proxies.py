@@ -1,16 +1,26 @@
-"""The proxy under test: HAProxy (default), nginx, or an external proxy of the user's.
+"""The proxy under test: HAProxy (default), nginx, Caddy, or an external proxy of the user's.
 
-Each kind renders its configuration from the scenario's :class:`ProxySpec` into the run
-directory, checks it with the proxy's own checker, and starts the proxy in the foreground in
-the proxy namespace, with its log going to ``<run>/logs/proxy.log``. Each connection (tcp
-mode) or request (http mode) is logged on one line that starts with ``CONN``, so tests and the
-report can compare what the proxy passed with what the origin received::
+Each kind has a Jinja2 template (``chaos/lab/templates``) rendered from the scenario's
+:class:`ProxySpec`, or takes the user's own file (``lab.proxy.config``). Either way the text
+holds placeholders that only the lab can fill, and which it fills the same way in both:
+
+    {{ listen }}    HOST:PORT the proxy listens on ({{ listen_host }}, {{ listen_port }})
+    {{ origin }}    HOST:PORT of the origin it forwards to ({{ origin_host }}, {{ origin_port }})
+    {{ run_dir }}   the proxy's own directory in the run (pid files, temp paths)
+
+Nothing else in a user's file is changed: line numbers stay the user's, so the proxy's own
+checker (run in the proxy namespace before anything starts) names the user's line. The filled
+file goes to ``<run>/proxy/``; the proxy runs in the foreground in the proxy namespace with its
+log in ``<run>/logs/proxy.log``. The generated configurations log each connection (tcp mode) or
+request (http mode) on one line that starts with ``CONN`` (Caddy: its JSON access log), so tests
+and the report can compare what the proxy passed with what the origin received::
 
     CONN <client ip:port> <backend source ip:port | -> <server ip:port> <status> <bytes> ...
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -21,7 +31,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.errors import CapabilityError, ProcessStartError
+import jinja2
+
+from chaos.errors import CapabilityError, LabError, ProcessStartError
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import ProcessRecord
 from chaos.scenario.model import ProxySpec
@@ -46,12 +58,58 @@ def _whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("chaos.lab", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # proxy configurations, not HTML
+)
+_TEMPLATES.filters.update(ms=_ms, whole_seconds=_whole_seconds)
+
+PLACEHOLDERS = (
+    "listen", "listen_host", "listen_port", "origin", "origin_host", "origin_port", "run_dir"
+)  # fmt: skip
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     listen_host: str
     listen_port: int
     origin_host: str
     origin_port: int
+
+    def placeholders(self, run_dir: Path) -> dict[str, str]:
+        return {
+            "listen": f"{self.listen_host}:{self.listen_port}",
+            "listen_host": self.listen_host,
+            "listen_port": str(self.listen_port),
+            "origin": f"{self.origin_host}:{self.origin_port}",
+            "origin_host": self.origin_host,
+            "origin_port": str(self.origin_port),
+            "run_dir": str(run_dir),
+        }
+
+
+def fill_placeholders(text: str, values: dict[str, str], source: str) -> str:
+    """``text`` with every ``{{ name }}`` replaced; an unknown name is the user's error."""
+    unknown = [
+        f"{source}:{text.count(chr(10), 0, m.start()) + 1}: {{{{ {m.group(1)} }}}}"
+        for m in _PLACEHOLDER_RE.finditer(text)
+        if m.group(1) not in values
+    ]
+    if unknown:
+        raise LabError(
+            "unknown placeholder in the proxy configuration:\n  " + "\n  ".join(unknown),
+            "the lab fills only " + ", ".join(f"{{{{ {n} }}}}" for n in values),
+        )
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
+
+
+def placeholders_used(text: str) -> set[str]:
+    return {m.group(1) for m in _PLACEHOLDER_RE.finditer(text)}
 
 
 class Proxy(ABC):
@@ -60,6 +118,11 @@ class Proxy(ABC):
     kind: str
     binary: str
     package: str
+    template: str  # in chaos/lab/templates; also the name of the filled file in the run
+    #: a regular expression that finds, in a configuration's text, a log line chaos can parse
+    parseable_log: str
+    #: lines of the checker's output that say nothing about the configuration
+    check_noise = re.compile(r"\[NOTICE\]")
 
     def __init__(self, spec: ProxySpec, endpoints: Endpoints, conf_dir: Path) -> None:
         self.spec = spec
@@ -94,18 +157,87 @@ class Proxy(ABC):
     def version_args(cls) -> list[str]: ...
 
     @abstractmethod
-    def render(self) -> str:
-        """The configuration file's text."""
-
-    @abstractmethod
     def check_argv(self, conf: Path) -> list[str]: ...
 
     @abstractmethod
     def run_argv(self, conf: Path) -> list[str]: ...
 
+    def env(self) -> dict[str, str] | None:
+        """The proxy's environment (None: the controller's)."""
+        return None
+
+    def example(self) -> str:
+        """The generated configuration with its placeholders unfilled: a user's starting point."""
+        placeholders = {name: f"{{{{ {name} }}}}" for name in PLACEHOLDERS}
+        return _TEMPLATES.get_template(f"{self.template}.j2").render(
+            spec=self.spec,
+            t=self.spec.timeouts,
+            stream_module=NGINX_STREAM_MODULE,
+            **placeholders,
+        )
+
+    @property
+    def user_config(self) -> Path | None:
+        return Path(self.spec.config) if self.spec.config else None
+
+    def source_text(self) -> str:
+        """The unfilled configuration: the user's file, or the generated example."""
+        if self.user_config is None:
+            return self.example()
+        try:
+            return self.user_config.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LabError(
+                f"cannot read the proxy configuration {self.user_config}: {exc}",
+                "lab.proxy.config (or --proxy-config) must name a readable text file",
+            ) from None
+
+    def render(self) -> str:
+        """The configuration file's text, placeholders filled."""
+        source = str(self.user_config or f"generated {self.template}")
+        return fill_placeholders(
+            self.source_text(), self.endpoints.placeholders(self.conf_dir), source
+        )
+
+    def check_user_config(self) -> list[str]:
+        """Problems of a user's file that need no proxy to find; notes, not errors, are
+        returned (e.g. no log line chaos can parse)."""
+        if self.user_config is None:
+            return []
+        text = self.source_text()
+        missing = {"listen", "origin"} - {
+            name.split("_")[0] for name in placeholders_used(text) if name != "run_dir"
+        }
+        if missing:
+            names = " and no ".join(f"{{{{ {m} }}}}" for m in sorted(missing))
+            raise LabError(
+                f"{self.user_config} has no {names} placeholder: the lab owns the listen and "
+                "origin addresses",
+                f"write e.g. `{self.listen_example()}` where your proxy listens and "
+                f"`{self.origin_example()}` where it forwards "
+                "(`chaos lab proxy-config SCENARIO` prints a complete example)",
+            )
+        fill_placeholders(text, self.endpoints.placeholders(self.conf_dir), str(self.user_config))
+        if re.search(self.parseable_log, text) is None:
+            return [
+                f"{self.user_config} has no log line chaos can parse, so the run will not count "
+                f"what the proxy passed (CPU and memory are still measured); to count it, add "
+                f"{self.log_hint()}"
+            ]
+        return []
+
+    @abstractmethod
+    def listen_example(self) -> str: ...
+
+    @abstractmethod
+    def origin_example(self) -> str: ...
+
+    @abstractmethod
+    def log_hint(self) -> str: ...
+
     @property
     def conf_path(self) -> Path:
-        return self.conf_dir / f"{self.kind}.conf"
+        return self.conf_dir / self.template
 
     def fds_needed(self) -> int:
         """File descriptors the proxy asks for: two per proxied connection, plus its own."""
@@ -141,13 +273,26 @@ class Proxy(ABC):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=self.env(),
         )
         output, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise ProcessStartError(
-                f"{self.kind} rejected its generated configuration {conf}:\n" + output.strip(),
-                "this is a bug if the scenario is valid; please report it with the file above",
+        if proc.returncode == 0:
+            return
+        said = "\n".join(
+            line for line in output.strip().splitlines() if not self.check_noise.search(line)
+        )
+        if self.user_config is not None:
+            # the filled file has the user's line numbers: name the user's file
+            raise LabError(
+                f"{self.kind} rejected your configuration {self.user_config}:\n"
+                + said.replace(str(conf), str(self.user_config)),
+                f"fix the line {self.kind} names above (the lab fills only the placeholders, "
+                f"line numbers are your file's); the filled file is {conf}",
             )
+        raise ProcessStartError(
+            f"{self.kind} rejected its generated configuration {conf}:\n" + said,
+            "this is a bug if the scenario is valid; please report it with the file above",
+        )
 
     def start(
         self, namespace: str, log_path: Path, tied: bool = False
@@ -155,7 +300,7 @@ class Proxy(ABC):
         """``tied``: the proxy dies with this process (see :func:`processes.spawn`)."""
         conf = self.write_config(namespace)
         proc, record = processes.spawn(
-            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied
+            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied, env=self.env()
         )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
@@ -167,170 +312,63 @@ class HAProxy(Proxy):
     kind = "haproxy"
     binary = "haproxy"
     package = "haproxy"
+    template = "haproxy.cfg"
+    parseable_log = r'log-format\s+"?CONN '
 
     @classmethod
     def version_args(cls) -> list[str]:
         return ["-v"]
 
-    def render(self) -> str:
-        spec, ep, t = self.spec, self.endpoints, self.spec.timeouts
-        http = spec.mode == "http"
-        log_format = (
-            "CONN %ci:%cp %bi:%bp %si:%sp %ST %B %ts %Tt"
-            if http
-            else "CONN %ci:%cp %bi:%bp %si:%sp - %B %ts %Tt"
-        )
-        lines = [
-            "# generated by chaos from the scenario's lab.proxy; do not edit",
-            "global",
-            f"    maxconn {spec.maxconn}",
-            f"    nbthread {spec.threads}",
-            "    log stdout format raw local0",
-            "",
-            "defaults",
-            f"    mode {spec.mode}",
-            "    log global",
-            "    option dontlognull  # readiness probes connect and send nothing",
-            f'    log-format "{log_format}"',
-            f"    maxconn {spec.maxconn}",
-            f"    timeout connect {_ms(t.connect)}",
-            f"    timeout client {_ms(t.client)}",
-            f"    timeout server {_ms(t.server)}",
-        ]
-        if t.client_fin is not None:
-            lines.append(f"    timeout client-fin {_ms(t.client_fin)}")
-        if t.server_fin is not None:
-            lines.append(f"    timeout server-fin {_ms(t.server_fin)}")
-        if http:
-            lines.append(f"    timeout http-keep-alive {_ms(t.http_keep_alive)}")
-            if spec.upstream == "keep-alive":
-                lines += ["    option http-keep-alive", "    http-reuse always"]
-            else:
-                # The server side is closed after every response; who sends the first FIN
-                # then depends on the origin (close: server) or on HAProxy.
-                lines.append("    option http-server-close")
-        if spec.linger_zero:
-            lines.append("    option nolinger")
-        ka = spec.keepalive
-        if ka.enabled:
-            for side in ("cli", "srv"):  # both legs: either peer can vanish
-                lines += [
-                    f"    option {side}tcpka",
-                    f"    {side}tcpka-idle {_whole_seconds(ka.idle)}s",
-                    f"    {side}tcpka-intvl {_whole_seconds(ka.interval)}s",
-                    f"    {side}tcpka-cnt {ka.count}",
-                ]
-        bind_options = (" defer-accept" if spec.defer_accept else "") + (
-            " transparent" if spec.transparent else ""
-        )
-        lines += [
-            "",
-            "frontend fe",
-            f"    bind {ep.listen_host}:{ep.listen_port}{bind_options}",
-            "    default_backend origin",
-            "",
-            "backend origin",
-            f"    server origin {ep.origin_host}:{ep.origin_port}",
-            *(["    source 0.0.0.0 usesrc client"] if spec.transparent else []),
-            "",
-        ]
-        return "\n".join(lines)
-
     def check_argv(self, conf: Path) -> list[str]:
-        return [self.executable(), "-c", "-q", "-f", str(conf)]
+        return [self.executable(), "-c", "-f", str(conf)]  # -q would hide the errors too
 
     def run_argv(self, conf: Path) -> list[str]:
         return [self.executable(), "-db", "-f", str(conf)]
+
+    def listen_example(self) -> str:
+        return "bind {{ listen }}"
+
+    def origin_example(self) -> str:
+        return "server origin {{ origin }}"
+
+    def log_hint(self) -> str:
+        return (
+            '`log stdout format raw local0` in global and `log global` plus '
+            '`log-format "CONN %ci:%cp %bi:%bp %si:%sp %ST %B %ts %Tt"` in defaults'
+        )
 
 
 class Nginx(Proxy):
     kind = "nginx"
     binary = "nginx"
     package = "nginx-light libnginx-mod-stream"
+    template = "nginx.conf"
+    parseable_log = r"log_format\s+\S+\s+'CONN "
 
     @classmethod
     def version_args(cls) -> list[str]:
         return ["-v"]
 
-    def render(self) -> str:
-        spec, ep, t = self.spec, self.endpoints, self.spec.timeouts
-        base = self.conf_dir
-        lines = []
-        if spec.mode == "tcp":
-            if not Path(NGINX_STREAM_MODULE).exists():
-                raise CapabilityError(
-                    "nginx's stream module is missing, and the scenario uses nginx in tcp mode",
-                    "install it: apt-get install libnginx-mod-stream",
-                )
-            lines.append(f"load_module {NGINX_STREAM_MODULE};")
-        lines += [
-            "# generated by chaos from the scenario's lab.proxy; do not edit",
-            "daemon off;",
-            f"worker_processes {spec.threads};",
-            f"pid {base}/nginx.pid;",
-            f"worker_rlimit_nofile {spec.maxconn * 2 + 64};",
-            f"events {{ worker_connections {spec.maxconn}; }}",
-        ]
-        options = ["reuseport", "backlog=4096"]
-        if spec.defer_accept:
-            options.append("deferred")
-        if spec.keepalive.enabled:
-            ka = spec.keepalive
-            options.append(
-                f"so_keepalive={_whole_seconds(ka.idle)}:{_whole_seconds(ka.interval)}:{ka.count}"
+    def example(self) -> str:
+        if self.spec.mode == "tcp" and not Path(NGINX_STREAM_MODULE).exists():
+            raise CapabilityError(
+                "nginx's stream module is missing, and the scenario uses nginx in tcp mode",
+                "install it: apt-get install libnginx-mod-stream",
             )
-        listen = f"listen {ep.listen_host}:{ep.listen_port} {' '.join(options)};"
-        if spec.mode == "http":
-            keepalive = spec.upstream == "keep-alive"
-            lines += [
-                "http {",
-                "    log_format chaos 'CONN $remote_addr:$remote_port - $upstream_addr $status "
-                "$bytes_sent $request_time';",
-                "    access_log /dev/stdout chaos;",
-                f"    client_body_temp_path {base}/tmp-body;",
-                f"    proxy_temp_path {base}/tmp-proxy;",
-                f"    fastcgi_temp_path {base}/tmp-fastcgi;",
-                f"    uwsgi_temp_path {base}/tmp-uwsgi;",
-                f"    scgi_temp_path {base}/tmp-scgi;",
-                f"    keepalive_timeout {_ms(t.http_keep_alive)};",
-                *(["    reset_timedout_connection on;"] if spec.linger_zero else []),
-                "    upstream origin {",
-                f"        server {ep.origin_host}:{ep.origin_port};",
-                *(["        keepalive 64;"] if keepalive else []),
-                "    }",
-                "    server {",
-                f"        {listen}",
-                "        location / {",
-                "            proxy_pass http://origin;",
-                "            proxy_http_version 1.1;",
-                f'            proxy_set_header Connection "{"" if keepalive else "close"}";',
-                f"            proxy_connect_timeout {_ms(t.connect)};",
-                f"            proxy_read_timeout {_ms(t.server)};",
-                f"            proxy_send_timeout {_ms(t.server)};",
-                f"            send_timeout {_ms(t.client)};",
-                "        }",
-                "    }",
-                "}",
-            ]
-        else:
-            lines += [
-                "stream {",
-                "    log_format chaos 'CONN $remote_addr:$remote_port - $upstream_addr - "
-                "$bytes_sent $session_time';",
-                "    access_log /dev/stdout chaos;",
-                "    server {",
-                f"        {listen}",
-                f"        proxy_pass {ep.origin_host}:{ep.origin_port};",
-                f"        proxy_connect_timeout {_ms(t.connect)};",
-                f"        proxy_timeout {_ms(max(t.client, t.server))};",
-                "    }",
-                "}",
-            ]
-        return "\n".join(lines) + "\n"
+        return super().example()
 
     def _base_argv(self, conf: Path) -> list[str]:
         # -e: nginx opens its default error log before reading the config; keep it in the run.
-        return [self.executable(), "-p", str(self.conf_dir), "-e", "stderr", "-c", str(conf)]
+        argv = [self.executable(), "-p", str(self.conf_dir), "-e", "stderr", "-c", str(conf)]
+        # a user's file may leave out what the lab needs: the foreground, a pid file of its own
+        text = self.source_text()
+        needed = {"daemon": "off", "pid": f"{self.conf_dir}/nginx.pid"}
+        globals_ = [
+            f"{directive} {value};"
+            for directive, value in needed.items()
+            if re.search(rf"^\s*{directive}\s", text, re.MULTILINE) is None
+        ]
+        return [*argv, "-g", " ".join(globals_)] if globals_ else argv
 
     def check_argv(self, conf: Path) -> list[str]:
         return [*self._base_argv(conf), "-t", "-q"]
@@ -338,8 +376,61 @@ class Nginx(Proxy):
     def run_argv(self, conf: Path) -> list[str]:
         return self._base_argv(conf)
 
+    def listen_example(self) -> str:
+        return "listen {{ listen }};"
 
-PROXIES: dict[str, type[Proxy]] = {"haproxy": HAProxy, "nginx": Nginx}
+    def origin_example(self) -> str:
+        return "proxy_pass http://{{ origin }};"
+
+    def log_hint(self) -> str:
+        return (
+            "log_format chaos 'CONN $remote_addr:$remote_port - $upstream_addr $status "
+            "$bytes_sent $request_time'; access_log /dev/stdout chaos;"
+        )
+
+
+class Caddy(Proxy):
+    """Caddy 2.6 from Debian: HTTP only (its TCP proxy, layer4, is a plugin Debian lacks)."""
+
+    kind = "caddy"
+    binary = "caddy"
+    package = "caddy"
+    template = "Caddyfile"
+    parseable_log = r"(?s)\blog\b.*output\s+(stdout|stderr)"
+    check_noise = re.compile(r'^\{"level":"(debug|info|warn)"')
+
+    @classmethod
+    def version_args(cls) -> list[str]:
+        return ["version"]
+
+    def env(self) -> dict[str, str]:
+        # Caddy keeps certificates and autosaved config under XDG dirs: keep them in the run;
+        # GOMAXPROCS is Caddy's thread count.
+        return {
+            **os.environ,
+            "XDG_DATA_HOME": str(self.conf_dir / "data"),
+            "XDG_CONFIG_HOME": str(self.conf_dir / "config"),
+            "HOME": str(self.conf_dir),
+            "GOMAXPROCS": str(self.spec.threads),
+        }
+
+    def check_argv(self, conf: Path) -> list[str]:
+        return [self.executable(), "validate", "--config", str(conf), "--adapter", "caddyfile"]
+
+    def run_argv(self, conf: Path) -> list[str]:
+        return [self.executable(), "run", "--config", str(conf), "--adapter", "caddyfile"]
+
+    def listen_example(self) -> str:
+        return "http://{{ listen }} { bind {{ listen_host }} ... }"
+
+    def origin_example(self) -> str:
+        return "reverse_proxy {{ origin }}"
+
+    def log_hint(self) -> str:
+        return "`log { output stdout\n format json }` in the site block"
+
+
+PROXIES: dict[str, type[Proxy]] = {"haproxy": HAProxy, "nginx": Nginx, "caddy": Caddy}
 
 
 def proxy_for(spec: ProxySpec, endpoints: Endpoints, conf_dir: Path) -> Proxy:
@@ -362,12 +453,28 @@ class ProxyLogEntry:
     bytes: str
 
 
+def _caddy_entry(line: str) -> ProxyLogEntry | None:
+    """Caddy's JSON access log line ("handled request"), or None."""
+    if '"handled request"' not in line:
+        return None
+    try:
+        record = json.loads(line)
+        request = record["request"]
+        client = (str(request["remote_ip"]), int(request["remote_port"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return ProxyLogEntry(client, None, "-", str(record.get("status", "-")), str(record.get("size")))
+
+
 def parse_log(path: Path) -> list[ProxyLogEntry]:
-    """The ``CONN`` lines of a proxy log (other lines are the proxy's own messages)."""
+    """The ``CONN`` lines of a proxy log, or Caddy's JSON access lines (other lines are the
+    proxy's own messages)."""
     entries = []
     for line in Path(path).read_text(errors="replace").splitlines():
         match = _CONN_RE.match(line)
         if not match:
+            if (caddy := _caddy_entry(line)) is not None:
+                entries.append(caddy)
             continue
         c_ip, c_port, b_ip, b_port, server, status, size = match.groups()
         backend = (b_ip, int(b_port)) if b_ip else None

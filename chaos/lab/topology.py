@@ -376,6 +376,14 @@ class LabState:
     #: where clients connect ({"host", "port"}): the proxy, or the origin when intercepted
     target: dict[str, object] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    #: who made it ({pid, started, host}: see processes.Owner); `lab down --all` leaves the
+    #: labs of live owners (a running `chaos run`) alone
+    owner: dict[str, object] = field(default_factory=dict)
+
+    def owned_by(self) -> processes.Owner | None:
+        if not self.owner:
+            return None
+        return processes.Owner(**self.owner)  # type: ignore[arg-type]
 
     @staticmethod
     def path(name: str) -> Path:
@@ -423,6 +431,14 @@ def list_labs() -> list[str]:
             if role in ROLES and base:
                 names.add(base)
     return sorted(names)
+
+
+def running_owner(name: str) -> processes.Owner | None:
+    """The owner of lab ``name`` when it is still running (e.g. its `chaos run`), else None
+    (no state file, no owner recorded, or the owner is gone)."""
+    state = LabState.load(name)
+    owner = state.owned_by() if state is not None else None
+    return owner if owner is not None and owner.alive() else None
 
 
 def orphan_namespaces(name: str) -> list[str]:
@@ -509,6 +525,7 @@ def check_sysctls(plan: Plan) -> None:
 
 def build(plan: Plan, state: LabState) -> None:
     """Create namespaces, links, addresses, routes and sysctls; records progress in ``state``."""
+    state.save()  # first: a lab being built has its owner on record (`lab down --all`)
     for namespace in plan.namespaces.values():
         netns.create(namespace)
         state.save()

@@ -1,67 +1,75 @@
 """Map a scenario's ``load:`` section onto the Locust command line of ``locustfiles/``.
 
-The locustfiles take every knob as a ``--option`` (see ``locustfiles/_common.py``), so the
-same users run under ``chaos run`` and under a plain ``locust -f``.
+The locustfiles take every knob as a ``--option`` (names, defaults and which user honours
+which: :mod:`chaos.load.contract`), so the same users run under ``chaos run`` and under a
+plain ``locust -f``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from chaos.load import contract
 from chaos.scenario.model import LoadSpec
 
 LOCUSTFILES = Path(__file__).resolve().parent.parent.parent / "locustfiles"
 
 
 def locustfile_for(load: LoadSpec) -> Path:
-    return LOCUSTFILES / ("raw_tcp.py" if load.user == "raw" else "http_user.py")
+    return LOCUSTFILES / ("raw_tcp.py" if load.user == contract.RAW else "http_user.py")
+
+
+def option_values(
+    load: LoadSpec, protocol: str, source_addresses: list[str], workers: int
+) -> dict[str, object]:
+    """Option (``dest``) -> value for one scenario: only options the user kind honours
+    (the scenario model refused the fields it would not)."""
+    values: dict[str, object] = {
+        "workers_hint": workers,
+        # always: a step-only scenario (every sweep) must get the scenario's mode too
+        "rate_mode": load.rate_mode,
+        "connect_timeout": load.connect_timeout,
+    }
+    if load.rate:
+        values["rate"] = load.rate
+    if load.rate_steps:
+        values["rate_steps"] = contract.format_rate_steps(load.rate_steps)
+        values["step_seconds"] = load.step_duration
+    if source_addresses:
+        values["source_addresses"] = ",".join(source_addresses)
+    if load.user != contract.RAW:
+        return values
+    values["protocol"] = protocol
+    values["teardown"] = load.teardown
+    values["slow_connect_ms"] = load.slow_connect * 1000
+    if load.teardown == "hold-after-fin":
+        values["hold_seconds"] = load.hold
+    if load.teardown == "idle-before-send":
+        values["idle_ms"] = load.idle_before_send * 1000
+    if load.rcvbuf:
+        values["rcvbuf"] = load.rcvbuf
+    if load.read_rate:
+        values["read_rate"] = load.read_rate
+    if load.keepalive.enabled:
+        values["keepalive"] = True
+        values["keepidle"] = int(load.keepalive.idle)
+        values["keepintvl"] = int(load.keepalive.interval)
+        values["keepcnt"] = load.keepalive.count
+    return values
 
 
 def user_options(
     load: LoadSpec, protocol: str, source_addresses: list[str], workers: int
 ) -> list[str]:
-    """The user-class options for one scenario (not the master/worker plumbing)."""
-    if load.user == "http":
-        return []
-    args = [
-        "--protocol",
-        protocol,
-        "--teardown",
-        load.teardown,
-        "--connect-timeout",
-        str(load.connect_timeout),
-        "--slow-connect-ms",
-        str(load.slow_connect * 1000),
-        "--workers-hint",
-        str(workers),
-    ]
-    if source_addresses:
-        args += ["--source-addresses", ",".join(source_addresses)]
-    if load.rate:
-        args += ["--rate", str(load.rate), "--rate-mode", load.rate_mode]
-    if load.rate_steps:
-        args += [
-            "--rate-steps",
-            ",".join(str(r) for r in load.rate_steps),
-            "--step-seconds",
-            str(load.step_duration),
-        ]
-    if load.teardown == "hold-after-fin":
-        args += ["--hold-seconds", str(load.hold)]
-    if load.teardown == "idle-before-send":
-        args += ["--idle-ms", str(load.idle_before_send * 1000)]
-    if load.rcvbuf:
-        args += ["--rcvbuf", str(load.rcvbuf)]
-    if load.read_rate:
-        args += ["--read-rate", str(load.read_rate)]
-    if load.keepalive.enabled:
-        args += [
-            "--keepalive",
-            "--keepidle",
-            str(int(load.keepalive.idle)),
-            "--keepintvl",
-            str(int(load.keepalive.interval)),
-            "--keepcnt",
-            str(load.keepalive.count),
-        ]
+    """The user-class options for one scenario (not the master/worker plumbing), as argv."""
+    args: list[str] = []
+    for dest, value in option_values(load, protocol, source_addresses, workers).items():
+        option = contract.ALL_OPTIONS[dest]
+        if load.user not in option.users:  # a bug here, not in the scenario
+            raise ValueError(f"--{dest} is not an option of the {load.user} user")
+        if option.kind is bool:
+            if value:
+                args.append(option.flag)
+        else:
+            args += [option.flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return args

@@ -20,6 +20,8 @@ Files, under ``run_dir``::
     locust/rate.csv                                        with rate_csv=True (our locustfiles)
     locust/failures_per_second.csv                         failures per class and second
                                                            (our locustfiles: see failures_csv)
+    locust/load_series.jsonl                               the per-second load series
+                                                           (our locustfiles: chaos.load.series)
 
 The master port is picked free in the controller's namespace unless given; a spawn into a
 fresh namespace sees all ports free anyway (its loopback must be up: the lab's job).
@@ -51,8 +53,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from chaos.endings import die_with_parent
 from chaos.errors import LoadError
+from chaos.kernel.processes import die_with_parent
+from chaos.load.series import series_path
 
 Spawn = Callable[..., subprocess.Popen]
 
@@ -372,6 +375,8 @@ class LocustRun:
         if failures_csv is None:
             failures_csv = (self.locustfile.parent / "_common.py").is_file()
         self.failures_csv_path = self.out_dir / FAILURES_CSV if failures_csv else None
+        # the per-second load series (chaos.load.series): our locustfiles only, like the above
+        self.series_path = series_path(self.run_dir) if failures_csv else None
         self._procs: list[_Proc] = []
         self._started_at: float | None = None
         self._stopped = False
@@ -409,6 +414,8 @@ class LocustRun:
             argv += ["--rate-csv", str(self.rate_csv_path)]
         if self.failures_csv_path is not None:
             argv += ["--failures-csv", str(self.failures_csv_path)]
+        if self.series_path is not None:
+            argv += ["--series-file", str(self.series_path)]
         return argv + self.master_args + self.user_args
 
     def worker_argv(self) -> list[str]:

@@ -289,7 +289,64 @@ def locate(name_or_path: str) -> ScenarioSource:
 
 def load(name_or_path: str) -> Scenario:
     source = locate(name_or_path)
-    return parse(source.text, source.label)
+    scenario = parse(source.text, source.label)
+    config = scenario.lab.proxy.config
+    if config and not source.builtin and not Path(config).is_absolute():
+        # lab.proxy.config is relative to the scenario file, not to where chaos runs
+        scenario = with_proxy_config(scenario, str(Path(source.label).parent / config))
+    return scenario
+
+
+#: how `--proxy-config FILE` without `--proxy-kind` tells the proxy from the file
+_KIND_SIGNS = (
+    ("caddy", re.compile(r"caddy", re.I), re.compile(r"\breverse_proxy\b")),
+    ("haproxy", re.compile(r"haproxy", re.I), re.compile(r"^\s*(frontend|backend|listen)\s", re.M)),
+    ("nginx", re.compile(r"nginx", re.I), re.compile(r"^\s*(http|stream|events)\s*\{", re.M)),
+)
+
+
+def proxy_kind_of(path: Path, text: str) -> str | None:
+    """haproxy, nginx or caddy from a configuration file's name, else from its content."""
+    for kind, name_sign, _ in _KIND_SIGNS:
+        if name_sign.search(path.name):
+            return kind
+    found = [kind for kind, _, text_sign in _KIND_SIGNS if text_sign.search(text)]
+    return found[0] if len(found) == 1 else None
+
+
+def with_proxy_config(scenario: Scenario, path: str, kind: str | None = None) -> Scenario:
+    """``scenario`` whose lab proxy runs the user's configuration file ``path``
+    (``--proxy-config``); ``kind`` (``--proxy-kind``) defaults to the one the file looks
+    like. The knobs the file replaces go back to their defaults."""
+    from chaos.scenario.model import GENERATED_ONLY, ProxySpec
+
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChaosError(
+            f"--proxy-config {path}: cannot read it ({exc})", "give your proxy's config file"
+        ) from None
+    kind = kind or proxy_kind_of(file, text)
+    if kind is None:
+        raise ChaosError(
+            f"--proxy-config {path}: cannot tell whether it is for haproxy, nginx or caddy",
+            "say which with --proxy-kind haproxy|nginx|caddy",
+        )
+    proxy = scenario.lab.proxy
+    kept = proxy.model_dump(exclude={*GENERATED_ONLY, "config", "kind"}, exclude_unset=True)
+    try:
+        spec = ProxySpec.model_validate(
+            {**kept, "kind": kind, "config": str(file.absolute())}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ChaosError(
+            f"--proxy-config {path} with this scenario's lab.proxy: {problems}",
+            "use a scenario whose lab.proxy fits your proxy (kind, mode)",
+        ) from None
+    lab = scenario.lab.model_copy(update={"proxy": spec})
+    return scenario.model_copy(update={"lab": lab})
 
 
 def headline(description: str) -> str:

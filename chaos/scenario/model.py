@@ -23,9 +23,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from chaos.load import contract
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -122,14 +125,63 @@ class ProxyTimeouts(Strict):
     http_keep_alive: Duration = 10.0
 
 
+class ProxyProcess(Strict):
+    """Which processes are an external proxy, for its CPU and memory: exactly one of them."""
+
+    pid: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="the proxy's main pid (its children are counted with it)"
+    )
+    name: str | None = Field(
+        default=None,
+        description="process name (comm, e.g. haproxy); must match one process tree",
+    )
+    cgroup: str | None = Field(
+        default=None,
+        description="a cgroup v2 path, e.g. /system.slice/haproxy.service (all its processes)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProxyProcess:
+        given = [k for k in ("pid", "name", "cgroup") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pid, name or cgroup")
+        return self
+
+
+#: the ProxySpec keys a user's own configuration replaces (lab.proxy.config)
+GENERATED_ONLY = (
+    "maxconn", "upstream", "threads", "timeouts", "defer_accept", "transparent", "linger_zero",
+    "keepalive",
+)  # fmt: skip
+
+
 class ProxySpec(Strict):
     """The proxy under test."""
 
-    kind: Literal["haproxy", "nginx", "external"] = "haproxy"
+    kind: Literal["haproxy", "nginx", "caddy", "external"] = "haproxy"
     mode: Literal["tcp", "http"] = "http"
     port: Port = 8080
+    config: str | None = Field(
+        default=None,
+        description=(
+            "your own configuration file for kind haproxy, nginx or caddy (a path, relative "
+            "to the scenario file), used as is except for the placeholders {{ listen }} and "
+            "{{ origin }}, which the lab fills; the knobs below are then yours to set in it"
+        ),
+    )
     address: str | None = Field(
         default=None, description="host:port of an external proxy (kind: external only)"
+    )
+    process: ProxyProcess | None = Field(
+        default=None,
+        description="kind external: the proxy's processes, to measure their CPU and memory",
+    )
+    netns: str | None = Field(
+        default=None,
+        description=(
+            "kind external: the named network namespace (ip netns) the proxy runs in, to "
+            "sample its sockets; default: the namespace of process.pid, if given"
+        ),
     )
     maxconn: Annotated[int, Field(ge=1)] = 8000
     upstream: Literal["close", "keep-alive"] = Field(
@@ -169,8 +221,30 @@ class ProxySpec(Strict):
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
-        elif self.address:
-            raise ValueError("address is only for kind: external")
+        else:
+            for key in ("address", "process", "netns"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is only for kind: external")
+        if self.config is not None:
+            if self.kind == "external":
+                raise ValueError("config is for the lab's own proxy: kind haproxy, nginx or caddy")
+            ignored = sorted(set(GENERATED_ONLY) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"with config, your file sets what {', '.join(ignored)} would: remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
+        if self.kind == "caddy":
+            if self.mode == "tcp":
+                raise ValueError(
+                    "Caddy 2.6 (Debian) proxies HTTP only: its TCP proxy (layer4) is a plugin; "
+                    "use mode http, or kind haproxy/nginx for tcp"
+                )
+            for option in ("defer_accept", "linger_zero", "transparent"):
+                if getattr(self, option):
+                    raise ValueError(f"Caddy has no {option}: use kind haproxy")
+            if self.keepalive.enabled:
+                raise ValueError("Caddy's TCP keepalive is not set by the lab: use kind haproxy")
         if self.transparent and self.kind != "haproxy":
             raise ValueError("transparent needs kind haproxy (usesrc client)")
         if self.kind == "nginx" and self.mode == "tcp":
@@ -257,10 +331,19 @@ class LabSpec(Strict):
 # --- load --------------------------------------------------------------------------------
 
 
+# One definition of the modes: the load contract (the locustfiles' choices).
+TeardownMode = Literal[contract.TEARDOWN_MODES]  # type: ignore[valid-type]
+RateMode = Literal[contract.RATE_MODES]  # type: ignore[valid-type]
+
+
 class LoadSpec(Strict):
     """Locust load from the client namespace (see locustfiles/)."""
 
-    user: Literal["raw", "http"] = "raw"
+    user: Literal[contract.USER_KINDS] = Field(  # type: ignore[valid-type]
+        default="raw",
+        description="raw: RawTcpUser (every field below); http: HttpLoadUser (FastHttpUser: "
+        "rate, rate_mode, rate_steps, step_duration, connect_timeout, source addresses)",
+    )
     users: Annotated[int, Field(ge=1, le=100000)] = 20
     spawn_rate: Annotated[float, Field(gt=0)] = 100.0
     workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
@@ -269,25 +352,42 @@ class LoadSpec(Strict):
     rate: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="target new connections per second; unset: as fast as possible"
     )
-    rate_mode: Literal["per-user", "shared"] = "per-user"
+    rate_mode: RateMode = contract.default("rate_mode")  # type: ignore[assignment]
     rate_steps: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
-    step_duration: Duration = 10.0
-    teardown: Literal[
-        "client-close",
-        "wait-server-fin",
-        "half-close",
-        "abort",
-        "hold-after-fin",
-        "idle-before-send",
-        "slow-reader",
-    ] = "wait-server-fin"
+    step_duration: Duration = contract.default("step_seconds")  # type: ignore[assignment]
+    teardown: TeardownMode = contract.default("teardown")  # type: ignore[assignment]
     hold: Duration = Field(default=0.0, description="hold-after-fin: seconds held after FIN")
     idle_before_send: Duration = 0.0
     rcvbuf: Annotated[int, Field(ge=256)] | None = None
     read_rate: Annotated[int, Field(ge=0)] = 0
     keepalive: Keepalive = Field(default_factory=Keepalive)
-    connect_timeout: Duration = 5.0
-    slow_connect: Duration = Field(default=0.2, description="connects slower than this are slow")
+    connect_timeout: Duration = contract.default("connect_timeout")  # type: ignore[assignment]
+    slow_connect: Duration = Field(
+        default=float(contract.default("slow_connect_ms")) / 1000,  # type: ignore[arg-type]
+        description="a connect slower than this fails its connection as SlowConnect",
+    )
+
+    @field_validator(*contract.SCENARIO_FIELDS, mode="after")
+    @classmethod
+    def _honoured(cls, value: object, info: ValidationInfo) -> object:
+        """A field set in the file that the chosen user would silently ignore is an error
+        (at the field's own line). Runs for the fields the file sets; ``user`` comes first."""
+        user = info.data.get("user", contract.RAW)
+        name = info.field_name or ""
+        if contract.honoured_by(name, user):
+            return value
+        field = cls.model_fields[name]
+        unchanged = (
+            contract.HTTP_TEARDOWN
+            if name == "teardown"
+            else field.get_default(call_default_factory=True)
+        )
+        if value == unchanged:
+            return value
+        raise ValueError(
+            f"user: {user} does not honour {name} (only user: raw does); remove it or use "
+            "user: raw"
+        )
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> LoadSpec:

@@ -462,7 +462,7 @@ def test_cli_list_and_revert_all(lab, ledger_dir, chaos_cli):
     as_json = json.loads(chaos_cli("faults", "list", "--json").stdout)
     assert {e["handle"]["id"] for e in as_json} == {handle.id, bogus.id}
 
-    result = chaos_cli("revert-all")
+    result = chaos_cli("revert-all", "--force")  # the owner, this test, is running
     assert result.returncode == FaultError.exit_code
     assert f"reverted {handle.id} nft-loss on client" in result.stdout
     assert "unknown fault type 'no-such-kind'" in result.stderr and "Traceback" not in result.stderr

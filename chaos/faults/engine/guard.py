@@ -41,11 +41,23 @@ class EventLog(Protocol):
     def event(self, name: str, /, **fields: Any) -> Any: ...
 
 
-def revert_handle(handle: Handle) -> None:
-    """Revert one handle by its kind; any failure becomes a FaultError naming the fault."""
+def revert_recorded(ledger: Ledger, handle: Handle) -> None:
+    """Revert a fault recorded in ``ledger`` and remove its entry, under the ledger's lock
+    (a stacking fault sees the others that still hold what it changed)."""
+    with ledger.lock():
+        revert_handle(handle, ledger.holders(handle))
+        ledger.remove(handle.id)
+
+
+def revert_handle(handle: Handle, holders: list[Handle] | None = None) -> None:
+    """Revert one handle by its kind; any failure becomes a FaultError naming the fault.
+    ``holders``: the other recorded faults of its kind (stacking faults leave theirs)."""
     cls = fault_type(handle.kind)
     try:
-        cls.revert(handle)
+        if cls.stacks:
+            cls.revert_stacked(handle, holders or [])
+        else:
+            cls.revert(handle)
     except ChaosError:
         raise
     except Exception as exc:  # a bug or an unexpected kernel answer: still a failed revert
@@ -118,8 +130,16 @@ class FaultGuard:
             return list(self._active)
 
     def apply(self, fault: Fault, **info: Any) -> Handle:
-        """prepare → ledger → apply → journal; a failed apply is reverted before raising."""
+        """prepare → ledger → apply → journal; a failed apply is reverted before raising.
+
+        All under the ledger's lock: overlapping faults of other processes see this one."""
+        with self.ledger.lock():
+            return self._apply(fault, info)
+
+    def _apply(self, fault: Fault, info: dict[str, Any]) -> Handle:
         handle = fault.prepare()
+        if type(fault).stacks:
+            fault.stack_on(handle, self.ledger.holders(handle))
         reversible = type(fault).reversible
         fields = {"id": handle.id, "kind": handle.kind, "target": handle.target, **info}
         if reversible:
@@ -156,7 +176,7 @@ class FaultGuard:
         started = time.monotonic()
         try:
             with signals_held():
-                revert_handle(handle)
+                revert_recorded(self.ledger, handle)
         except FaultError as exc:
             self._event("fault.revert.failed", error=exc.message, **fields)
             self._annotate("revert-failed", error=exc.message, **fields)
@@ -164,7 +184,6 @@ class FaultGuard:
         with self._lock:
             if handle in self._active:
                 self._active.remove(handle)
-        self.ledger.remove(handle.id)
         latency = round((time.monotonic() - started) * 1000, 3)
         self._event("fault.revert", revert_ms=latency, **fields)
         self._annotate("revert", **fields)

@@ -45,6 +45,7 @@ reverted the fault early) stops the schedule like a failed apply.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -101,6 +102,50 @@ def _step_params(spec: FaultSpec) -> list[dict[str, Any]]:
     if not isinstance(ramp, list) or not ramp or not all(isinstance(s, dict) for s in ramp):
         raise FaultError("params.ramp must be a non-empty list of parameter mappings")
     return [{**base, **step} for step in ramp]
+
+
+def _windows(spec: FaultSpec, duration: float) -> list[tuple[float, float]]:
+    """Where ``spec`` is applied within a run of ``duration`` seconds."""
+    length = spec.duration if spec.duration is not None else duration
+    if spec.every is None:
+        return [(spec.at, min(spec.at + length, duration))]
+    starts = []
+    start = spec.at
+    while start < duration and len(starts) < 10_000:
+        starts.append(start)
+        start += spec.every
+    return [(s, min(s + length, duration)) for s in starts]
+
+
+def overlap_warnings(faults: Sequence[FaultSpec], duration: float) -> list[str]:
+    """Faults that stack (sysctl windows on one key, stops of one target) and overlap in
+    time: allowed (the last one out restores the original), but worth a warning."""
+    found: list[str] = []
+    stacking = []
+    for index, spec in enumerate(faults):
+        if is_agent_url(spec.target):
+            continue
+        try:
+            cls = fault_type(spec.type)
+        except FaultError:
+            continue
+        keys = set().union(*(cls.overlap_keys(p) for p in _step_params(spec)))
+        if cls.stacks and keys:
+            stacking.append((index, spec, keys, _windows(spec, duration)))
+    for (i, a, keys_a, win_a), (j, b, keys_b, win_b) in itertools.combinations(stacking, 2):
+        shared = keys_a & keys_b
+        if a.type != b.type or a.target.strip() != b.target.strip() or not shared:
+            continue
+        spans = [(max(s, t), min(e, u)) for s, e in win_a for t, u in win_b]
+        spans = [(s, e) for s, e in spans if s < e]
+        if spans:
+            first = min(spans)
+            found.append(
+                f"faults[{i}] and faults[{j}] ({a.type} on {a.target}: "
+                f"{', '.join(sorted(shared))}) overlap from {first[0]:g}s to {first[1]:g}s: "
+                "they stack (the newest holds; the original comes back when both ended)"
+            )
+    return found
 
 
 def check_offline(spec: FaultSpec) -> None:

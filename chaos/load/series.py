@@ -1,0 +1,229 @@
+"""The per-second load series: its on-disk format, merging, and latency over a window.
+
+The Locust workers (``locustfiles/_series.py``) count, per wall-clock second, the connections
+that started, completed and failed (by class) and record each connection's phases in
+microseconds into HdrHistograms; every second they send that second to the master, which
+merges the workers' seconds (:meth:`Second.merge`) and appends one JSON line per second to
+``locust/load_series.jsonl`` in the run directory (:func:`series_path`). The controller tails
+that file into the ``load`` and ``load_failures`` measurements
+(:mod:`chaos.collect.load_series`) and answers window queries from the histograms kept in it
+(:func:`window_latency`). The contract is ``docs/metrics.md`` (measurements ``load`` and
+``load_failures``).
+
+One line::
+
+    {"t": 1764934800, "users": 20, "started": 500, "completed": 498, "failed": 2,
+     "failures": {"ECONNREFUSED": 2}, "workers": 2, "late": 0,
+     "hist": {"connect": "HISTFAAAA...", "first_byte": "...", "total": "...", "close": "..."}}
+
+``t`` is the second described (unix seconds); ``hist`` holds each phase's histogram of that
+second in HdrHistogram's compressed base64 form (phases without samples are absent).
+
+Which second a sample belongs to: ``started`` by the second its connect() began, ``connect``
+by the second its connect finished; ``completed``/``failed``, ``total``, ``first_byte`` and
+``close`` by the second the connection ended (a connection is recorded once, when it ends, so
+a second is complete as soon as it is over).
+
+Stdlib and ``hdrh`` only: imported by the controller and by the Locust processes alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+PHASES = ("connect", "first_byte", "total", "close")
+PERCENTILES = (50.0, 90.0, 99.0)
+SERIES_FILE = Path("locust") / "load_series.jsonl"
+
+# Histogram range and precision: 1 us to one hour, 2 significant digits (1 % resolution).
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIGNIFICANT_DIGITS = 2
+
+
+def series_path(run_dir: Path) -> Path:
+    return Path(run_dir) / SERIES_FILE
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_values(histogram: HdrHistogram, values: Iterable[int]) -> None:
+    """Record microsecond values, clamped into the histogram's range; equal values are
+    recorded once with their count (a second's samples repeat a lot)."""
+    counts: dict[int, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    for value, count in counts.items():
+        histogram.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """One phase's latency over some seconds, in microseconds (0 when ``count`` is 0;
+    ``mean_us`` None then)."""
+
+    count: int = 0
+    p50_us: int = 0
+    p90_us: int = 0
+    p99_us: int = 0
+    max_us: int = 0
+    mean_us: float | None = None
+    min_us: int = 0
+
+    @classmethod
+    def of(cls, histogram: HdrHistogram | None) -> LatencySummary:
+        if histogram is None or histogram.get_total_count() == 0:
+            return cls()
+        values = histogram.get_percentile_to_value_dict(list(PERCENTILES))
+        return cls(
+            count=int(histogram.get_total_count()),
+            p50_us=int(values[50.0]),
+            p90_us=int(values[90.0]),
+            p99_us=int(values[99.0]),
+            max_us=int(histogram.get_max_value()),
+            mean_us=float(histogram.get_mean_value()),
+            min_us=int(histogram.get_min_value()),
+        )
+
+
+@dataclass
+class Second:
+    """What happened in one wall-clock second, on one worker or merged over all of them."""
+
+    t: int
+    users: int = 0
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    hist: dict[str, HdrHistogram] = field(default_factory=dict)
+    workers: int = 0  # how many workers' reports were merged into it
+    late: int = 0  # connections that reached the master after their own second was written
+
+    def histogram(self, phase: str) -> HdrHistogram:
+        found = self.hist.get(phase)
+        if found is None:
+            found = self.hist[phase] = new_histogram()
+        return found
+
+    def merge(self, other: Second) -> None:
+        """Add ``other`` (another worker's report of the same second, or a late one)."""
+        self.users += other.users
+        self.started += other.started
+        self.completed += other.completed
+        self.failed += other.failed
+        for name, count in other.failures.items():
+            self.failures[name] = self.failures.get(name, 0) + count
+        for phase, histogram in other.hist.items():
+            self.histogram(phase).add(histogram)
+        self.workers += other.workers
+        self.late += other.late
+
+    def summary(self, phase: str) -> LatencySummary:
+        return LatencySummary.of(self.hist.get(phase))
+
+    # --- the JSON line ---------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "users": self.users,
+            "started": self.started,
+            "completed": self.completed,
+            "failed": self.failed,
+            "failures": dict(self.failures),
+            "workers": self.workers,
+            "late": self.late,
+            "hist": {
+                phase: histogram.encode().decode("ascii")
+                for phase, histogram in self.hist.items()
+                if histogram.get_total_count()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, histograms: bool = True) -> Second:
+        """``histograms=False`` skips decoding them (counts only: cheaper)."""
+        hist = (
+            {phase: HdrHistogram.decode(text) for phase, text in (data.get("hist") or {}).items()}
+            if histograms
+            else {}
+        )
+        return cls(
+            t=int(data["t"]),
+            users=int(data.get("users", 0)),
+            started=int(data.get("started", 0)),
+            completed=int(data.get("completed", 0)),
+            failed=int(data.get("failed", 0)),
+            failures={str(k): int(v) for k, v in (data.get("failures") or {}).items()},
+            hist=hist,
+            workers=int(data.get("workers", 0)),
+            late=int(data.get("late", 0)),
+        )
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":")) + "\n"
+
+
+def parse_line(line: str | bytes, *, histograms: bool = True) -> Second | None:
+    """One line of the series file; None for a blank or broken (half-written) line."""
+    try:
+        data = json.loads(line)
+        return Second.from_json(data, histograms=histograms)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_series(run_dir: Path, *, histograms: bool = True) -> Iterator[Second]:
+    """Every second of a run's series, in file order (increasing ``t``)."""
+    path = series_path(run_dir)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            if line.endswith(b"\n"):
+                second = parse_line(line, histograms=histograms)
+                if second is not None:
+                    yield second
+
+
+def window_latency(run_dir: Path, phase: str, start: float, end: float) -> LatencySummary:
+    """``phase``'s latency merged over the seconds ``t`` with ``start <= t < end`` (unix
+    seconds; a second belongs to the window when it starts inside it)."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}: one of {', '.join(PHASES)}")
+    merged: HdrHistogram | None = None
+    # Only the window's histograms of this phase are decoded (decoding is the costly part).
+    try:
+        fh = open(series_path(run_dir), "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return LatencySummary()
+    with fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                continue
+            try:
+                data = json.loads(line)
+                t = int(data["t"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not start <= t < end:
+                continue
+            text = (data.get("hist") or {}).get(phase)
+            if not text:
+                continue
+            histogram = HdrHistogram.decode(text)
+            if merged is None:
+                merged = histogram
+            else:
+                merged.add(histogram)
+    return LatencySummary.of(merged)
