@@ -16,6 +16,7 @@ socket, which a storm of them makes costly.
 from __future__ import annotations
 
 import struct
+import time
 
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
@@ -72,15 +73,19 @@ class TimeWaitTimers:
         return out
 
     def sample(self, now: float) -> list[Sample]:
+        # the dump's own clock, not the tick's: a loaded sampler runs its collectors
+        # seconds late, and a timer compared across a wrong interval looks pushed back
+        before_dump = time.monotonic()
         current = self.timers()
+        taken = (before_dump + time.monotonic()) / 2
         fields: dict[str, float | int] = {
             "sockets": len(current),
             "max_remaining_s": round(max(current.values(), default=0) / 1000, 3),
         }
         if self._last is not None:
             then, before = self._last
-            fields["rescheduled"] = rescheduled(before, current, (now - then) * 1000)
-        self._last = (now, current)
+            fields["rescheduled"] = rescheduled(before, current, (taken - then) * 1000)
+        self._last = (taken, current)
         return [Sample(MEASUREMENT, self.tags, fields, time_ns_of(now))]
 
     def close(self) -> None:
