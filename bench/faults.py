@@ -21,9 +21,10 @@ from pathlib import Path
 
 from chaos import capabilities
 from chaos.errors import ChaosError
-from chaos.faults.base import REGISTRY, Fault, Target, fault_type
+from chaos.faults.base import Fault, Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
+from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns
 
 PARAMS: dict[str, dict] = {
@@ -100,15 +101,15 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (namespaces, nftables)", file=sys.stderr)
         return 3
-    fault_type("stop")  # fills the registry
     namespace = f"chaos-bench{os.getpid()}-faults"
     netns.create(namespace)
     try:
         print(f"{'fault':<22} {'median ms':>9} {'p99 ms':>9} {'max ms':>9} {'rounds':>6}")
-        for kind in sorted(REGISTRY):
+        types = fault_types()
+        for kind in sorted(types):
             if kind not in PARAMS:
                 try:
-                    capabilities.require(set(REGISTRY[kind].features))
+                    capabilities.require(set(types[kind].features))
                     print(f"{kind:<22} (no benchmark params for this type)")
                 except ChaosError as exc:
                     print(f"{kind:<22} skipped: {exc.message}")

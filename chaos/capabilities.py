@@ -31,7 +31,7 @@ class Check:
 
 
 @contextmanager
-def _probe_namespace() -> Iterator[str]:
+def probe_namespace() -> Iterator[str]:
     name = f"chaos-probe-{uuid.uuid4().hex[:8]}"
     netns.create(name)
     try:
@@ -132,7 +132,7 @@ def probe_all() -> list[Check]:
     ]
     if root:
         try:
-            with _probe_namespace() as ns:
+            with probe_namespace() as ns:
                 checks.append(Check("netns", True, "network namespaces and veth"))
                 checks += [_netem(ns), _ifb(ns), _nft_families(ns), _conntrack(ns)]
         except Exception as exc:
@@ -162,7 +162,7 @@ def require(features: set[str]) -> None:
     """Raise CapabilityError naming every missing feature among ``features``."""
     if not features:
         return
-    with _probe_namespace() as ns:
+    with probe_namespace() as ns:
         failed = [check for f in sorted(features) if not (check := FEATURES[f](ns)).ok]
     if failed:
         raise CapabilityError(

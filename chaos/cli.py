@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.endings import Terminated, exit_code_of
-from chaos.errors import ChaosError, ExpectationFailed, ScenarioError
+from chaos.errors import ChaosError, ExpectationFailed, UsageError
 
 if TYPE_CHECKING:  # chaos.run imports the whole controller: only when a command needs it
     from chaos.run import RunOptions
@@ -35,22 +35,24 @@ def print_error(exc: ChaosError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from chaos.faults.engine.schedule import overlap_warnings
+    """Every file, every problem: a missing file does not stop the others."""
+    from chaos.errors import Problem
     from chaos.scenario import loader
 
-    failed: list[ScenarioError] = []
+    failed: list[ChaosError] = []
     for name in args.files:
+        warnings: list[Problem] = []
         try:
-            scenario = loader.load(name)
-        except ScenarioError as exc:
+            scenario = loader.load(name, "warn" if args.other_host else "error", warnings)
+        except ChaosError as exc:
             failed.append(exc)
             continue
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
-        for warning in overlap_warnings(scenario.faults, scenario.duration):
-            out.print(Text.assemble(("warning: ", "bold yellow"), f"{name}: {warning}"))
+        for warning in warnings:
+            out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
     for exc in failed:
         print_error(exc)
-    return ScenarioError.exit_code if failed else 0
+    return max((exc.exit_code for exc in failed), default=0)
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -83,11 +85,44 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags of `chaos run` and `chaos sweep`, checked before anything is read or built."""
+    from chaos.scenario.model import parse_duration, valid_lab_name
+
+    if args.name is not None:
+        try:
+            valid_lab_name(args.name)
+        except ValueError as exc:
+            raise UsageError(f"--name {args.name!r}: {exc}", "e.g. --name soak1") from None
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise UsageError(
+            f"--workers {args.workers}: Locust needs 1 to 256 worker processes",
+            "e.g. --workers 2, or leave it out for one per core",
+        )
+    if args.variant is not None and not args.variant.strip():
+        raise UsageError("--variant needs a variant's name", "leave --variant out for the base")
+    duration = getattr(args, "duration", None)
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration {duration!r}: {exc}", "e.g. 30s, 10m or 1h") from None
+        if seconds <= 0:
+            raise UsageError(f"--duration {duration!r}: must be longer than 0", "e.g. 30s")
+    rate = getattr(args, "rate", None)
+    if rate is not None and not (rate > 0 and rate < float("inf")):
+        raise UsageError(f"--rate {rate:g}: new connections/s must be above 0", "e.g. --rate 200")
+    users = getattr(args, "users", None)
+    if users is not None and not 1 <= users <= 100000:
+        raise UsageError(f"--users {users}: must be 1 to 100000", "e.g. --users 20")
+
+
 def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
-    """RunOptions from the flags `chaos run` and `chaos sweep` share."""
+    """RunOptions from the flags `chaos run` and `chaos sweep` share (checked first)."""
     from chaos.run import RunOptions
     from chaos.sink import InfluxFlags
 
+    _check_run_flags(args)
     fields: dict[str, object] = dict(
         scenario=args.scenario,
         runs_root=Path(args.runs_dir),
@@ -111,22 +146,32 @@ def _run_options(args: argparse.Namespace, **overrides: object) -> RunOptions:
 def cmd_run(args: argparse.Namespace) -> int:
     from chaos.run import run_scenario
 
-    return run_scenario(_run_options(args, duration=args.duration), out)
+    options = _run_options(args, duration=args.duration, rate=args.rate, users=args.users)
+    return run_scenario(options, out)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from chaos.scenario.model import parse_duration
     from chaos.sweep import SweepOptions, parse_rates, run_sweep
 
-    rates = parse_rates(args.rates, args.rate_from, args.rate_to, args.rate_step)
-    try:
-        step_duration = parse_duration(args.step_duration)
-    except ValueError as exc:
-        raise ChaosError(f"--step-duration {args.step_duration!r}: {exc}", "e.g. 20s") from None
+    ranged = (args.rate_from, args.rate_to, args.rate_step)
+    rates = None  # the scenario's sweep.rates
+    if args.rates or any(v is not None for v in ranged):
+        rates = parse_rates(args.rates, *ranged)
+    durations: dict[str, float | None] = {}
+    for flag, text, example in (("--step-duration", args.step_duration, "20s"),
+                                ("--max-p99", args.max_p99, "50ms")):  # fmt: skip
+        try:
+            durations[flag] = None if text is None else parse_duration(text)
+        except ValueError as exc:
+            raise ChaosError(f"{flag} {text!r}: {exc}", f"e.g. {example}") from None
     if args.extra_steps < 0:
         raise ChaosError(f"--extra-steps {args.extra_steps}: must be 0 or more", "e.g. 1")
     extra = None if args.all_steps else args.extra_steps
-    return run_sweep(SweepOptions(_run_options(args), rates, step_duration, extra), out)
+    options = SweepOptions(
+        _run_options(args), rates, durations["--step-duration"], extra, durations["--max-p99"]
+    )
+    return run_sweep(options, out)
 
 
 # --- push --------------------------------------------------------------------------------
@@ -162,7 +207,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     name = topology.lab_name_for(scenario, args.name)
     lab.preflight(scenario, name)
     run = RunDir.create(f"lab-{name}", Path(args.runs_dir))
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     try:
         state = lab.up(scenario, name, run)
     finally:
@@ -347,11 +392,9 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
 
 
 def cmd_faults_types(args: argparse.Namespace) -> int:
-    from chaos.faults.base import REGISTRY, fault_type
+    from chaos.faults.registry import fault_types
 
-    fault_type("stop")  # fills the registry
-    for kind in sorted(REGISTRY):
-        cls = REGISTRY[kind]
+    for kind, cls in sorted(fault_types().items()):
         notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
         if not cls.reversible:
             notes.append("irreversible")
@@ -427,7 +470,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from chaos.agent.service import serve
 
     return serve(
-        args.listen, args.token_file, args.allow, args.lab, args.tls_cert, args.tls_key
+        args.listen,
+        args.token_file,
+        args.allow,
+        args.lab,
+        args.tls_cert,
+        args.tls_key,
+        args.allow_type,
     )
 
 
@@ -435,11 +484,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from chaos.report import print_summary, write_report
+    from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
     print_summary(out, report)
-    failed = report.summary["verdict"] == "FAIL"
+    failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 
 
@@ -520,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "check scenario files and report every problem")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--other-host",
+        action="store_true",
+        help="the scenario runs elsewhere: this host's kernel features and sysctls only warn",
+    )
     add("scenarios", cmd_scenarios, "list the built-in scenarios")
     add("schema", cmd_schema, "print the scenario JSON Schema (for editors)")
 
@@ -532,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in name or YAML file (default: smoke)",
     )
     p.add_argument("--duration", type=str, default=None, help="override, e.g. 30s or 1h")
+    p.add_argument(
+        "--rate", type=float, default=None, help="override load.rate: new connections/s"
+    )
+    p.add_argument("--users", type=int, default=None, help="override load.users")
     p.add_argument("--workers", type=int, default=None, help="Locust worker processes")
     p.add_argument("--name", default=None, help="lab name (namespace prefix)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go")
@@ -551,7 +609,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="rate_from", type=float, default=None, metavar="R0")
     p.add_argument("--to", dest="rate_to", type=float, default=None, metavar="R1")
     p.add_argument("--step", dest="rate_step", type=float, default=None, metavar="S")
-    p.add_argument("--step-duration", default="20s", help="seconds per rate step (default 20s)")
+    p.add_argument(
+        "--step-duration",
+        default=None,
+        help="seconds per rate step (default: the scenario's sweep.step_duration, else 20s)",
+    )
+    p.add_argument(
+        "--max-p99",
+        default=None,
+        metavar="DURATION",
+        help="a step breaks when its p99 (connect to close) is above this, e.g. 50ms",
+    )
     p.add_argument(
         "--extra-steps",
         type=int,
@@ -656,6 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="a role of --lab, a network namespace, or host (repeat); nothing else is touched",
     )
+    p.add_argument(
+        "--allow-type",
+        action="append",
+        default=[],
+        metavar="TARGET=TYPE[,TYPE]",
+        help="only these fault types on TARGET (an --allow entry; repeat); default: all",
+    )
     p.add_argument("--lab", default=None, metavar="NAME", help="resolve roles in this lab")
     p.add_argument(
         "--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate"
@@ -665,7 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write report.html and report.json for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory made by `chaos run`")
     p.add_argument(
-        "--check", action="store_true", help="exit 10 when an expectation of the run failed"
+        "--check",
+        action="store_true",
+        help="exit 10 when an expectation of the run failed, or its drift verdict did",
     )
     p = add("compare", cmd_compare, "show two runs' signatures side by side")
     p.add_argument("run_a", metavar="RUN_A")

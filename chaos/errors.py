@@ -6,6 +6,7 @@ Every error a user can cause or fix derives from :class:`ChaosError`. The CLI pr
 
     ChaosError                 exit 1
     ├── ScenarioError          exit 2  invalid scenario file (carries every problem found)
+    ├── UsageError             exit 2  a bad flag value or an unknown scenario name
     ├── NotRootError           exit 3  the command needs root
     ├── CapabilityError        exit 4  the kernel or host lacks a feature (netem, nftables, ...)
     ├── LabError               exit 5  building, finding or tearing down a lab
@@ -63,6 +64,12 @@ class ScenarioError(ChaosError):
         super().__init__(
             f"{source}: {count} problem{'s' if count != 1 else ''} in the scenario\n{lines}", hint
         )
+
+
+class UsageError(ChaosError):
+    """A flag's value or a scenario name on the command line is wrong; nothing was built."""
+
+    exit_code = 2
 
 
 class NotRootError(ChaosError):

@@ -2,14 +2,25 @@
 
 A scenario's ``expect:`` clauses gate a release: ``chaos run`` exits 10 when any fails.
 
-Phases (``when``), from the journal's fault events:
+Phases (``when``), from the journal's fault events and the load series:
 
 * ``baseline``: from the start of the load to the first fault's apply (or only the last
   ``within`` seconds of it);
-* ``during``: inside the fault windows (apply → revert); with ``fault: N`` only that fault's;
-* ``after``: from the (last) revert to the end of the run, or only ``within`` seconds of it
+* ``during``: inside the fault windows (apply → revert), cut at the load's stop; with
+  ``fault: N`` only that fault's;
+* ``after``: from the (last) revert to the load's stop, or only ``within`` seconds of it
   — "CLOSE_WAIT returns to baseline within 30 s" is ``when: after, within: 30s, agg: last``;
-* ``end``: the whole load phase.
+* ``end``: the whole load phase, start to stop.
+
+The load *starts* at the journal's ``load.ramp`` (the users started; ``load.start`` when the
+workers never joined) and *stops* where it stopped issuing new connections: the end of the
+last second of the ``load`` series in which a connection started (the journal's ``load.end``
+for a run without the series). Not later: once Locust stops its users the sockets drain,
+and a "last value" taken then would describe the load's teardown, not the system. Every
+window is half-open, ``[first, stop)``: a phase's first sample is the first one taken at or
+after its start (a sample at the apply instant belongs to ``during``, not ``baseline``), and
+its last sample the last one taken before its stop. Per-second ``load`` points are stamped
+with the start of their second, so a second belongs to the phase in which it began.
 
 The metric is ``measurement.field`` (see docs/metrics.md). Points are filtered by ``role``
 and by ``where`` tags (``tcp_states`` defaults to its ``family=all`` totals); the
@@ -28,7 +39,6 @@ A missing series or an empty window fails the expectation: no data never passes.
 
 from __future__ import annotations
 
-import ast
 import math
 import operator
 from collections import defaultdict
@@ -36,16 +46,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from chaos.load.seconds import issuing_end, load_seconds
+from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
-
-NAMES = ("rate", "users", "duration", "fault_duration", "baseline")
-_BINOPS: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-}
-_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max}
 
 
 class Point(Protocol):
@@ -53,77 +56,6 @@ class Point(Protocol):
     tags: Mapping[str, str]
     fields: Mapping[str, Any]
     time_ns: int
-
-
-# --- value expressions ---------------------------------------------------------------------
-
-
-def _names_in(tree: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCS}
-
-
-def check_expression(text: str) -> None:
-    """Raise ValueError unless ``text`` is an arithmetic expression over :data:`NAMES`."""
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise ValueError(f"{text!r} is not an arithmetic expression") from None
-    for node in ast.walk(tree):
-        allowed = (
-            ast.Expression,
-            ast.BinOp,
-            ast.UnaryOp,
-            ast.USub,
-            ast.UAdd,
-            ast.Constant,
-            ast.Name,
-            ast.Load,
-            ast.Call,
-            *_BINOPS,
-        )
-        if not isinstance(node, allowed):
-            raise ValueError(
-                f"{text!r}: only numbers, {', '.join(NAMES)}, + - * / and min()/max() are allowed"
-            )
-        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float):
-            raise ValueError(f"{text!r}: {node.value!r} is not a number")
-        if isinstance(node, ast.Call) and not (
-            isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-        ):
-            raise ValueError(f"{text!r}: only min() and max() can be called")
-    unknown = _names_in(tree) - set(NAMES)
-    if unknown:
-        raise ValueError(
-            f"{text!r}: unknown name {sorted(unknown)[0]!r}; known: {', '.join(NAMES)}"
-        )
-
-
-def evaluate_expression(text: str, names: Mapping[str, float]) -> float:
-    tree = ast.parse(text, mode="eval")
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            return names[node.id]
-        if isinstance(node, ast.UnaryOp):
-            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
-        if isinstance(node, ast.BinOp):
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.Call):
-            assert isinstance(node.func, ast.Name)
-            return _FUNCS[node.func.id](*(ev(a) for a in node.args))
-        raise ValueError(f"cannot evaluate {ast.dump(node)}")
-
-    return ev(tree)
-
-
-def uses_baseline(expectation: Expectation) -> bool:
-    return isinstance(expectation.value, str) and "baseline" in _names_in(
-        ast.parse(expectation.value, mode="eval")
-    )
 
 
 # --- phases --------------------------------------------------------------------------------
@@ -147,10 +79,13 @@ class Timeline:
     faults: tuple[FaultWindow, ...] = ()
 
     @classmethod
-    def from_journal(cls, events: Iterable[Mapping[str, Any]]) -> Timeline:
+    def from_journal(
+        cls, events: Iterable[Mapping[str, Any]], load_stop: float | None = None
+    ) -> Timeline:
         """Windows from ``fault.apply``/``fault.revert``: the steps of a ramp form one
         window; an irreversible fault (kill) is an instant; one never reverted lasts to the
-        end of the load."""
+        end of the load. ``load_stop``: where the load stopped issuing connections (see the
+        module docstring); the timeline ends there when it is before ``load.end``."""
         start = end = None
         applied: dict[tuple[int, int], float] = {}
         reverted: dict[tuple[int, int], float] = {}
@@ -176,6 +111,8 @@ class Timeline:
         if start is None:
             raise ValueError("the journal has no load.start event")
         end = end if end is not None else max([start, *applied.values(), *reverted.values()])
+        if load_stop is not None and start < load_stop < end:
+            end = load_stop
         windows = [
             FaultWindow(key[0], at, at if key in instant else reverted.get(key, end))
             for key, at in applied.items()
@@ -184,8 +121,9 @@ class Timeline:
 
 
 def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
-    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline."""
-    end = math.nextafter(timeline.end, math.inf)  # the run's last sample belongs to it
+    """Half-open [start, stop) windows: a sample taken at the apply instant is not baseline,
+    one taken at the load's stop is not part of the load."""
+    end = timeline.end
     faults = [w for w in timeline.faults if exp.fault is None or w.spec == exp.fault]
     if exp.when == "end":
         return [(timeline.start, end)]
@@ -196,10 +134,16 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
         start = timeline.start if exp.within is None else max(timeline.start, stop - exp.within)
         return [(start, stop)]
     if exp.when == "during":
-        return [(w.applied, w.reverted) for w in faults]
+        return [(w.applied, min(w.reverted, end)) for w in faults if w.applied < end]
     last = max(w.reverted for w in faults)
     stop = end if exp.within is None else min(end, last + exp.within)
     return [(last, stop)]
+
+
+def run_timeline(journal: Iterable[Mapping[str, Any]], points: Iterable[Point]) -> Timeline:
+    """The timeline of a finished run: its journal, stopped where the load stopped issuing
+    connections (from the ``load`` points among ``points``)."""
+    return Timeline.from_journal(journal, issuing_end(load_seconds(points)))
 
 
 # --- series and aggregates -----------------------------------------------------------------

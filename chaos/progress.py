@@ -1,7 +1,10 @@
 """Live progress of a run: elapsed and remaining time, rate, errors and key socket counts.
 
 Fed by the samples that already flow into the sink (a tap on ``Sink.write``), so it adds no
-collector and no sampling cost. On a terminal it is one status line refreshed every second
+collector and no sampling cost. The rate, connections and errors come from the per-second
+``load`` series (``load_failures`` for the classes), on the run's own clock, ~2 s behind.
+
+On a terminal it is one status line refreshed every second
 (rich ``Live``, removed at the end); elsewhere (CI logs, pipes) a compact line is printed
 every ``every`` seconds instead, so logs stay readable.
 """
@@ -18,6 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
+from chaos.load.seconds import MEASUREMENT as LOAD
 from chaos.record.point import Sample
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
@@ -59,7 +64,9 @@ class Progress:
         self._clock = clock
         self.started = clock()
         self._lock = threading.Lock()
-        self.load: dict[str, dict[str, Any]] = {}  # Locust's latest row per entry
+        self.last_rate = 0.0  # connections started in the latest second of the load series
+        self.connections = 0  # connections started so far
+        self.failures = 0
         self.failure_classes: dict[str, int] = {}  # error class -> running total
         self.states: dict[tuple[str, str], float] = {}  # (role, state) -> count
         self.zombies: dict[str, float] = {}
@@ -75,12 +82,15 @@ class Progress:
             for s in samples:
                 m, tags, fields = s.measurement, s.tags, s.fields
                 role = tags.get("role", "")
-                if m == "locust" and tags.get("name") in ("connection", "Aggregated"):
-                    self.load[tags["name"]] = fields
-                elif m == "locust_failures" and "total" in fields:
-                    name = tags.get("class", "")  # rows come per second, each with its total
-                    total = int(fields["total"])  # type: ignore[arg-type]
-                    self.failure_classes[name] = max(total, self.failure_classes.get(name, 0))
+                if m == LOAD:  # one point per second, written once
+                    started = int(fields.get("started", 0))  # type: ignore[arg-type]
+                    self.last_rate = float(started)
+                    self.connections += started
+                    self.failures += int(fields.get("failed", 0))  # type: ignore[arg-type]
+                elif m == LOAD_FAILURES and "count" in fields:
+                    name = tags.get("class", "")
+                    count = int(fields["count"])  # type: ignore[arg-type]
+                    self.failure_classes[name] = self.failure_classes.get(name, 0) + count
                 elif m == "tcp_states" and tags.get("family") == "all":
                     for state in ("time_wait", "close_wait", "established"):
                         if state in fields:
@@ -105,15 +115,9 @@ class Progress:
             return self.rate_steps[max(index, 0)]
         return self.rate
 
-    def counts(self) -> tuple[float, int, int]:
-        """(rate, connections, failures): the raw user's per-attempt "connection" entry,
-        else Locust's Aggregated row (the HTTP user)."""
-        row = self.load.get("connection") or self.load.get("Aggregated") or {}
-        return float(row.get("rps", 0.0)), int(row.get("requests", 0)), int(row.get("failures", 0))
-
     def line(self) -> Text:
         with self._lock:
-            rps, requests, failures = self.counts()
+            rps, requests, failures = self.last_rate, self.connections, self.failures
             elapsed = self._clock() - self.started
             text = Text()
             text.append(f"{_clock(elapsed)}/{_clock(self.duration)}", "bold")
@@ -151,6 +155,31 @@ class Progress:
 
 
 @contextmanager
+def sink_tap(sink: Any, observe: Callable[[list[Sample]], None]) -> Iterator[None]:
+    """Show every batch of samples the sink gets to ``observe`` too, while the body runs.
+
+    Enter it before the sampler is built (the sampler binds ``sink.write`` when it starts);
+    taps nest, and each puts back what it found. A failing observer never loses samples:
+    the sink gets them first."""
+    shadowed = vars(sink).get("write")  # an outer tap, or None
+    write = sink.write
+
+    def tap(samples: list[Sample]) -> None:
+        write(samples)
+        with contextlib.suppress(Exception):  # a display bug must not stop sampling
+            observe(samples)
+
+    sink.write = tap  # an instance attribute shadows the method until the finally below
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            del sink.write
+        else:
+            sink.write = shadowed
+
+
+@contextmanager
 def live_progress(
     sink: Any,
     console: Console,
@@ -159,24 +188,13 @@ def live_progress(
     every: float = 10.0,
     enabled: bool = True,
 ) -> Iterator[Progress]:
-    """Show ``progress`` while the body runs, fed by a tap on ``sink.write``.
-
-    Enter it before the sampler is built (the sampler binds ``sink.write`` when it starts);
-    the tap is removed on exit. A failing tap never loses samples: the sink gets them first.
-    """
+    """Show ``progress`` while the body runs, fed by a tap on ``sink.write`` (enter it
+    before the sampler is built)."""
     if not enabled:
         yield progress
         return
-    write = sink.write
-
-    def tap(samples: list[Sample]) -> None:
-        write(samples)
-        with contextlib.suppress(Exception):  # a display bug must not stop sampling
-            progress.observe(samples)
-
-    sink.write = tap  # an instance attribute shadows the method until the finally below
     stop = threading.Event()
-    try:
+    with sink_tap(sink, progress.observe):
         if console.is_terminal:
             from rich.live import Live
 
@@ -200,5 +218,3 @@ def live_progress(
             finally:
                 stop.set()
                 thread.join(2)
-    finally:
-        del sink.write

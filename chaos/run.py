@@ -8,7 +8,7 @@ exit path. Expectations are checked from ``samples.lp`` and the journal afterwar
 failure makes ``chaos run`` exit 10.
 
 While the load runs, a sampler takes the collectors of every role namespace
-(``scenario.collectors``) and Locust's per-second stats into the sink: ``samples.lp`` in the
+(``scenario.collectors``) and the per-second load series into the sink: ``samples.lp`` in the
 run directory and, when configured, InfluxDB (see :mod:`chaos.sink`).
 
 Teardown runs on every exit path: a normal end, an exception, Ctrl-C, and SIGTERM, SIGHUP
@@ -28,10 +28,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -39,15 +39,15 @@ from rich.text import Text
 
 from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
+from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
-from chaos.collect.locust_stats import LocustFailures, LocustHistory
-from chaos.collect.process import ProcessCpu
+from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.collect.proxylog import ProxyLogErrors
 from chaos.collect.timewait import TimeWaitTimers
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
-from chaos.expect import Timeline, Verdict, evaluate
+from chaos.expect import Verdict, evaluate, run_timeline
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
 from chaos.kernel import netns
@@ -55,12 +55,16 @@ from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
 from chaos.load.options import locustfile_for, user_options
-from chaos.load.runner import FAILURES_CSV, LoadResult, LocustRun
+from chaos.load.runner import LoadResult, LocustRun
+from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
-from chaos.progress import Progress, live_progress
+from chaos.progress import Progress, live_progress, sink_tap
+from chaos.record import logcap
 from chaos.record.lineproto import read_points
+from chaos.record.point import Sample
 from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
-from chaos.report import write_report
+from chaos.report import drift_failed, load_run, print_drift, write_report
+from chaos.report.drift import judge as judge_drift
 from chaos.scenario import loader
 from chaos.scenario.model import FaultSpec, RemoteSpec, Scenario, parse_duration
 from chaos.sink import InfluxConfig, InfluxFlags, Sink, SinkStats, resolve_influx
@@ -75,6 +79,8 @@ class RunOptions:
     workers: int | None = None
     influx: InfluxFlags = field(default_factory=InfluxFlags)
     variant: str | None = None
+    rate: float | None = None  # overrides load.rate (new connections/s)
+    users: int | None = None  # overrides load.users
     report: bool = True
     progress: bool = True  # live progress line (a compact line every 10 s when not a TTY)
     proxy_config: str | None = None  # the user's proxy configuration file (--proxy-config)
@@ -93,13 +99,25 @@ def resolve(options: RunOptions) -> Scenario:
             updates["duration"] = parse_duration(options.duration)
         except ValueError as exc:
             raise ChaosError(f"--duration {options.duration!r}: {exc}") from None
-    if options.workers:
-        updates["load"] = scenario.load.model_copy(update={"workers": options.workers})
+    load_updates = {
+        key: value
+        for key, value in (
+            ("workers", options.workers), ("rate", options.rate), ("users", options.users)
+        )
+        if value is not None
+    }
+    if load_updates:
+        updates["load"] = scenario.load.model_copy(update=load_updates)
     return scenario.model_copy(update=updates) if updates else scenario
 
 
-#: asked about once a second during the load with the run directory; a reason ends it early
-StopCheck = Callable[[Path], str | None]
+class StopCheck(Protocol):
+    """Ends a run's load early: it sees every batch of samples on its way to the sink
+    (``observe``) and is asked once a second with the run directory; a reason ends it."""
+
+    def observe(self, samples: list[Sample]) -> None: ...
+
+    def __call__(self, run_path: Path) -> str | None: ...
 
 
 def run_scenario(
@@ -136,6 +154,7 @@ def run_scenario(
             schedule.validate()  # every fault checked before the load starts
             with (
                 run_progress(options, scenario, sink, console, schedule),
+                sink_tap(sink, stop_early.observe) if stop_early else nullcontext(),
                 sampling(scenario, state, run, sink),
             ):
                 result = drive_load(scenario, state, run, console, schedule, stop_early)
@@ -150,15 +169,15 @@ def run_scenario(
 
 
 class Ending:
-    """How a run ends, whatever ends it: the journal's ``run.end``, and for a stop signal or
-    Ctrl-C the report of what was gathered, then the interruption goes on to the CLI (exit
-    128 + signal).
+    """How a run ends, whatever ends it: the journal's ``run.end``, and when it ended early
+    (a stop signal, Ctrl-C, an error) the report of what was gathered; the interruption or
+    error then goes on to the CLI (exit 128 + signal, or the error's code).
 
     ``with signals_raise(), Ending(run) as ending:`` around the run; ``ending.done()`` when
     the body finished; ``with ending.teardown():`` around the cleanup in ``finally``, which a
     second signal cannot cut short (it is recorded and ends the run once cleanup is done).
     On success the caller concludes (summary, verdicts, report) inside the block; on an
-    interruption :meth:`__exit__` writes the summary and report of what was gathered.
+    early end :meth:`__exit__` writes the summary and report of what was gathered.
     """
 
     def __init__(self, run: RunDir) -> None:
@@ -190,15 +209,18 @@ class Ending:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, KeyboardInterrupt | Terminated):
             self.interrupted = exc
-        if self.interrupted is None:
+        failed = exc is not None and self.outcome == "error"  # not an error of conclude's
+        if self.interrupted is None and not failed:
             return
         if has_samples(self.run.path):  # the report of what was gathered before the end
             summary = {**summarize(self.run.path, None), "interrupted": True}
+            if self.interrupted is None:  # an error ended it
+                summary.update(interrupted=False, error=str(exc))
             (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
-        if self.interrupted is not exc:
+        if self.interrupted is not None and self.interrupted is not exc:
             raise self.interrupted  # a signal during teardown after a finished body
 
 
@@ -213,7 +235,7 @@ def open_run(options: RunOptions, scenario: Scenario, **where: str) -> tuple[Run
     """The run directory, with the resolved scenario and the journal's run.start."""
     label = f"{scenario.name}-{scenario.variant}" if scenario.variant else scenario.name
     run = RunDir.create(label, options.runs_root)
-    run.write_scenario(scenario)
+    run.write_scenario(loader.dump_resolved(scenario))
     run.journal.event(
         "run.start",
         scenario=scenario.name,
@@ -241,14 +263,23 @@ def conclude(
     (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
-    if options.report:
-        try:
+    drift: dict[str, Any] | None = None
+    try:
+        if options.report:
             report = write_report(run_path)
+            drift = report.summary["drift"]
             console.print(f"report: {report.html_path}")
-        except ChaosError as exc:  # the run's verdict stands without its report
-            console.print(Text(f"no report: {exc.message}", "yellow"))
+        else:
+            drift = judge_drift(load_run(run_path)).as_dict()
+    except ChaosError as exc:  # the run's verdict stands without its report
+        console.print(Text(f"no report: {exc.message}", "yellow"))
+    if drift is not None:
+        print_drift(console, drift)
+        summary["drift"] = drift
+        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
-    return EXIT_EXPECTATION_FAILED if any(not v.passed for v in verdicts) else 0
+    failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
+    return EXIT_EXPECTATION_FAILED if failed else 0
 
 
 EXIT_EXPECTATION_FAILED = 10
@@ -258,7 +289,7 @@ def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
     if not scenario.expect:
         return []
     points = read_points(run_path / "samples.lp")
-    timeline = Timeline.from_journal(read_journal(run_path / "journal.jsonl"))
+    timeline = run_timeline(read_journal(run_path / "journal.jsonl"), points)
     return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
 
 
@@ -298,8 +329,8 @@ def open_sink(
 
 @contextmanager
 def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Sample every role namespace and Locust's per-second stats into ``sink`` while the
-    body runs; one last tick after it (Locust writes its last rows when it exits). The
+    """Sample every role namespace and the per-second load series into ``sink`` while the
+    body runs; one last tick after it (the master writes its last seconds when it exits). The
     collectors are closed on every path: they hold the lab's namespaces open."""
     from chaos.collect import peers_from_rules
     from chaos.lab.topology import Plan
@@ -347,9 +378,11 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 for measurement, counter in LAB_COUNTERS.items()
                 if counter.role == role
             ]
-        # the file LocustRun writes with --csv <run>/locust/locust --csv-full-history
-        collectors += locust_collectors(run.path, state.namespaces["client"])
+        # the series file the Locust master of our locustfiles writes
+        collectors += load_collectors(run.path, state.namespaces["client"])
         collectors += process_collectors(state)
+        if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
+            collectors.append(generations)
         if state.process("proxy") is not None:
             # the lab's own proxy writes <run>/logs/proxy.log: its connect() errors, counted
             collectors.append(
@@ -379,25 +412,26 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             opened.close()
 
 
-def locust_collectors(run_path: Path, netns_label: str) -> list[Collector]:
-    """The per-second load series (``load``, ``load_failures``) and Locust's per-second stats
-    and failures, tailed from the files LocustRun writes (our locustfiles' --series-file and
-    --failures-csv, and --csv <run>/locust/locust --csv-full-history)."""
-    history = run_path / "locust" / "locust_stats_history.csv"
-    failures = history.with_name(FAILURES_CSV)
-    return [
-        LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"}),
-        LocustHistory(history, netns=netns_label, tags={"role": "client"}),
-        LocustFailures(failures, netns=netns_label, tags={"role": "client"}),
-    ]
+def load_collectors(run_path: Path, netns_label: str) -> list[Collector]:
+    """The per-second load series (``load``, ``load_failures``), tailed from the file the
+    Locust master of our locustfiles writes (``locust/load_series.jsonl``). Locust's own CSVs
+    stay in ``locust/`` as artefacts; nothing is computed from its rolling stats."""
+    return [LoadSeries(series_path(run_path), netns=netns_label, tags={"role": "client"})]
 
 
 def process_collectors(state: LabState) -> list[Collector]:
-    """CPU and memory of the proxy and origin processes the lab started, and of an external
-    proxy named by pid, process name or cgroup: a capacity sweep tells a saturated proxy
-    from exhausted ports by it."""
+    """CPU and memory of the proxy and origin processes the lab started, of an external
+    proxy named by pid, process name or cgroup, of every Locust process in the client
+    namespace, and of the host: a capacity sweep tells a saturated proxy from exhausted
+    ports, and both from a saturated load generator or host, by them."""
+    client_ns = state.namespaces["client"]
     made: list[Collector] = [
-        ProcessCpu(record.pid, netns=record.namespace or "host", tags={"role": role})
+        ProcessCpu(
+            record.pid,
+            netns=record.namespace or "host",
+            tags={"role": role},
+            follow=recorded_pid(state.name, role),  # a restart fault starts a new process
+        )
         for role in ("proxy", "origin")
         if (record := state.process(role)) is not None
     ]
@@ -411,7 +445,36 @@ def process_collectors(state: LabState) -> list[Collector]:
                 cgroup=external.get("cgroup"),  # type: ignore[arg-type]
             )
         )
+    made.append(
+        LoadGeneratorCpu(netns.path_of(client_ns), netns=client_ns, tags={"role": "client"})
+    )
+    made.append(HostCpu())
     return made
+
+
+def recorded_pid(lab_name: str, role: str) -> Callable[[], int | None]:
+    """The live process the lab's state file records for ``role`` now (read when asked)."""
+
+    def pid() -> int | None:
+        now = LabState.load(lab_name)
+        record = now.process(role) if now is not None else None
+        return record.pid if record is not None and record.alive() else None
+
+    return pid
+
+
+def proxy_generations(state: LabState, ref: NetnsRef | None) -> Collector | None:
+    """Reloads of the proxy (old workers draining, their sockets): the lab's proxy, found
+    again in the lab's state every tick (a restart fault records the new process), or an
+    external proxy the scenario names by pid or process name."""
+    if ref is None:
+        return None
+    if state.process("proxy") is not None:
+        return ProxyGenerations(ref, recorded_pid(state.name, "proxy"), tags={"role": "proxy"})
+    if "pid" in state.proxy:
+        pid = int(state.proxy["pid"])  # type: ignore[call-overload]
+        return ProxyGenerations(ref, lambda: pid, tags={"role": "proxy"})
+    return None
 
 
 def external_proxy_netns(state: LabState) -> NetnsRef | None:
@@ -472,7 +535,7 @@ def drive_load(
         run_dir=run.path,
         user_args=args,
         spawn=lambda argv, **kw: netns.popen(client_ns, argv, prepare=die_with_parent, **kw),
-        rate_csv=True,  # per-second target and achieved rate: a sweep's step windows
+        rate_csv=True,  # per-second target and achieved rate: an artefact beside Locust's CSVs
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=host)
     return load_with_faults(
@@ -527,12 +590,22 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_path)}
     if result is not None:
         summary["load"] = result.as_dict()
+        # Latency from the load series' histograms, in microseconds, over the seconds the
+        # load issued connections (Locust's own percentiles are whole milliseconds)
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            summary["load"].pop(key, None)
+        window = issuing_window(load_seconds(read_points(run_path / "samples.lp")))
+        if window is not None:
+            latency = window_latency_us(run_path, *window)
+            summary["load"].update({k: v for k, v in latency.items() if k != "count"})
     stats = run_path / "origin-stats.json"
     if stats.exists():
         summary["origin"] = json.loads(stats.read_text())
     proxy_log = run_path / "logs" / "proxy.log"
     if proxy_log.exists():
         summary["proxy_logged"] = len(proxies.parse_log(proxy_log))
+        if rotated := logcap.rotated_away(proxy_log):  # lab.log_cap deleted the oldest lines
+            summary["proxy_log_parts_deleted"] = rotated
     return summary
 
 
@@ -554,7 +627,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if sink:
         table.add_row("samples recorded", str(sink["recorded"]))
     if sink.get("influxdb"):
-        counts = ("written", "spooled", "replayed", "dropped", "left_in_spool")
+        counts = (
+            "written", "spooled", "replayed", "possibly_duplicated", "dropped", "left_in_spool"
+        )  # fmt: skip
         table.add_row(
             "InfluxDB points", ", ".join(f"{k.replace('_', ' ')} {sink[k]}" for k in counts)
         )
@@ -680,14 +755,14 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
 
 @contextmanager
 def remote_sampling(scenario: Scenario, run: RunDir, sink: Sink) -> Iterator[None]:
-    """Locust's per-second stats into the sink (the hosts' collectors write the rest)."""
-    collectors = locust_collectors(run.path, "controller")
+    """The per-second load series into the sink (the hosts' collectors write the rest)."""
+    collectors = load_collectors(run.path, "controller")
     sampler = Sampler(collectors, interval=scenario.collectors.interval, on_samples=sink.write)
     sampler.start()
     try:
         yield
         sampler.stop()
-        sink.write(sampler.tick())  # Locust writes its last rows when it exits
+        sink.write(sampler.tick())  # the master writes its last seconds when it exits
     finally:
         sampler.stop()
         for collector in collectors:

@@ -1,45 +1,64 @@
-"""Capacity mode: ``chaos sweep`` steps the new-connection rate up in one lab and reports the
-knee (the highest rate that held) and which resource ran out first.
+"""Capacity mode: ``chaos sweep`` steps the new-connection rate up in one lab and reports
+the knee (the highest rate that held) and which resource ran out first.
 
 One lab, one Locust run with ``--rate-steps``: the users raise the rate themselves every
 ``step_duration`` seconds, as a capacity run by hand would, so the kernel state of one step
 (TIME_WAIT, port use, conntrack entries) carries into the next, and the lab is built once.
 
-Each step is judged afterwards from the run directory:
+Each step is judged afterwards from the run directory, on the run's own clock:
 
-* its window is the seconds whose target was that step's rate in ``locust/rate.csv`` (the
-  master's per-second target and achieved rate), so windows follow the users' own clock;
-* achieved rate and failures come from ``rate.csv``, failures by class from the
-  ``locust_failures`` points (``SlowConnect`` is a class like ``EADDRNOTAVAIL``);
-* the scenario's ``when: end`` expectations are checked over the step's window, with
-  ``rate`` meaning the step's target;
-* resource indicators come from ``samples.lp``: port budget utilisation, TCPTimeWaitOverflow,
-  conntrack utilisation and insert_failed/drop/early_drop, and the CPU of the proxy and
-  origin processes.
+* its seconds: step ``i`` holds the seconds of the ``load`` series (see
+  :mod:`chaos.load.seconds`) whose middle falls in ``[s + i*d, s + (i+1)*d)``, where ``s`` is
+  the first second in which a connection started and ``d`` the step duration. The users'
+  rate schedule starts on each worker when it gets its users, which on a busy host is
+  seconds after the master's start (``load.ramp`` in the journal); the first connection
+  starts less than a second after the schedule did, and a step's first second is not
+  measured, so the steps are measured on the workers' own clock;
+* connections and failures (by class, ``SlowConnect`` included) are summed over those
+  seconds; the achieved rate is connections *started* per second over the settled ones (the
+  first second of a step still carries the previous rate; the load's last second is cut
+  short by the stop);
+* its p99 is the whole connection's (``total`` phase, connect to close) over the settled
+  seconds, from the merged histograms;
+* resource indicators come from ``samples.lp`` over the step's window: port budget
+  utilisation, TCPTimeWaitOverflow, conntrack utilisation and insert_failed/drop/early_drop,
+  the CPU of the proxy and origin processes, and the load generator's own limits: the CPU
+  of every Locust process (master and workers, each bound to one core), the host's idle and
+  steal time, and the controller's CPU.
 
-A step passes when it had no failure, reached 90 % of its target and met every expectation.
-The knee is the last step that passed before the first one that did not.
+**What decides a step.** A step passes when it had no failure, reached 90 % of its target,
+kept its p99 at or under ``--max-p99`` (or the scenario's ``sweep.max_p99``) and met every
+criterion of the scenario's ``sweep.expect`` (``when: end`` expectations over the step's
+seconds, ``rate`` = the step's target). The scenario's own ``expect:`` is its *signature*
+(e.g. "failures appear once the ports run out"): its ``when: end`` clauses are checked per
+step and reported beside each step, but never decide it (a signature that needs failures
+would fail every healthy step); phased clauses (baseline/during/after) are not checked, a
+sweep has no fault phases of its own. The knee is the last step that passed before the first
+one that did not.
+
+**What ran out.** The first *system* indicator to fire, in step order: ``ports``,
+``time_wait_buckets``, ``conntrack``, ``proxy_cpu``, ``origin`` (its CPU at the threshold);
+each needs evidence above its threshold. When the first broken step shows none of them and
+the load generator was saturated there (a Locust process at 90 % of its core, or the host
+under 5 % idle or over 10 % steal), the limit is ``load_generator`` and the knee is only a
+lower bound; the verdict says so. With no evidence at all, nothing is named.
 
 Early stop: past the knee, more steps only pile on. While the load runs, :class:`EarlyStop`
-reads ``rate.csv`` once a second; once a step has ended with failures or under 90 % of its
-target, the run goes on for ``extra_steps`` more steps (default 1: one more step confirms
-the break) and then ends (journal ``load.stopped_early``). The master writes ``rate.csv``
-about 5 s late (each second must hold every worker's report), so the stop lands a few
-seconds into the step after those: that step, cut short, and the later ones are listed as
-not run, not judged. ``chaos sweep --all-steps`` runs every step. The first exhausted
-resource is the first indicator to fire, in step order: ``ports``, ``time_wait_buckets``,
-``conntrack``, ``proxy_cpu``, ``origin`` (CPU saturated, or the rate fell short with no other
-cause).
+reads the ``load`` series as the sink gets it (about 2 s after each second); once a step
+has ended with failures or under 90 % of its target, the run goes on for ``extra_steps``
+more steps (default 1: one more step confirms the break) and then ends (journal
+``load.stopped_early``). The stop lands a moment into the step after those: that step, cut
+short, and the later ones are listed as not run, not judged. ``chaos sweep --all-steps``
+runs every step.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,19 +69,34 @@ from rich.text import Text
 
 from chaos.errors import ChaosError, ExpectationFailed
 from chaos.expect import Timeline, evaluate
+from chaos.load.seconds import (
+    LATENCY_PHASE,
+    LoadSecond,
+    is_load_point,
+    issuing_end,
+    load_seconds,
+    totals,
+    window_latency_us,
+)
+from chaos.record import schema
 from chaos.record.lineproto import Point, read_points
+from chaos.record.point import Sample
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
-from chaos.scenario.model import Scenario
+from chaos.scenario.model import Expectation, Scenario
 
 MAX_STEPS = 100
 SUSTAINED = 0.9  # a step holds when it reaches this share of its target
 PORTS_FULL = 0.95  # port budget utilisation that counts as exhausted
 CONNTRACK_FULL = 0.95
 CPU_FULL = 0.9  # process CPU over the cores it can use
+GENERATOR_FULL = 0.9  # a Locust process's share of its one core
+HOST_IDLE_MIN = 0.05  # the host under this idle share is saturated
+HOST_STEAL_MAX = 0.10  # ... and over this steal share
 PORT_CLASSES = ("EADDRNOTAVAIL", "SlowConnect")  # failures that mean "no local port"
 CONNTRACK_COUNTERS = ("insert_failed", "drop", "early_drop")
 RESOURCES = ("ports", "time_wait_buckets", "conntrack", "proxy_cpu", "origin")
+GENERATOR = "load_generator"
 
 
 # --- the rates -------------------------------------------------------------------------------
@@ -122,9 +156,11 @@ def sweep_scenario(base: Scenario, rates: list[float], step_duration: float) -> 
     if step_duration < 2:
         raise ChaosError(
             f"--step-duration {step_duration:g}s is too short to measure a step",
-            "use 5s or more (20s gives Locust's moving averages time to settle)",
+            "use 3s or more (a step's first second carries the previous rate)",
         )
-    load = base.load.model_copy(update={"rate_steps": rates, "step_duration": step_duration})
+    load = base.load.model_copy(
+        update={"rate": None, "rate_steps": rates, "step_duration": step_duration}
+    )
     return base.model_copy(
         update={"load": load, "duration": len(rates) * step_duration, "expect": []}
     )
@@ -139,10 +175,11 @@ class Step:
     start: float  # wall seconds, [start, end)
     end: float
     seconds: int
-    achieved: float = 0.0
-    connections: int = 0
+    achieved: float = 0.0  # connections started per second, settled seconds
+    connections: int = 0  # connections started in the step
     failures: int = 0
     classes: dict[str, int] = field(default_factory=dict)
+    p99_us: int | None = None  # whole connections, settled seconds
     ports: float | None = None  # highest port budget utilisation, 0..1
     ports_role: str | None = None
     tw_overflow: int = 0
@@ -150,8 +187,15 @@ class Step:
     conntrack_errors: int = 0
     proxy_cpu: float | None = None  # mean busy share of the proxy's cores, 0..1
     origin_cpu: float | None = None
-    expectations: list[dict[str, Any]] = field(default_factory=list)
+    generator_cpu: float | None = None  # the busiest Locust process, share of its core
+    generator_process: str | None = None  # which one (locust-worker / locust-master)
+    host_idle: float | None = None  # mean share of the host's CPUs idle
+    host_steal: float | None = None
+    controller_cpu: float | None = None  # the controller's CPU, share of one core
+    expectations: list[dict[str, Any]] = field(default_factory=list)  # sweep.expect: decide
+    signature: list[dict[str, Any]] = field(default_factory=list)  # expect: reported only
     exhausted: list[str] = field(default_factory=list)
+    saturated: bool = False  # the load generator (or its host) ran out at this step
     passed: bool = False
     why: str = ""
 
@@ -168,29 +212,65 @@ class SweepResult:
     skipped_expectations: int = 0
     not_run: list[float] = field(default_factory=list)  # rates never reached (early stop)
     stopped_early: str | None = None
+    lower_bound: bool = False  # the generator, not the system, limited the knee
+    max_p99_us: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _windows_from_rate_csv(path: Path, rates: list[float]) -> list[tuple[float, list[dict]]]:
-    """(target, rows) per run of consecutive seconds with one target, in order."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        return []
-    out: list[tuple[float, list[dict]]] = []
-    for row in rows:
-        try:
-            target = float(row["target_rate"])
-            parsed = {k: float(row[k]) for k in ("time", "achieved_rate", "failures")}
-        except (KeyError, ValueError):
-            continue
-        if out and out[-1][0] == target:
-            out[-1][1].append(parsed)
-        elif target in rates:
-            out.append((target, [parsed]))
+def schedule_start(seconds: Mapping[int, LoadSecond]) -> float | None:
+    """Where the users' rate schedule began, to within the second: the first second of the
+    load series in which a connection started (see the module docstring)."""
+    return next((float(t) for t, row in seconds.items() if row.started > 0), None)
+
+
+def step_of(second: int, start: float, step_duration: float) -> int:
+    """The step a second of the load series belongs to: the one holding its middle."""
+    return math.floor((second + 0.5 - start) / step_duration)
+
+
+@dataclass(frozen=True)
+class StepSeconds:
+    index: int
+    start: float  # wall seconds of the step's window
+    end: float
+    rows: list[LoadSecond]  # every second of the step
+    settled: list[LoadSecond]  # the ones its rate is measured over
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The seconds of the step (for the sampled indicators), [start, end)."""
+        return (float(self.rows[0].second), float(self.rows[-1].second + 1))
+
+    @property
+    def settled_window(self) -> tuple[float, float]:
+        return (float(self.settled[0].second), float(self.settled[-1].second + 1))
+
+
+def step_seconds(
+    seconds: Mapping[int, LoadSecond], start: float, rates: list[float], step_duration: float
+) -> list[StepSeconds]:
+    """The load series cut into steps (in order; steps without a second are left out).
+
+    Settled: without a step's first second (it may carry the previous rate) and without the
+    load's last second (cut short by the stop), unless that leaves nothing."""
+    last = issuing_end(seconds)
+    rows: dict[int, list[LoadSecond]] = defaultdict(list)
+    for second, row in seconds.items():
+        if last is not None and second >= last:
+            continue  # after the load stopped issuing: the drain, not a step
+        index = step_of(second, start, step_duration)
+        if 0 <= index < len(rates):
+            rows[index].append(row)
+    out = []
+    for index in sorted(rows):
+        mine = rows[index]
+        settled = mine[1:] if len(mine) > 2 else mine
+        if last is not None and len(settled) > 1 and settled[-1].second + 1 >= last:
+            settled = settled[:-1]
+        begin = start + index * step_duration
+        out.append(StepSeconds(index, begin, begin + step_duration, mine, settled))
     return out
 
 
@@ -208,37 +288,50 @@ def _num(point: Point, name: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _indicators(step: Step, by_measurement: dict[str, list[Point]]) -> None:
-    a, b = step.start, step.end
-    for p in _in(by_measurement.get("locust_failures", []), "locust_failures", a, b):
-        count = _num(p, "count")
-        if count:
-            name = p.tags.get("class", "?")
-            step.classes[name] = step.classes.get(name, 0) + int(count)
-    for p in _in(by_measurement.get("port_budget_summary", []), "port_budget_summary", a, b):
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _indicators(step: Step, by_measurement: dict[str, list[Point]], a: float, b: float) -> None:
+    def points(measurement: str) -> list[Point]:
+        return _in(by_measurement.get(measurement, []), measurement, a, b)
+
+    for p in points(schema.PORT_BUDGET_SUMMARY):
         util = _num(p, "max_utilisation")
         if util is not None and (step.ports is None or util > step.ports):
             step.ports, step.ports_role = util, p.tags.get("role")
-    for p in _in(by_measurement.get("tcp_counters", []), "tcp_counters", a, b):
+    for p in points(schema.TCP_COUNTERS):
         step.tw_overflow += int(_num(p, "TCPTimeWaitOverflow") or 0)
-    for p in _in(by_measurement.get("conntrack", []), "conntrack", a, b):
+    for p in points(schema.CONNTRACK):
         util = _num(p, "utilisation")
         if util is not None:
             step.conntrack = max(step.conntrack or 0.0, util)
         step.conntrack_errors += int(sum(_num(p, k) or 0 for k in CONNTRACK_COUNTERS))
     busy: dict[str, list[float]] = defaultdict(list)
-    for p in _in(by_measurement.get("process", []), "process", a, b):
+    generator: dict[tuple[str, str], list[float]] = defaultdict(list)  # (process, pid)
+    for p in points(schema.PROCESS):
         value = _num(p, "busy")
-        if value is not None:
+        if value is None:
+            continue
+        if p.tags.get("process", "").startswith("locust"):
+            generator[(p.tags["process"], p.tags.get("pid", ""))].append(value)
+        else:
             busy[p.tags.get("role", "")].append(value)
-    if busy.get("proxy"):
-        step.proxy_cpu = sum(busy["proxy"]) / len(busy["proxy"])
-    if busy.get("origin"):
-        step.origin_cpu = sum(busy["origin"]) / len(busy["origin"])
+    step.proxy_cpu = _mean(busy.get("proxy", []))
+    step.origin_cpu = _mean(busy.get("origin", []))
+    if generator:
+        (name, _), values = max(generator.items(), key=lambda kv: _mean(kv[1]) or 0.0)
+        step.generator_cpu, step.generator_process = _mean(values), name
+    host = points(schema.HOST_CPU)
+    step.host_idle = _mean([v for p in host if (v := _num(p, "idle")) is not None])
+    step.host_steal = _mean([v for p in host if (v := _num(p, "steal")) is not None])
+    controller = [_num(p, "cpu_pct") for p in points(schema.CONTROLLER)]
+    step.controller_cpu = _mean([v / 100 for v in controller if v is not None])
 
 
 def _exhausted(step: Step) -> list[str]:
-    """The resource indicators that fired in this step, in :data:`RESOURCES` order."""
+    """The system resource indicators that fired in this step, in :data:`RESOURCES` order;
+    each needs evidence above its threshold."""
     out = []
     if (step.ports or 0) >= PORTS_FULL or any(c in step.classes for c in PORT_CLASSES):
         out.append("ports")
@@ -251,6 +344,30 @@ def _exhausted(step: Step) -> list[str]:
     if (step.origin_cpu or 0) >= CPU_FULL:
         out.append("origin")
     return out
+
+
+def saturation(step: Step) -> str | None:
+    """What ran out on the load generator's side at this step, in words (None: nothing): a
+    Locust process used its whole core, or the host it runs on had no CPU left."""
+    if (step.generator_cpu or 0) >= GENERATOR_FULL:
+        return (
+            f"load generator saturated (busiest {step.generator_process} "
+            f"{step.generator_cpu:.0%} of its core)"
+        )
+    if step.host_idle is not None and step.host_idle < HOST_IDLE_MIN:
+        busiest = (
+            f", busiest {step.generator_process} {step.generator_cpu:.0%} of its core"
+            if step.generator_cpu is not None
+            else ""
+        )
+        return f"host saturated ({step.host_idle:.0%} idle{busiest})"
+    if (step.host_steal or 0) > HOST_STEAL_MAX:
+        return f"host saturated ({step.host_steal:.0%} steal time)"
+    return None
+
+
+def generator_saturated(step: Step) -> bool:
+    return saturation(step) is not None
 
 
 def _evidence(resource: str, step: Step) -> str:
@@ -269,8 +386,31 @@ def _evidence(resource: str, step: Step) -> str:
             )
         case "proxy_cpu":
             return f"proxy CPU {step.proxy_cpu or 0:.0%} of its cores {at}"
-    cpu = f"origin CPU {step.origin_cpu:.0%}" if step.origin_cpu is not None else "origin"
-    return f"{cpu}; achieved {step.achieved:.0f}/s of {step.target:g}/s with no other cause"
+        case "origin":
+            return f"origin CPU {step.origin_cpu or 0:.0%} of its cores {at}"
+    return f"{saturation(step) or 'load generator'} {at}"
+
+
+def _p99_us(run_path: Path, window: tuple[float, float], rows: list[LoadSecond]) -> int | None:
+    """The p99 of whole connections over ``window``: merged from the seconds' histograms,
+    else (a run directory without the series file) the worst second's p99."""
+    merged = window_latency_us(run_path, *window)
+    if merged:
+        return int(merged["p99_us"])
+    values = [v for r in rows if (v := r.percentile_us(LATENCY_PHASE, "p99")) is not None]
+    return max(values) if values else None
+
+
+def _check(
+    scenario: Scenario, clauses: list[Expectation], target: float, points: list[Point],
+    window: tuple[float, float],
+) -> list[dict[str, Any]]:  # fmt: skip
+    if not clauses:
+        return []
+    load = scenario.load.model_copy(update={"rate": target})
+    judged = scenario.model_copy(update={"load": load, "expect": clauses})
+    verdicts = evaluate(judged, points, Timeline(*window))  # type: ignore[arg-type]
+    return [v.as_dict() for v in verdicts]
 
 
 def analyse(
@@ -279,66 +419,87 @@ def analyse(
     rates: list[float],
     step_duration: float,
     stop: EarlyStop | None = None,
+    max_p99_us: int | None = None,
 ) -> SweepResult:
     """Judge every step of a finished sweep run (``scenario``: with its expectations);
     after an early ``stop``, only the steps it judged complete."""
-    windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", rates)
+    points = read_points(run_path / "samples.lp")
+    seconds = load_seconds(points)
+    start = schedule_start(seconds)
+    steps_seconds = step_seconds(seconds, start, rates, step_duration) if start else []
     if stop is not None and stop.complete is not None:
-        windows = windows[: stop.complete]
-    if not windows:
+        steps_seconds = [s for s in steps_seconds if s.index < stop.complete]
+    if not steps_seconds:
         raise ChaosError(
-            f"{run_path}/locust/rate.csv has no per-second rates: the steps cannot be judged",
+            f"{run_path}/samples.lp has no per-second load series: the steps cannot be judged",
             "see logs/locust-master.log: the load probably never started",
         )
-    points = read_points(run_path / "samples.lp")
     by_measurement: dict[str, list[Point]] = defaultdict(list)
     for p in points:
         by_measurement[p.measurement].append(p)
-    checked = [e for e in scenario.expect if e.when == "end"]
+    sweep = scenario.sweep
+    criteria = list(sweep.expect) if sweep else []
+    signature = [e for e in scenario.expect if e.when == "end"]
+    if max_p99_us is None and sweep and sweep.max_p99 is not None:
+        max_p99_us = round(sweep.max_p99 * 1e6)
     steps: list[Step] = []
-    for target, rows in windows:
-        start, end = rows[0]["time"], rows[-1]["time"] + 1
-        # The first second of a step still carries the previous rate and a step's last one
-        # (and the run's last second is cut short by Locust's stop): measure the rest
-        settled = rows[1:-1] if len(rows) > 3 else rows
-        step = Step(target=target, start=start, end=end, seconds=len(rows))
-        step.achieved = sum(r["achieved_rate"] for r in settled) / len(settled)
-        step.connections = int(sum(r["achieved_rate"] for r in rows))
-        step.failures = int(sum(r["failures"] for r in rows))
-        _indicators(step, by_measurement)
-        if checked:
-            load = scenario.load.model_copy(update={"rate": target})
-            judged = scenario.model_copy(update={"load": load, "expect": checked})
-            verdicts = evaluate(judged, points, Timeline(start, end))  # type: ignore[arg-type]
-            step.expectations = [v.as_dict() for v in verdicts]
+    for part in steps_seconds:
+        target = rates[part.index]
+        window = part.window
+        step = Step(target=target, start=window[0], end=window[1], seconds=len(part.rows))
+        counted = totals(part.rows)
+        step.achieved = totals(part.settled).rate
+        step.connections, step.failures = counted.started, counted.failed
+        step.classes = counted.classes
+        step.p99_us = _p99_us(run_path, part.settled_window, part.settled)
+        _indicators(step, by_measurement, *window)
+        step.expectations = _check(scenario, criteria, target, points, window)
+        step.signature = _check(scenario, signature, target, points, window)
         step.exhausted = _exhausted(step)
-        reasons = []
-        if step.failures or step.classes:  # a SlowConnect may succeed: a class of its own
-            classes = ", ".join(f"{k} {v}" for k, v in sorted(step.classes.items()))
-            reasons.append(f"{step.failures} failures" + (f" ({classes})" if classes else ""))
-        if step.achieved < SUSTAINED * target:
-            reasons.append(f"achieved {step.achieved:.0f}/s < {SUSTAINED:.0%} of target")
-        reasons += [
-            f"expectation failed: {e['label'] or e['metric']}"
-            for e in step.expectations
-            if not e["passed"]
-        ]
-        step.passed, step.why = not reasons, "; ".join(reasons)
+        step.saturated = generator_saturated(step)
+        step.why = "; ".join(_reasons(step, max_p99_us))
+        step.passed = not step.why
         steps.append(step)
-    result = conclude(scenario.name, step_duration, steps, len(scenario.expect) - len(checked))
+    skipped = len(scenario.expect) - len(signature)
+    result = conclude(scenario.name, step_duration, steps, skipped)
+    result.max_p99_us = max_p99_us
     if stop is not None and stop.complete is not None:
         result.not_run = rates[len(steps) :]
         result.stopped_early = stop.reason
     return result
 
 
-def step_broke(target: float, rows: list[dict]) -> str | None:
-    """Why a step failed, from its ``rate.csv`` rows alone (the live part of the verdict)."""
-    settled = rows[1:-1] if len(rows) > 3 else rows
-    achieved = sum(r["achieved_rate"] for r in settled) / len(settled)
-    failures = int(sum(r["failures"] for r in rows))
+def _reasons(step: Step, max_p99_us: int | None) -> list[str]:
+    """Why a step broke (empty: it held)."""
+    reasons = []
+    if step.failures or step.classes:  # a SlowConnect may succeed: a class of its own
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(step.classes.items()))
+        reasons.append(f"{step.failures} failures" + (f" ({classes})" if classes else ""))
+    if step.achieved < SUSTAINED * step.target:
+        reasons.append(f"achieved {step.achieved:.0f}/s < {SUSTAINED:.0%} of target")
+    if max_p99_us is not None and step.p99_us is not None and step.p99_us > max_p99_us:
+        reasons.append(f"p99 {_ms(step.p99_us)} > {_ms(max_p99_us)}")
+    reasons += [
+        f"criterion failed: {e['label'] or e['metric']}"
+        for e in step.expectations
+        if not e["passed"]
+    ]
+    return reasons
+
+
+def _ms(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us / 1000:.1f} ms" if us < 100_000 else f"{us / 1000:,.0f} ms"
+
+
+def step_broke(target: float, rows: list[LoadSecond]) -> str | None:
+    """Why a step failed, from its load seconds alone (the live part of the verdict)."""
+    settled = rows[1:] if len(rows) > 2 else rows
+    failures = totals(rows).failed
     if failures:
         return f"{target:g}/s had {failures} failures"
+    achieved = totals(settled).rate
     if achieved < SUSTAINED * target:
         return f"{target:g}/s achieved {achieved:.0f}/s (< {SUSTAINED:.0%})"
     return None
@@ -347,54 +508,82 @@ def step_broke(target: float, rows: list[dict]) -> str | None:
 @dataclass
 class EarlyStop:
     """The ``stop_early`` check of a sweep run: stop ``extra_steps`` steps after the first
-    step that broke (see the module docstring). Once it fired, ``complete`` is the number of
-    steps it saw finished (the ones to judge) and ``reason`` says why."""
+    step that broke (see the module docstring). It reads the ``load`` series from the
+    samples on their way to the sink (:meth:`observe`); once it fired, ``complete`` is the
+    number of steps it saw finished (the ones to judge) and ``reason`` says why."""
 
     rates: list[float]
+    step_duration: float
     extra_steps: int = 1
     complete: int | None = None
     reason: str | None = None
+    seen: dict[int, LoadSecond] = field(default_factory=dict)
+    _points: list[Sample] = field(default_factory=list)
+
+    def observe(self, samples: list[Sample]) -> None:
+        self._points += [s for s in samples if is_load_point(s)]
 
     def __call__(self, run_path: Path) -> str | None:
-        windows = _windows_from_rate_csv(run_path / "locust" / "rate.csv", self.rates)
-        if not windows or windows[-1][0] == self.rates[-1]:
-            return None  # the last step is under way: stopping would only leave it unjudged
-        finished = windows[:-1]  # the last window is the step still running
-        broke = next(
-            (i for i, (target, rows) in enumerate(finished) if step_broke(target, rows)), None
-        )
-        if broke is None or len(finished) - 1 - broke < self.extra_steps:
+        self.seen = load_seconds(self._points)
+        ramp = schedule_start(self.seen)
+        if ramp is None:
             return None
-        target, rows = finished[broke]
-        self.complete = broke + 1 + self.extra_steps
-        self.reason = f"{step_broke(target, rows)}; stopped {self.extra_steps} step(s) later"
+        latest = max(self.seen)
+        if step_of(latest, ramp, self.step_duration) >= len(self.rates) - 1:
+            return None  # the last step is under way: stopping would only leave it unjudged
+        parts = step_seconds(self.seen, ramp, self.rates, self.step_duration)
+        # a step is finished once the series has a second of the step after it
+        finished = [p for p in parts if step_of(latest, ramp, self.step_duration) > p.index]
+        broke = next((p for p in finished if step_broke(self.rates[p.index], p.rows)), None)
+        if broke is None or finished[-1].index - broke.index < self.extra_steps:
+            return None
+        self.complete = broke.index + 1 + self.extra_steps
+        cause = step_broke(self.rates[broke.index], broke.rows)
+        self.reason = f"{cause}; stopped {self.extra_steps} step(s) later"
         return self.reason
 
 
 def conclude(name: str, step_duration: float, steps: list[Step], skipped: int) -> SweepResult:
+    """The knee, what ran out first, and the verdict in words (see the module docstring)."""
     first_bad = next((i for i, s in enumerate(steps) if not s.passed), None)
     knee = None
     if first_bad is not None and first_bad > 0:
         knee = steps[first_bad - 1].target
+    upto = steps if first_bad is None else steps[: first_bad + 1]
     resource, evidence = None, ""
-    for step in steps:
+    for step in upto:
         if step.exhausted:
             resource = step.exhausted[0]
             evidence = _evidence(resource, step)
             break
-    if resource is None and first_bad is not None:  # broke with no indicator: the far end
-        resource, evidence = "origin", _evidence("origin", steps[first_bad])
-        if not steps[first_bad].achieved < SUSTAINED * steps[first_bad].target:
-            resource = None
-            evidence = f"{steps[first_bad].why}; no resource indicator fired"
+    lower_bound = False
+    if first_bad is not None and resource is None:
+        broke = steps[first_bad]
+        if broke.saturated:
+            resource, evidence, lower_bound = GENERATOR, _evidence(GENERATOR, broke), True
+        else:
+            evidence = f"{broke.why}; no resource indicator fired"
     if first_bad is None:
         verdict = f"no step broke: the knee is above {steps[-1].target:g}/s"
+        if steps[-1].saturated:
+            verdict += f" ({saturation(steps[-1])} at {steps[-1].target:,g}/s)"
     elif knee is None:
         verdict = f"the first step ({steps[0].target:g}/s) already broke: {steps[0].why}"
     else:
         broke = steps[first_bad]
         verdict = f"knee {knee:g}/s; {broke.target:g}/s broke ({broke.why})"
-    return SweepResult(name, step_duration, steps, knee, resource, evidence, verdict, skipped)
+    if first_bad is not None and steps[first_bad].saturated:
+        broke = steps[first_bad]
+        said = f"{saturation(broke)} at {broke.target:,g}/s"
+        if lower_bound:  # e.g. "load generator saturated (...) at 4,000/s: the knee is a ..."
+            bound = "the knee is a lower bound" if knee is not None else "no knee measured"
+            verdict = f"{said}: {bound}; {verdict}"
+        else:
+            verdict += f" ({said} too)"
+    return SweepResult(
+        name, step_duration, steps, knee, resource, evidence, verdict, skipped,
+        lower_bound=lower_bound,
+    )  # fmt: skip
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -404,20 +593,51 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _passed(results: list[dict[str, Any]]) -> str:
+    return f"{sum(bool(e['passed']) for e in results)}/{len(results)}" if results else "-"
+
+
+def _classes(step: Step) -> Text:
+    ordered = sorted(step.classes.items(), key=lambda kv: -kv[1])
+    return Text(", ".join(f"{k} {v}" for k, v in ordered) or "-")
+
+
+# (header, cell, shown): the indicator columns appear only when some step measured them
+_COLUMNS: list[tuple[str, Any, Any]] = [
+    ("target/s", lambda s: f"{s.target:g}", None),
+    ("achieved/s", lambda s: f"{s.achieved:,.0f}", None),
+    ("failures", lambda s: str(s.failures), None),
+    ("classes", _classes, None),
+    ("p99", lambda s: _ms(s.p99_us), None),
+    ("ports", lambda s: _pct(s.ports) + (f" {s.ports_role}" if s.ports_role and s.ports else ""),
+     lambda s: s.ports is not None),
+    ("TW ovf", lambda s: str(s.tw_overflow), lambda s: s.tw_overflow),
+    ("conntrack", lambda s: _pct(s.conntrack), lambda s: s.conntrack is not None),
+    ("proxy cpu", lambda s: _pct(s.proxy_cpu), lambda s: s.proxy_cpu is not None),
+    ("origin cpu", lambda s: _pct(s.origin_cpu), lambda s: s.origin_cpu is not None),
+    ("load cpu", lambda s: Text(_pct(s.generator_cpu), "bold yellow" if s.saturated else ""),
+     lambda s: s.generator_cpu is not None),
+    ("host idle", lambda s: _pct(s.host_idle), lambda s: s.host_idle is not None),
+    ("signature", lambda s: _passed(s.signature), lambda s: s.signature),
+    ("", lambda s: Text("PASS", "bold green") if s.passed else Text("FAIL", "bold red"), None),
+]  # fmt: skip
+
+
 def print_sweep(console: Console, result: SweepResult) -> None:
-    table = Table(
-        "target/s", "achieved/s", "failures", "classes", "ports", "TW ovf", "conntrack",
-        "proxy cpu", "origin cpu", "", box=None, pad_edge=False,
-    )  # fmt: skip
-    for s in result.steps:
-        classes = ", ".join(f"{k} {v}" for k, v in sorted(s.classes.items(), key=lambda kv: -kv[1]))
-        ports = _pct(s.ports) + (f" {s.ports_role}" if s.ports_role and s.ports else "")
-        mark = Text("PASS", "bold green") if s.passed else Text("FAIL", "bold red")
-        table.add_row(
-            f"{s.target:g}", f"{s.achieved:,.0f}", str(s.failures), Text(classes or "-"), ports,
-            str(s.tw_overflow), _pct(s.conntrack), _pct(s.proxy_cpu), _pct(s.origin_cpu), mark,
-        )  # fmt: skip
+    columns = [
+        (header, cell)
+        for header, cell, shown in _COLUMNS
+        if shown is None or any(shown(step) for step in result.steps)
+    ]
+    table = Table(*(header for header, _ in columns), box=None, pad_edge=False, padding=(0, 1))
+    for step in result.steps:
+        table.add_row(*(cell(step) for _, cell in columns))
     console.print(table)
+    if result.steps and result.steps[0].signature:
+        console.print(
+            "signature: the scenario's `expect:` (when: end) held in n/m per step; "
+            "reported, not deciding (a sweep's criteria are in `sweep:`)"
+        )
     if result.skipped_expectations:
         console.print(
             f"{result.skipped_expectations} expectation(s) not checked per step "
@@ -428,7 +648,7 @@ def print_sweep(console: Console, result: SweepResult) -> None:
             f"not run: {', '.join(f'{r:g}' for r in result.not_run)}/s "
             f"(stopped early: {result.stopped_early}; --all-steps runs them)"
         )
-    style = "bold green" if result.knee is not None else "bold yellow"
+    style = "bold green" if result.knee is not None and not result.lower_bound else "bold yellow"
     console.print(Text(f"sweep: {result.verdict}", style))
     if result.first_exhausted:
         console.print(
@@ -449,6 +669,7 @@ def record(run_path: Path, result: SweepResult) -> None:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["sweep"] = {
         "knee": result.knee,
+        "lower_bound": result.lower_bound,
         "first_exhausted": result.first_exhausted,
         "evidence": result.evidence,
         "verdict": result.verdict,
@@ -465,25 +686,50 @@ def record(run_path: Path, result: SweepResult) -> None:
 @dataclass(frozen=True)
 class SweepOptions:
     run: RunOptions  # scenario, variant, lab name, workers, runs dir, report, progress
-    rates: list[float]
-    step_duration: float
+    rates: list[float] | None  # None: the scenario's sweep.rates
+    step_duration: float | None  # None: the scenario's sweep.step_duration, else 20 s
     extra_steps: int | None = 1  # steps run after the first that broke; None: all steps
+    max_p99: float | None = None  # seconds; None: the scenario's sweep.max_p99
+
+
+DEFAULT_STEP_DURATION = 20.0
+
+
+def plan(options: SweepOptions, base: Scenario) -> tuple[list[float], float]:
+    """The rates and step duration: the command line's, else the scenario's ``sweep:``."""
+    sweep = base.sweep
+    rates = options.rates or (list(sweep.rates) if sweep else [])
+    if not rates:
+        raise ChaosError(
+            f"a sweep needs its rates: scenario {base.name!r} has no sweep.rates",
+            "give --rates 500,1000,2000, or all of --from, --to and --step",
+        )
+    step = options.step_duration
+    if step is None:
+        step = sweep.step_duration if sweep and sweep.step_duration else DEFAULT_STEP_DURATION
+    return rates, step
 
 
 def run_sweep(options: SweepOptions, console: Console) -> int:
     """Build the lab once, ramp through the rates, judge each step. Exit 0 when a knee was
     found, 10 when none was (the first step broke, or no step did)."""
     base = resolve(options.run)
-    swept = sweep_scenario(base, options.rates, options.step_duration)
+    rates, step_duration = plan(options, base)
+    swept = sweep_scenario(base, rates, step_duration)
+    max_p99_us = None if options.max_p99 is None else round(options.max_p99 * 1e6)
     console.print(
-        f"sweep [bold]{base.name}[/]: {len(options.rates)} steps of "
-        f"{options.step_duration:g}s, {', '.join(f'{r:g}' for r in options.rates)} conn/s"
+        f"sweep [bold]{base.name}[/]: {len(rates)} steps of "
+        f"{step_duration:g}s, {', '.join(f'{r:g}' for r in rates)} conn/s"
     )
 
-    stop = None if options.extra_steps is None else EarlyStop(options.rates, options.extra_steps)
+    stop = (
+        None
+        if options.extra_steps is None
+        else EarlyStop(rates, step_duration, options.extra_steps)
+    )
 
     def judge(run_path: Path, code: int) -> int:
-        result = analyse(run_path, base, options.rates, options.step_duration, stop)
+        result = analyse(run_path, base, rates, step_duration, stop, max_p99_us)
         record(run_path, result)
         if options.run.report:  # again, now with the sweep's steps in it
             write_report(run_path)

@@ -32,12 +32,14 @@ import gevent
 from _contract import series
 from locust import events
 from locust.env import Environment
+from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 
 log = logging.getLogger("locustfiles.series")
 
 MESSAGE = "chaos_load_series"
 MASTER_WAIT_S = 5  # a second is written at the latest this long after it ended
+FINAL_REPORTS_WAIT_S = 5.0  # at the end, how long the master waits for every worker's last word
 FLUSH_MARGIN_S = 0.02  # wake this long after the wall-clock second ended
 
 
@@ -309,3 +311,23 @@ def close() -> None:
 def _register(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(MESSAGE, _on_message)
+
+
+def _quit_after_the_workers(self: MasterRunner) -> None:
+    """MasterRunner.quit, waiting for the workers' last reports.
+
+    Locust's master tells its workers to quit and gives them 0.5 s before it stops listening;
+    a worker on a busy machine answers later, and its last second of the series (and its last
+    stats report, so Locust's own totals) is lost. A worker says "quit" to the master after
+    both, so the master waits until every worker has, at most FINAL_REPORTS_WAIT_S."""
+    self.stop(send_stop_to_client=False)
+    for client in self.clients.all:
+        self.server.send_to_client(Message("quit", None, client.id))
+    deadline = time.monotonic() + FINAL_REPORTS_WAIT_S
+    while time.monotonic() < deadline and any(c.state != "missing" for c in self.clients.all):
+        gevent.sleep(0.05)
+    gevent.sleep(0.1)  # anything right behind the last "quit"
+    self.greenlet.kill(block=True)
+
+
+MasterRunner.quit = _quit_after_the_workers  # type: ignore[method-assign]

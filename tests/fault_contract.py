@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.faults.base import Handle, Target, fault_type
+from chaos.faults.base import Handle, Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
+from chaos.faults.registry import fault_type
 
 
 @dataclass

@@ -11,8 +11,10 @@ from __future__ import annotations
 import sys
 import time
 
-from chaos.faults.base import Target, fault_type
+from chaos.endings import Terminated, exit_code_of
+from chaos.faults.base import Target
 from chaos.faults.engine.guard import FaultGuard
+from chaos.faults.registry import fault_type
 
 
 def main(namespace: str, pid: int) -> None:
@@ -28,4 +30,7 @@ def main(namespace: str, pid: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    try:
+        main(sys.argv[1], int(sys.argv[2]))
+    except (KeyboardInterrupt, Terminated) as ended:  # the guard reverted on its way out
+        sys.exit(exit_code_of(ended))

@@ -101,6 +101,22 @@ def _children(pid: int) -> list[str]:
         return []
 
 
+@contextlib.contextmanager
+def lone_namespace(lab_name: str) -> Iterator[str]:
+    """``chaos-LAB-client`` alone, for faults on a namespace and its processes; afterwards
+    whatever runs inside is continued and killed, and the namespace removed."""
+    name = f"chaos-{lab_name}-client"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        for pid in netns.pids_in(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        netns.remove(name)
+
+
 def spawn_sleeper(namespace: str) -> subprocess.Popen:
     """A dummy process in ``namespace`` (the caller waits for or kills it)."""
     return netns.popen(namespace, ["sleep", "120"], stdin=subprocess.DEVNULL)

@@ -64,6 +64,9 @@ class VictoriaMetrics:
                     f"-httpListenAddr=127.0.0.1:{self.port}",
                     "-retentionPeriod=100y",
                     "-loggerLevel=WARN",
+                    # one copy of identical points (a batch replayed after a write that timed
+                    # out once sent), as InfluxDB does: the README's InfluxDB section
+                    "-dedup.minScrapeInterval=1ms",
                     *self.extra_args,
                 ],
                 stdout=log,

@@ -29,6 +29,16 @@ Targets. ``--allow`` (repeated) names what the agent may touch:
 - ``host``: the agent's own network namespace (most fault types refuse it by themselves).
 
 ``pid:N`` is accepted when process N lives in an allowed namespace. Anything else is 403.
+``--allow-type TARGET=TYPE[,TYPE]`` limits the fault types on one entry (``origin=stop``:
+no ``kill`` there); an entry without it takes every type. ``PATTERN`` is RE2 syntax
+(:class:`~chaos.kernel.processes.CommandPattern`): matched in linear time, whatever it is.
+
+Hostile clients. Connections beyond ``MAX_CONNECTIONS`` are refused at accept (503, no
+thread); each read waits at most ``READ_TIMEOUT`` and the whole request must arrive within
+``READ_DEADLINE`` of the connect; bodies need an exact ``Content-Length`` (digits, at most
+64 KiB; chunked is refused) and at most ``MAX_JSON_DEPTH`` levels of JSON. Requests are
+checked (target resolved, params validated) outside the lock that orders applies, and a
+lapsing lease is reverted without waiting for that lock.
 
 API (JSON in and out; errors are ``{"error": ..., "hint": ...}`` with a 4xx status)::
 
@@ -44,6 +54,7 @@ API (JSON in and out; errors are ``{"error": ..., "hint": ...}`` with a 4xx stat
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -66,10 +77,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chaos import capabilities
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
-from chaos.faults.base import REGISTRY, Fault, Handle, Target, fault_type
+from chaos.faults.base import Fault, Handle, Target
 from chaos.faults.engine.guard import FaultGuard, revert_recorded
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import links_of, resolve
+from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
@@ -80,6 +92,15 @@ DEFAULT_LEASE = 10.0
 MAX_LEASE = 3600.0
 MIN_TOKEN = 16
 MAX_BODY = 64 * 1024
+#: JSON nesting a request may have (ours need 4): deeper is a 400, never a RecursionError
+MAX_JSON_DEPTH = 16
+#: at most this many connections are served at once; more are refused (503) at accept
+MAX_CONNECTIONS = 32
+LISTEN_BACKLOG = 128
+#: seconds one read may wait (an idle connection is closed after this)...
+READ_TIMEOUT = 5.0
+#: ...and seconds a client has from connecting to having sent its whole request
+READ_DEADLINE = 10.0
 #: How often the reaper looks for lapsed leases: the revert comes at most this late.
 REAP_EVERY = 0.1
 TOKEN_HINT = "generate one with `openssl rand -hex 32` and pass --token-file FILE"
@@ -166,7 +187,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 class Scope:
     """The allow-list, and how target strings resolve against it."""
 
-    def __init__(self, allow: list[str], lab: str | None) -> None:
+    def __init__(
+        self, allow: list[str], lab: str | None, allow_types: list[str] | None = None
+    ) -> None:
         if not allow:
             raise FaultError(
                 "chaos agent needs an allow-list: it touches only the targets named by --allow",
@@ -195,6 +218,61 @@ class Scope:
                     f"{where}`ip netns list` shows the namespaces",
                 )
         self.allow = list(dict.fromkeys(allow))
+        self.types = self._parse_types(allow_types or [])
+
+    def _parse_types(self, given: list[str]) -> dict[str, frozenset[str]]:
+        """``--allow-type TARGET=TYPE[,TYPE...]``: the only fault types allowed on TARGET (an
+        entry of --allow); targets without one take every type."""
+        known = set(fault_types())
+        names = {name.partition("=")[0] for name in self.allow}
+        out: dict[str, frozenset[str]] = {}
+        for text in given:
+            target, sep, kinds = text.partition("=")
+            wanted = frozenset(k.strip() for k in kinds.split(",") if k.strip())
+            if not sep or not wanted:
+                raise FaultError(
+                    f"--allow-type {text!r}: expected TARGET=TYPE[,TYPE...]",
+                    "e.g. --allow origin --allow-type origin=stop,sysctl",
+                )
+            if target not in names:
+                raise FaultError(
+                    f"--allow-type {text!r}: {target!r} is not given by --allow",
+                    f"name one of {', '.join(sorted(names))}",
+                )
+            unknown = sorted(wanted - known)
+            if unknown:
+                raise FaultError(
+                    f"--allow-type {text!r}: unknown fault type(s) {', '.join(unknown)}",
+                    f"known fault types: {', '.join(sorted(known))}",
+                )
+            out[target] = out.get(target, frozenset()) | wanted
+        return out
+
+    def check_type(self, kind: str, text: str, target: Target) -> None:
+        """403 when ``--allow-type`` limits the allow-list entry of ``target``."""
+        entry = self._entry_of(text, target)
+        allowed = self.types.get(entry) if entry is not None else None
+        if allowed is not None and kind not in allowed:
+            raise ApiError(
+                403,
+                f"fault type {kind!r} is not allowed on {entry} "
+                f"(allowed there: {', '.join(sorted(allowed))})",
+                f"restart the agent with --allow-type {entry}={','.join(sorted(allowed | {kind}))}",
+            )
+
+    def _entry_of(self, text: str, target: Target) -> str | None:
+        """The --allow entry a resolved target falls under (pid:N: by its namespace)."""
+        if target.netns is None:
+            return "host"
+        base = text.strip().partition(":")[0]
+        if base == "workers":
+            return "client"
+        if base in self.roles or base in self.plain:
+            return base
+        for role, namespace in self.roles.items():
+            if namespace == target.netns:
+                return role
+        return target.netns if target.netns in self.plain else None
 
     @staticmethod
     def _namespace_file(text: str, role: str, path: str) -> str:
@@ -295,8 +373,8 @@ class Agent:
         self.log = JsonLog()
         self.guard = FaultGuard(self.log, ledger)
         self.leases: dict[str, Lease] = {}
-        # _leases guards the dict (renewals are quick); _changes serialises applies and
-        # reverts, so a DELETE and a lapsing lease never revert the same fault twice.
+        # _leases guards the dict (renewals are quick); _changes serialises applies (and
+        # shutdown after them); the ledger's lock orders every kernel change.
         self._leases = threading.Lock()
         self._changes = threading.Lock()
         self._stop = threading.Event()
@@ -316,6 +394,7 @@ class Agent:
         except FaultError as exc:
             raise ApiError.of(404, exc) from None
         target = self.scope.resolve(request.target)
+        self.scope.check_type(request.type, request.target, target)
         try:
             fault = cls.validate(target, request.params)
             capabilities.require(set(cls.features))
@@ -324,12 +403,12 @@ class Agent:
         return fault
 
     def apply(self, request: FaultRequest) -> dict[str, Any]:
+        fault = self.check(request)  # outside the lock: a slow check holds up no one else
         with self._changes:
             if self._stop.is_set():
                 raise ApiError(503, "the agent is shutting down", "start it again")
             if request.id is not None and request.id in self.leases:
                 raise ApiError(409, f"fault {request.id} is already active", "use a new id")
-            fault = self.check(request)
             try:
                 handle = self.guard.apply(
                     fault, api_id=request.id, lease_s=request.lease_s, via="agent"
@@ -371,17 +450,18 @@ class Agent:
             return self._lease(fault_id).to_json()
 
     def revert(self, fault_id: str, why: str = "request") -> dict[str, Any]:
-        with self._changes:
-            with self._leases:
-                lease = self._lease(fault_id)
-                del self.leases[fault_id]
-            self.log.event("agent.revert", id=fault_id, why=why)
-            try:
-                self.guard.revert(lease.handle)
-            except FaultError as exc:
-                # Ledger entry kept; the guard retries at shutdown, `chaos revert-all` after.
-                self.failed.append(f"{fault_id}: {exc.message}")
-                raise ApiError.of(500, exc) from None
+        # Not under _changes: a lapsing lease never waits behind applies. Taking the lease
+        # out of the dict is what makes one caller (DELETE or the reaper) its only reverter.
+        with self._leases:
+            lease = self._lease(fault_id)
+            del self.leases[fault_id]
+        self.log.event("agent.revert", id=fault_id, why=why)
+        try:
+            self.guard.revert(lease.handle)
+        except FaultError as exc:
+            # Ledger entry kept; the guard retries at shutdown, `chaos revert-all` after.
+            self.failed.append(f"{fault_id}: {exc.message}")
+            raise ApiError.of(500, exc) from None
         return {"id": fault_id, "reverted": True}
 
     def _lease(self, fault_id: str) -> Lease:
@@ -414,7 +494,6 @@ class Agent:
 
     @staticmethod
     def types() -> dict[str, Any]:
-        fault_type("stop")  # fills the registry
         return {
             "types": [
                 {
@@ -423,7 +502,7 @@ class Agent:
                     "features": list(cls.features),
                     "params": cls.params_model.model_json_schema(),
                 }
-                for kind, cls in sorted(REGISTRY.items())
+                for kind, cls in sorted(fault_types().items())
             ]
         }
 
@@ -464,6 +543,7 @@ class Agent:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "chaos-agent/1"
     server: _Server
+    timeout = READ_TIMEOUT  # applied to the socket by StreamRequestHandler.setup
 
     routes: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         (method, re.compile(f"^{API}{path}$"), name)
@@ -493,6 +573,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         agent = self.server.agent
+        if method != "POST":
+            self.server.request_read()  # no body to come
         try:
             if not agent.authorized(self.headers.get("Authorization")):
                 raise ApiError(
@@ -550,19 +632,33 @@ class _Handler(BaseHTTPRequestHandler):
         return 201, agent.apply(request)
 
     def _body(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
+        self.close_connection = True  # whatever happens, this connection ends here
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(411, "chunked bodies are not accepted", "send Content-Length")
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        text = lengths[0].strip()
+        # digits only: int() would take "-1", "+5" or " 1_0" (and -1 reads until EOF)
+        if len(lengths) > 1 or not text.isascii() or not text.isdigit() or len(text) > 9:
             raise ApiError(
-                400, "invalid Content-Length", "send the body's length in bytes"
-            ) from None
+                400, f"invalid Content-Length {lengths!r}", "send the body's length in bytes"
+            )
+        length = int(text)
         if length > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes", "send a smaller request")
         raw = self.rfile.read(length) if length else b"{}"
+        if len(raw) != length:
+            raise ApiError(400, "the body ended before its Content-Length", "send all of it")
+        self.server.request_read()
         try:
             body = json.loads(raw)
+        except RecursionError:
+            body = None  # nested far too deep: refused below
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"malformed JSON: {exc}", "send a JSON object") from None
+        if body is None or _depth(body) > MAX_JSON_DEPTH:
+            raise ApiError(
+                400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "send a flat request"
+            )
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", "send {...}")
         return body
@@ -581,19 +677,104 @@ class _Handler(BaseHTTPRequestHandler):
         print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
 
 
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 #: seconds a client gets to finish the TLS handshake
 HANDSHAKE_TIMEOUT = 10.0
+BUSY = json.dumps(
+    {"error": "the agent is serving too many connections", "hint": "retry in a second"}
+).encode()
+
+
+class _Connection:
+    """One accepted connection: its socket (the TLS one once wrapped) and the time by which
+    its request must have been read; past it, the watchdog shuts the socket down."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = time.monotonic() + READ_DEADLINE
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them, each on a deadline that
+    one watchdog thread enforces."""
+
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self, address: tuple[str, int], agent: Agent, tls: ssl.SSLContext | None = None
     ) -> None:
         self.agent = agent
         self.tls = tls
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.local = threading.local()  # the _Connection of the thread serving it
+        self.reading: set[_Connection] = set()  # connections whose request is not read yet
+        self.reading_lock = threading.Lock()
         super().__init__(address, _Handler)
+        threading.Thread(target=self._watchdog, name="read-deadlines", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self.reading_lock:
+                overdue = [c for c in self.reading if c.deadline <= now]
+                self.reading.difference_update(overdue)
+            for connection in overdue:
+                connection.cut()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 without a thread: written without waiting, then closed."""
+        if self.tls is None:
+            head = (
+                "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                request.send(head.encode() + BUSY, socket.MSG_DONTWAIT)
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        connection = _Connection(request)
+        self.local.connection = connection
+        with self.reading_lock:
+            self.reading.add(connection)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.request_read()
+            self.slots.release()
+
+    def request_read(self) -> None:
+        """The request is read: its deadline no longer applies (applies may take time)."""
+        connection = getattr(self.local, "connection", None)
+        with self.reading_lock:
+            self.reading.discard(connection)  # type: ignore[arg-type]
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the request's thread: the handshake cannot stall the accept loop.
@@ -608,6 +789,7 @@ class _Server(ThreadingHTTPServer):
             print(f"{client_address[0]} TLS handshake failed: {exc}", file=sys.stderr,
                   flush=True)  # fmt: skip
             return
+        self.local.connection.sock = wrapped  # the deadline now cuts the TLS socket
         with wrapped:
             wrapped.settimeout(None)
             super().finish_request(wrapped, client_address)
@@ -646,6 +828,7 @@ def serve(
     lab: str | None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    allow_types: list[str] | None = None,
 ) -> int:
     """Run the agent until SIGTERM, SIGHUP, SIGQUIT or Ctrl-C; then revert everything.
     Returns the exit code: 128 + the signal."""
@@ -657,7 +840,7 @@ def serve(
     token = read_token(token_file)
     tls = server_tls(tls_cert, tls_key)
     host, port = parse_listen(listen)
-    agent = Agent(token, Scope(allow, lab))
+    agent = Agent(token, Scope(allow, lab, allow_types))
     agent.revert_leftovers()
     try:
         server = _Server((host, port), agent, tls)

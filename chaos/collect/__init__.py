@@ -11,7 +11,8 @@ module                      measurements                                        
 :mod:`.zombies`             tcp_zombies                                           sock_diag
 :mod:`.kernel`              tcp_counters, sockstat                                /proc/net
 :mod:`.conntrack`           conntrack                                             ctnetlink
-:mod:`.locust_stats`        locust                                                Locust's CSV
+:mod:`.load_series`         load, load_failures                                   series file
+:mod:`.process`             process (proxy, origin, Locust), host_cpu             /proc
 :mod:`.sampler`             collector_cost                                        itself
 ==========================  ====================================================  ============
 
@@ -28,7 +29,7 @@ from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
-from chaos.collect.locust_stats import LocustHistory
+from chaos.collect.load_series import LoadSeries
 from chaos.collect.sampler import Sampler
 from chaos.collect.zombies import (
     ZombiePeer,
@@ -45,7 +46,7 @@ __all__ = [
     "Collector",
     "Conntrack",
     "KernelCounters",
-    "LocustHistory",
+    "LoadSeries",
     "NetnsRef",
     "PortBudget",
     "Sample",

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from chaos.load.series import PHASES, Second, parse_line
+from chaos.record import schema
 from chaos.record.point import FieldValue, Sample
 
-MEASUREMENT = "load"
-FAILURES_MEASUREMENT = "load_failures"
+MEASUREMENT = schema.LOAD
+FAILURES_MEASUREMENT = schema.LOAD_FAILURES
 NS = 1_000_000_000
 
 
@@ -78,7 +79,12 @@ class LoadSeries:
                 return []
         data = self._partial + self._fh.read()
         *complete, self._partial = data.split(b"\n")
-        return [second for line in complete if (second := parse_line(line)) is not None]
+        # the master wrote each phase's summary into the line: no histogram decoded here
+        return [
+            second
+            for line in complete
+            if (second := parse_line(line, histograms=False)) is not None
+        ]
 
     def sample(self, now: float) -> list[Sample]:
         return [sample for second in self.seconds() for sample in second_samples(second, self.tags)]

@@ -5,7 +5,8 @@ writes ``connect() to 198.18.3.2:8080 failed (99: Cannot assign requested addres
 connecting to upstream`` (seed 002's line). Every ``connect() ... failed (N: text)`` line
 counts, by errno: field ``connect_failed`` (all of them, always present, 0 when none) and
 ``connect_failed_<ERRNO NAME>`` (e.g. ``connect_failed_EADDRNOTAVAIL``) once one was seen;
-totals since the proxy started. Only complete lines are read; a partial last line waits.
+totals since the proxy started. Only complete lines are read; a partial last line waits; a
+log rotated under the run's ``log_cap`` is read again from its start.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from chaos.record import schema
 from chaos.record.point import FieldValue, Sample, time_ns_of
 
-MEASUREMENT = "proxy_errors"
+MEASUREMENT = schema.PROXY_ERRORS
 CONNECT_FAILED = re.compile(rb"connect\(\)(?: to \S+)? failed \((\d+): ")
 
 
@@ -42,6 +44,8 @@ class ProxyLogErrors:
     def _read_new_lines(self) -> None:
         try:
             with self.path.open("rb") as fh:
+                if fh.seek(0, 2) < self._offset:
+                    self._offset = 0  # rotated (the run's log cap): a new file from its start
                 fh.seek(self._offset)
                 data = fh.read()
         except FileNotFoundError:

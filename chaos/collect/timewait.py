@@ -20,9 +20,10 @@ import time
 
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
+from chaos.record import schema
 from chaos.record.point import Sample, time_ns_of
 
-MEASUREMENT = "time_wait_timers"
+MEASUREMENT = schema.TIME_WAIT_TIMERS
 #: the timer wheel's granularity and the sampling jitter stay below this
 SLACK_MS = 1000
 

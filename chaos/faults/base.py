@@ -148,32 +148,3 @@ class Fault(ABC):
 
     def handle(self, **data: Any) -> Handle:
         return Handle(kind=self.kind, target=self.target.name, data=data)
-
-
-REGISTRY: dict[str, type[Fault]] = {}
-
-
-def register(cls: type[Fault]) -> type[Fault]:
-    """Class decorator; the registry is filled by importing :mod:`chaos.faults.registry`."""
-    if cls.kind in REGISTRY:
-        raise RuntimeError(f"fault kind {cls.kind} registered twice")
-    REGISTRY[cls.kind] = cls
-    return cls
-
-
-def fault_type(kind: str) -> type[Fault]:
-    from chaos.faults import registry  # noqa: F401 - fills REGISTRY
-
-    if kind == "remote":
-        # A fault held by a remote agent: not a scenario type (so not in REGISTRY), but its
-        # ledger entries must revert like any other (`chaos revert-all` on the controller).
-        from chaos.agent.client import RemoteFault
-
-        return RemoteFault
-    try:
-        return REGISTRY[kind]
-    except KeyError:
-        raise FaultError(
-            f"unknown fault type {kind!r}",
-            f"known fault types: {', '.join(sorted(REGISTRY))}",
-        ) from None

@@ -49,7 +49,7 @@ from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_INGRESS, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 
 ROOT_HANDLE = 0xCA050000  # "ca05:" the root we add (netem, or prio when scoped)
@@ -342,7 +342,6 @@ def _gone(exc: NetlinkError) -> bool:
     return exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 
 
-@register
 class Netem(Fault):
     kind = "netem"
     params_model = NetemParams

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 
 Direction = Literal["input", "output", "forward"]
@@ -311,19 +311,16 @@ class _NftFault(Fault):
         run_nft(namespace, f"add table {FAMILY} {table}\ndelete table {FAMILY} {table}\n")
 
 
-@register
 class NftFilter(_NftFault):
     kind = "nft-filter"
     params_model = FilterParams
 
 
-@register
 class NftLoss(_NftFault):
     kind = "nft-loss"
     params_model = LossParams
 
 
-@register
 class NftMangle(_NftFault):
     kind = "nft-mangle"
     params_model = MangleParams

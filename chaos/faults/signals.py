@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -29,9 +28,9 @@ from typing import Any
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
-from chaos.kernel.processes import start_time, state_of
+from chaos.kernel.processes import CommandPattern, cmdline, start_time, state_of
 
 GONE = (None, "Z")
 
@@ -41,14 +40,6 @@ class SignalParams(Params):
     settle: float = Field(
         default=2.0, gt=0, le=30, description="seconds to wait for the process state to change"
     )
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _parents() -> dict[int, int]:
@@ -102,8 +93,8 @@ class _SignalFault(Fault):
     def _select(self) -> list[int]:
         if self.target.pattern is not None:
             assert self.target.netns is not None
-            pattern = re.compile(self.target.pattern)
-            pids = [p for p in netns.pids_in(self.target.netns) if pattern.search(_cmdline(p))]
+            pattern = CommandPattern(self.target.pattern)  # checked when the target resolved
+            pids = [p for p in netns.pids_in(self.target.netns) if pattern.search(cmdline(p))]
         else:
             pids = [p for p in self.target.pids if state_of(p) not in GONE]
         if self.params.children:
@@ -132,7 +123,6 @@ class _SignalFault(Fault):
         return True
 
 
-@register
 class Stop(_SignalFault):
     kind = "stop"
     params_model = SignalParams
@@ -186,7 +176,6 @@ class Stop(_SignalFault):
             )
 
 
-@register
 class Kill(_SignalFault):
     kind = "kill"
     params_model = SignalParams

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from chaos.errors import FaultError, SysctlError
-from chaos.faults.base import Fault, Handle, Params, register
+from chaos.faults.base import Fault, Handle, Params
 from chaos.kernel import netns
 
 SysctlValue = int | str | list[int]
@@ -55,7 +55,6 @@ def _writable(key: str) -> bool:
     return bool(os.stat(netns.sysctl_path(key)).st_mode & 0o200)
 
 
-@register
 class SysctlWindow(Fault):
     kind = "sysctl"
     params_model = SysctlParams

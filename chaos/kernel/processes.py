@@ -14,12 +14,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import re2
+
 from chaos.errors import ProcessStartError
 from chaos.kernel import netns
+from chaos.record import logcap
 
 PR_SET_PDEATHSIG = 1
 
@@ -53,12 +56,74 @@ class ProcessRecord:
     namespace: str | None
     log: str
     argv: list[str]
+    #: (pid, start time) of the writer of a capped log (see spawn's log_cap); it ends by
+    #: itself once the process has exited and it has written the last lines
+    log_writer: tuple[int, int | None] | None = None
 
     def alive(self) -> bool:
         return start_time(self.pid) == self.started and state_of(self.pid) not in (None, "Z")
 
+    def wait_log_written(self, timeout: float = 3.0) -> None:
+        """After the process exited: until its log writer has written the last lines (it is
+        killed after ``timeout``, should something else still hold the pipe)."""
+        if self.log_writer is None:
+            return
+        pid, started = self.log_writer
+        deadline = time.monotonic() + timeout
+        while start_time(pid) == started and state_of(pid) not in (None, "Z"):
+            _reap(pid)
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        _reap(pid)
+
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def listening(pid: int, inodes: set[int] | None = None) -> set[str]:
+    """Local ``ADDRESS:PORT`` of the TCP sockets listening in the network namespace of
+    ``pid``; only sockets among ``inodes`` when given. Asked of sock_diag for LISTEN sockets
+    only: the cost does not grow with the namespace's connections."""
+    from chaos.kernel import sockdiag as sd
+    from chaos.kernel.nsref import NetnsRef
+
+    ref = NetnsRef.of_pid(pid)
+    try:
+        diag = sd.InetDiag.open_in(ref)
+        try:
+            records = list(diag.dump_records(sd.AF_ANY, sd.states_mask([sd.LISTEN])))
+        finally:
+            diag.close()
+    finally:
+        ref.close()
+    out: set[str] = set()
+    for record in records:
+        if inodes is not None and sd.U32.unpack_from(record, sd.OFF_INODE)[0] not in inodes:
+            continue
+        address = sd.addr_text(record[16], record[sd.OFF_SRC : sd.OFF_SRC + 16])
+        port = int.from_bytes(record[sd.OFF_SPORT : sd.OFF_SPORT + 2], "big")
+        out.add(f"{address}:{port}")
+    return out
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:
@@ -101,13 +166,16 @@ def spawn(
     detach: bool = True,
     tied: bool = False,
     env: dict[str, str] | None = None,
+    log_cap: int | None = None,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start ``argv`` in ``namespace`` with stdout and stderr going to ``log_path``.
 
     ``detach`` puts it in its own session, so a terminal's signals reach only the controller
     and a lab outlives the `chaos lab up` command. ``tied`` makes it die with this process
     (``chaos run``: even a SIGKILL of the controller leaves no lab process running).
-    ``env`` replaces the environment (None: inherit).
+    ``env`` replaces the environment (None: inherit). ``log_cap``: a per-connection log (the
+    proxy's) goes through a pipe into a capped log (:mod:`chaos.record.logcap`) that never
+    uses more than that many bytes.
     """
 
     def prepare() -> None:
@@ -116,7 +184,7 @@ def spawn(
             die_with_parent()
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with _log_sink(log_path, log_cap, detach) as (log, writer):
         try:
             proc = netns.popen(
                 namespace,
@@ -135,9 +203,46 @@ def spawn(
                 f"install it (Debian: apt-get install {Path(argv[0]).name})",
             ) from None
     record = ProcessRecord(
-        role, name, proc.pid, start_time(proc.pid), namespace, str(log_path), list(argv)
+        role,
+        name,
+        proc.pid,
+        start_time(proc.pid),
+        namespace,
+        str(log_path),
+        list(argv),
+        log_writer=(writer.pid, start_time(writer.pid)) if writer is not None else None,
     )
     return proc, record
+
+
+@contextlib.contextmanager
+def _log_sink(
+    log_path: Path, log_cap: int | None, detach: bool
+) -> Iterator[tuple[int, subprocess.Popen | None]]:
+    """The fd a process's output goes to: the log file, or a pipe into a capped log's
+    writer (which ends at end of file, when every holder of the pipe has exited)."""
+    if log_cap is None:
+        with open(log_path, "ab") as log:
+            yield log.fileno(), None
+        return
+    logcap.remove_parts(log_path)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        writer = subprocess.Popen(
+            logcap.command(log_path, log_cap),
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # outlives `chaos lab up`: must not hold its output
+            start_new_session=detach,
+            close_fds=True,
+        )
+        os.close(read_end)
+        read_end = -1
+        yield write_end, writer
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        os.close(write_end)
 
 
 def _is_listening(host: str, port: int) -> bool:
@@ -177,6 +282,7 @@ def wait_listening(
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            record.wait_log_written()
             raise ProcessStartError(
                 f"{record.name} exited with status {code} while starting; its output:\n"
                 + (log_tail(record.log) or "(no output)"),
@@ -194,7 +300,15 @@ def wait_listening(
 
 
 def terminate(record: ProcessRecord, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; harmless when already gone."""
+    """SIGTERM, then SIGKILL after ``grace`` seconds; harmless when already gone. Returns
+    once the process's log holds its last lines."""
+    try:
+        _stop(record, grace)
+    finally:
+        record.wait_log_written()
+
+
+def _stop(record: ProcessRecord, grace: float) -> None:
     if not record.alive():
         _reap(record.pid)
         return
@@ -217,12 +331,44 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces ("" when gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+class CommandPattern:
+    """A regular expression over command lines that cannot backtrack catastrophically.
+
+    RE2 (``google-re2``) matches in time linear in the input, whatever the pattern, so a
+    pattern from a scenario or an agent's client (``origin:((/|\\.|[a-z])+)+\\x01``) costs
+    microseconds, not minutes. RE2 has no backreferences or lookaround: such a pattern is
+    refused with :class:`ValueError`."""
+
+    MAX_LENGTH = 256
+
+    def __init__(self, text: str) -> None:
+        if len(text) > self.MAX_LENGTH:
+            raise ValueError(f"longer than {self.MAX_LENGTH} characters")
+        options = re2.Options()
+        options.log_errors = False  # the error comes back as an exception, not on stderr
+        options.max_mem = 1 << 20
+        try:
+            self._compiled = re2.compile(text, options)
+        except re2.error as exc:
+            raise ValueError(_re2_message(exc)) from None
+        self.text = text
+
+    def search(self, line: str) -> bool:
+        return self._compiled.search(line) is not None
+
+
+def _re2_message(exc: Exception) -> str:
+    detail = exc.args[0] if exc.args else str(exc)
+    return detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
 
 
 @dataclass(frozen=True)
@@ -251,7 +397,7 @@ class Owner:
 
     def describe(self) -> str:
         """``pid 123 (chaos run smoke ...)``, for messages about whose something is."""
-        command = _cmdline(self.pid) if self.here() and self.alive() else ""
+        command = cmdline(self.pid) if self.here() and self.alive() else ""
         # paths as their last part: `python fault_controller.py ...`, `chaos run smoke`
         command = " ".join(word.rpartition("/")[2] or word for word in command.split())
         where = "" if self.here() else f" on {self.host}"

@@ -8,9 +8,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chaos.collect.process import CGROUP_ROOT, cgroup_pids, process_roots
 from chaos.errors import LabError
 from chaos.kernel import netns, processes
+from chaos.kernel.proctree import CGROUP_ROOT, cgroup_pids, process_roots
 from chaos.lab import topology
 from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
 from chaos.lab.topology import LabState, Plan
@@ -31,6 +31,7 @@ def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
     ]
     if spec.access_log:
         argv += ["--access-log", str(run.path / "origin-access.log")]
+        argv += ["--access-log-cap", str(scenario.lab.log_cap)]
     return argv
 
 
@@ -106,7 +107,9 @@ def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabSta
             proxy = proxy_for(scenario.lab.proxy, endpoints(plan, scenario), run.path / "proxy")
             for note in proxy.check_user_config():
                 run.journal.event("proxy.note", note=note)
-            proc, record = proxy.start(plan.namespace("proxy"), run.log("proxy"), tied=tied)
+            proc, record = proxy.start(
+                plan.namespace("proxy"), run.log("proxy"), tied=tied, log_cap=scenario.lab.log_cap
+            )
             state.processes.append(record)
             state.save()
             run.journal.event(

@@ -67,7 +67,8 @@ Counters (summed over workers into ``--stats-file``; all ints)
 Access log (``--access-log PATH``)
     Worker ``n`` writes its own file ``PATH.<n>`` (no locking, no interleaving); the parent
     creates them empty at start-up (removing any ``PATH.<n>`` of an earlier run), so a bad
-    path fails before READY. One line per response fully written:
+    path fails before READY. Each is a capped log (:mod:`chaos.record.logcap`; the workers share
+    ``--access-log-cap`` bytes), rotated at line boundaries. One line per response fully written:
     ``<unix_time> <peer_ip>:<peer_port> <bytes_in> <bytes_out>`` (bytes of that request, head
     plus body, and of its response). Lines are buffered and written at least once a second
     and at exit; read every part with :func:`read_access_log` (peers) or
@@ -94,6 +95,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from chaos.record import logcap
 
 __all__ = [
     "COUNTERS",
@@ -311,18 +314,33 @@ def command(
     return argv
 
 
-def _access_log_parts(path: str | os.PathLike[str]) -> list[str]:
+def _worker_logs(path: str | os.PathLike[str]) -> list[str]:
+    """The per-worker logs ``PATH.<n>`` that exist, by worker index."""
     base = os.fspath(path)
     d = os.path.dirname(base) or "."
     prefix = os.path.basename(base) + "."
-    parts = [base] if os.path.exists(base) else []
     try:
         names = os.listdir(d)
     except FileNotFoundError:
-        return parts
+        return []
     numbered = [n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
     numbered.sort(key=lambda n: int(n[len(prefix) :]))
-    return parts + [os.path.join(d, n) for n in numbered]
+    return [os.path.join(d, n) for n in numbered]
+
+
+def _access_log_parts(path: str | os.PathLike[str]) -> list[str]:
+    """Every file of the access log: ``PATH`` (older layout), then each worker's capped log
+    with its rotated parts, oldest first."""
+    base = os.fspath(path)
+    parts = [base] if os.path.exists(base) else []
+    for worker_log in _worker_logs(base):
+        parts += logcap.log_parts(worker_log)
+    return parts
+
+
+def access_log_rotated_away(path: str | os.PathLike[str]) -> int:
+    """Parts of the access log its cap deleted, over all workers (0: every line is there)."""
+    return sum(logcap.rotated_away(worker_log) for worker_log in _worker_logs(path))
 
 
 def read_access_records(path: str | os.PathLike[str]) -> list[tuple[float, str, int, int, int]]:
@@ -421,7 +439,7 @@ class _Worker:
         index: int,
         lsock: socket.socket,
         stats_fd: int,
-        log_fd: int,
+        log: logcap.CappedLog | None,
     ) -> None:
         self.cfg = cfg
         self.index = index
@@ -453,7 +471,7 @@ class _Worker:
         else:
             self.resp_close = self.resp_keep = _body(cfg.response_bytes)
 
-        self.log_fd = log_fd  # -1: no access log
+        self.log = log  # None: no access log
         self.log_lines: list[str] = []
         self.log_flush_at = 0.0
 
@@ -758,7 +776,7 @@ class _Worker:
         c.busy = False
         self.responses += 1
         self.bytes_out += n
-        if self.log_fd >= 0:
+        if self.log is not None:
             peer = c.peer
             self.log_lines.append(f"{time.time():.6f} {peer[0]}:{peer[1]} {c.req_bytes} {n}\n")
             if len(self.log_lines) == 1:
@@ -796,15 +814,11 @@ class _Worker:
         data = "".join(self.log_lines).encode("ascii", "replace")
         self.log_lines.clear()
         self.log_flush_at = self.now + LOG_FLUSH_EVERY
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.log_fd, view) :]
-            except InterruptedError:
-                continue
-            except OSError as e:
-                print(f"origin[{self.index}]: access log: {e}", file=sys.stderr)
-                return
+        assert self.log is not None
+        try:
+            self.log.write(data)
+        except OSError as e:
+            print(f"origin[{self.index}]: access log: {e}", file=sys.stderr)
 
     def _shutdown(self) -> None:
         if self.listening:
@@ -813,9 +827,9 @@ class _Worker:
         for c in list(self.conns.values()):
             self.closed_at_exit += 1
             self._close(c)
-        if self.log_fd >= 0:
+        if self.log is not None:
             self._flush_log()
-            os.close(self.log_fd)
+            self.log.close()
         stats = {name: getattr(self, name) for name in COUNTERS}
         with contextlib.suppress(OSError):  # parent gone: nobody to report to
             os.write(self.stats_fd, json.dumps(stats).encode() + b"\n")
@@ -874,12 +888,12 @@ def _worker_main(
     index: int,
     lsock: socket.socket,
     stats_fd: int,
-    log_fd: int,
+    log: logcap.CappedLog | None,
     parent: int,
 ) -> int:
     try:
         _set_pdeathsig(parent)
-        w = _Worker(cfg, index, lsock, stats_fd, log_fd)
+        w = _Worker(cfg, index, lsock, stats_fd, log)
         # Signals were blocked across fork so none is lost or handled by the wrong code.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         w.run()
@@ -908,6 +922,7 @@ def serve(
     *,
     stats_file: str | None = None,
     access_log: str | None = None,
+    access_log_cap: int = logcap.DEFAULT_CAP,
 ) -> int:
     """Bind, fork the workers, print READY, wait for SIGTERM/SIGINT, reap, write stats.
     Returns the exit code. Call from a single-threaded process only (it forks)."""
@@ -917,20 +932,18 @@ def serve(
     except OSError as e:
         print(f"origin: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}", file=sys.stderr)
         return 1
-    log_fds: list[int] = []
+    logs: list[logcap.CappedLog] = []
     if access_log:
         # Opened here, not in the workers, so a bad path fails before READY.
         try:
-            for part in _access_log_parts(access_log):
-                if part != access_log:
-                    os.unlink(part)  # stale parts of an earlier run would be read back as ours
-            for i in range(n):
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-                log_fds.append(os.open(f"{access_log}.{i}", flags, 0o644))
+            for worker_log in _worker_logs(access_log):
+                logcap.remove_parts(worker_log)  # an earlier run's would be read back as ours
+            for i in range(n):  # the cap is shared by the workers
+                logs.append(logcap.CappedLog(f"{access_log}.{i}", access_log_cap // n))
         except OSError as e:
             print(f"origin: access log {access_log}: {e.strerror or e}", file=sys.stderr)
-            for fd in log_fds:
-                os.close(fd)
+            for log in logs:
+                log.close()
             for s in socks:
                 s.close()
             return 1
@@ -960,19 +973,18 @@ def serve(
             for other in socks:
                 if other is not lsock:
                     other.close()
-            for j, fd in enumerate(log_fds):
+            for j, log in enumerate(logs):
                 if j != i:
-                    os.close(fd)
-            log_fd = log_fds[i] if log_fds else -1
-            code = _worker_main(cfg, i, lsock, w, log_fd, parent)
+                    log.close()
+            code = _worker_main(cfg, i, lsock, w, logs[i] if logs else None, parent)
             sys.stderr.flush()
             os._exit(code)
         os.close(w)
         pids[r] = pid
     for s in socks:
         s.close()  # each listener (and log file) now lives only in its worker
-    for fd in log_fds:
-        os.close(fd)
+    for log in logs:
+        log.close()
 
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, on_signal)
@@ -1047,6 +1059,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config-json", default="{}", help="origin config as a JSON object")
     ap.add_argument("--stats-file", help="write the summed counters here (JSON) at exit")
     ap.add_argument("--access-log", help="per-request log; workers write PATH.<n>")
+    ap.add_argument(
+        "--access-log-cap",
+        type=int,
+        default=logcap.DEFAULT_CAP,
+        help="bytes the access log may use on disk, every worker's parts together",
+    )
     args = ap.parse_args(argv)
     try:
         try:
@@ -1057,7 +1075,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"origin: config error: {e}", file=sys.stderr)
         return 2
-    return serve(cfg, stats_file=args.stats_file, access_log=args.access_log)
+    return serve(
+        cfg,
+        stats_file=args.stats_file,
+        access_log=args.access_log,
+        access_log_cap=args.access_log_cap,
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ holds placeholders that only the lab can fill, and which it fills the same way i
 Nothing else in a user's file is changed: line numbers stay the user's, so the proxy's own
 checker (run in the proxy namespace before anything starts) names the user's line. The filled
 file goes to ``<run>/proxy/``; the proxy runs in the foreground in the proxy namespace with its
-log in ``<run>/logs/proxy.log``. The generated configurations log each connection (tcp mode) or
-request (http mode) on one line that starts with ``CONN`` (Caddy: its JSON access log), so tests
-and the report can compare what the proxy passed with what the origin received::
+log in ``<run>/logs/proxy.log`` (capped on disk: :mod:`chaos.record.logcap`). The generated
+configurations log each connection (tcp mode) or request (http mode) on one line that starts
+with ``CONN`` (Caddy: its JSON access log), so tests and the report can compare what the proxy
+passed with what the origin received::
 
     CONN <client ip:port> <backend source ip:port | -> <server ip:port> <status> <bytes> ...
 """
@@ -36,6 +37,7 @@ import jinja2
 from chaos.errors import CapabilityError, LabError, ProcessStartError
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import ProcessRecord
+from chaos.record import logcap
 from chaos.scenario.model import ProxySpec
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -295,12 +297,24 @@ class Proxy(ABC):
         )
 
     def start(
-        self, namespace: str, log_path: Path, tied: bool = False
+        self,
+        namespace: str,
+        log_path: Path,
+        tied: bool = False,
+        log_cap: int = logcap.DEFAULT_CAP,
     ) -> tuple[subprocess.Popen, ProcessRecord]:
-        """``tied``: the proxy dies with this process (see :func:`processes.spawn`)."""
+        """``tied``: the proxy dies with this process (see :func:`processes.spawn`);
+        ``log_cap``: bytes its log may use on disk."""
         conf = self.write_config(namespace)
         proc, record = processes.spawn(
-            "proxy", self.kind, namespace, self.run_argv(conf), log_path, tied=tied, env=self.env()
+            "proxy",
+            self.kind,
+            namespace,
+            self.run_argv(conf),
+            log_path,
+            tied=tied,
+            env=self.env(),
+            log_cap=log_cap,
         )
         processes.wait_listening(
             proc, record, self.endpoints.listen_host, self.endpoints.listen_port
@@ -323,7 +337,9 @@ class HAProxy(Proxy):
         return [self.executable(), "-c", "-f", str(conf)]  # -q would hide the errors too
 
     def run_argv(self, conf: Path) -> list[str]:
-        return [self.executable(), "-db", "-f", str(conf)]
+        # master-worker (-W): a reload (SIGUSR2 to the master) starts a new worker while the
+        # old one drains, as `systemctl reload haproxy` does; -db keeps it in the foreground
+        return [self.executable(), "-W", "-db", "-f", str(conf)]
 
     def listen_example(self) -> str:
         return "bind {{ listen }}"
@@ -468,9 +484,11 @@ def _caddy_entry(line: str) -> ProxyLogEntry | None:
 
 def parse_log(path: Path) -> list[ProxyLogEntry]:
     """The ``CONN`` lines of a proxy log, or Caddy's JSON access lines (other lines are the
-    proxy's own messages)."""
+    proxy's own messages), its rotated parts first. Lines the log's cap deleted are gone:
+    see logcap.rotated_away."""
     entries = []
-    for line in Path(path).read_text(errors="replace").splitlines():
+    text = "".join(Path(part).read_text(errors="replace") for part in logcap.log_parts(path))
+    for line in text.splitlines():
         match = _CONN_RE.match(line)
         if not match:
             if (caddy := _caddy_entry(line)) is not None:

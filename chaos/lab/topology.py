@@ -576,8 +576,9 @@ def destroy(name: str) -> list[str]:
     namespaces = set(orphan_namespaces(name))
     if state is not None:
         for record in reversed(state.processes):
-            if record.alive():
-                processes.terminate(record)
+            alive = record.alive()
+            processes.terminate(record)  # also waits for its log's last lines when it is dead
+            if alive:
                 removed.append(f"process {record.name} ({record.pid})")
         namespaces |= {ns for ns in state.namespaces.values() if netns.exists(ns)}
     for namespace in sorted(namespaces):

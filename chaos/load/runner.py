@@ -63,7 +63,7 @@ PERCENTILE_KEYS = (
     "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
 )  # fmt: skip
 LOG_TAIL_LINES = 25
-# Written by our locustfiles' --failures-csv; read by chaos.collect.locust_stats.LocustFailures.
+# Written by our locustfiles' --failures-csv: an artefact (the load_failures series is read).
 FAILURES_CSV = "failures_per_second.csv"
 
 

@@ -17,7 +17,9 @@ One line::
      "hist": {"connect": "HISTFAAAA...", "first_byte": "...", "total": "...", "close": "..."}}
 
 ``t`` is the second described (unix seconds); ``hist`` holds each phase's histogram of that
-second in HdrHistogram's compressed base64 form (phases without samples are absent).
+second in HdrHistogram's compressed base64 form (phases without samples are absent), and
+``summary`` each phase's count, percentiles, max, mean and min in microseconds, computed by
+the master once (the controller reads them without decoding a histogram).
 
 Which second a sample belongs to: ``started`` by the second its connect() began, ``connect``
 by the second its connect finished; ``completed``/``failed``, ``total``, ``first_byte`` and
@@ -31,12 +33,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+#: the phases the users time (a subset of chaos.record.schema.LOAD_PHASES, which also names
+#: ``tls`` for TLS handshakes)
 PHASES = ("connect", "first_byte", "total", "close")
 PERCENTILES = (50.0, 90.0, 99.0)
 SERIES_FILE = Path("locust") / "load_series.jsonl"
@@ -65,6 +69,20 @@ def record_values(histogram: HdrHistogram, values: Iterable[int]) -> None:
         histogram.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
 
 
+def mean_of(histogram: HdrHistogram) -> float:
+    """hdrh's ``get_mean_value``, summed over the buckets that hold counts: hdrh walks a
+    pure-Python iterator over all of them (~20 ms a histogram, 4 phases a second in the
+    sampler: a soak's sampler fell behind by tens of seconds)."""
+    total = 0
+    for index, count in enumerate(histogram.counts):
+        if count:
+            value = histogram.get_value_from_index(index)
+            low = histogram.get_lowest_equivalent_value(value)
+            size = histogram.get_highest_equivalent_value(value) - low + 1
+            total += count * (low + (size >> 1))
+    return total / histogram.get_total_count()
+
+
 @dataclass(frozen=True)
 class LatencySummary:
     """One phase's latency over some seconds, in microseconds (0 when ``count`` is 0;
@@ -89,7 +107,7 @@ class LatencySummary:
             p90_us=int(values[90.0]),
             p99_us=int(values[99.0]),
             max_us=int(histogram.get_max_value()),
-            mean_us=float(histogram.get_mean_value()),
+            mean_us=mean_of(histogram),
             min_us=int(histogram.get_min_value()),
         )
 
@@ -107,6 +125,8 @@ class Second:
     hist: dict[str, HdrHistogram] = field(default_factory=dict)
     workers: int = 0  # how many workers' reports were merged into it
     late: int = 0  # connections that reached the master after their own second was written
+    # per phase, as the master wrote it into the line (read without decoding the histograms)
+    summaries: dict[str, LatencySummary] = field(default_factory=dict)
 
     def histogram(self, phase: str) -> HdrHistogram:
         found = self.hist.get(phase)
@@ -128,11 +148,16 @@ class Second:
         self.late += other.late
 
     def summary(self, phase: str) -> LatencySummary:
-        return LatencySummary.of(self.hist.get(phase))
+        histogram = self.hist.get(phase)
+        if histogram is not None:
+            return LatencySummary.of(histogram)
+        return self.summaries.get(phase, LatencySummary())
 
     # --- the JSON line ---------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, summaries: bool = False) -> dict[str, Any]:
+        """``summaries``: also each phase's percentiles (the series file has them, so that
+        the controller's sampler never decodes a histogram; workers' messages do not)."""
+        data: dict[str, Any] = {
             "t": self.t,
             "users": self.users,
             "started": self.started,
@@ -147,6 +172,13 @@ class Second:
                 if histogram.get_total_count()
             },
         }
+        if summaries:
+            data["summary"] = {
+                phase: asdict(summary)
+                for phase in self.hist
+                if (summary := self.summary(phase)).count
+            }
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, histograms: bool = True) -> Second:
@@ -166,10 +198,15 @@ class Second:
             hist=hist,
             workers=int(data.get("workers", 0)),
             late=int(data.get("late", 0)),
+            summaries={
+                phase: LatencySummary(**values)
+                for phase, values in (data.get("summary") or {}).items()
+            },
         )
 
     def to_line(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":")) + "\n"
+        """The series file's line (with the summaries)."""
+        return json.dumps(self.to_json(summaries=True), separators=(",", ":")) + "\n"
 
 
 def parse_line(line: str | bytes, *, histograms: bool = True) -> Second | None:

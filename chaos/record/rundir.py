@@ -21,9 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chaos.scenario.loader import dump_resolved
-from chaos.scenario.model import Scenario
-
 DEFAULT_ROOT = Path("runs")
 
 
@@ -72,8 +69,9 @@ class RunDir:
             return cls(path)
         raise RuntimeError(f"cannot create a run directory under {root}")
 
-    def write_scenario(self, scenario: Scenario) -> None:
-        (self.path / "scenario.yaml").write_text(dump_resolved(scenario))
+    def write_scenario(self, text: str) -> None:
+        """The resolved scenario as YAML (``loader.dump_resolved``), every default filled in."""
+        (self.path / "scenario.yaml").write_text(text)
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"

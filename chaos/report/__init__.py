@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chaos.errors import SinkError
@@ -22,7 +23,15 @@ from chaos.report.build import Plot, make_plots, summarise
 from chaos.report.data import RunData, load_run
 from chaos.report.html import key_numbers, render_page
 
-__all__ = ["Report", "analyse", "load_run", "print_summary", "write_report"]
+__all__ = [
+    "Report",
+    "analyse",
+    "drift_failed",
+    "load_run",
+    "print_drift",
+    "print_summary",
+    "write_report",
+]
 
 
 @dataclass
@@ -59,6 +68,16 @@ def write_report(run_dir: str | Path, html_out: Path | None = None) -> Report:
 
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red"}
+
+
+def print_drift(console: Console, drift: dict[str, Any]) -> None:
+    """One line: the drift verdict of a long run (see :mod:`chaos.report.drift`)."""
+    style = _VERDICT_STYLE.get(drift["verdict"], "dim")
+    console.print(f"drift [{style}]{drift['verdict']}[/]: {escape(drift['reason'])}")
+
+
+def drift_failed(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("drift", {}).get("verdict") == "FAIL")
 
 
 def print_summary(console: Console, report: Report) -> None:
@@ -103,6 +122,7 @@ def print_summary(console: Console, report: Report) -> None:
             f"({result.get('when')}, {result.get('role') or 'any role'}): "
             f"observed {result.get('observed')}"
         )
+    print_drift(console, summary["drift"])
     if summary["samples"]["bad_lines"]:
         console.print(
             f"[yellow]{summary['samples']['bad_lines']} bad lines in samples.lp skipped[/] "

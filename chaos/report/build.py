@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from chaos.collect.kernel import NOTABLE
+from chaos.load.seconds import window_latency_us
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
+from chaos.report.drift import judge as judge_drift
 from chaos.report.svg import PALETTE, Band, Chart, Line, fmt_percent
 
 SCHEMA_VERSION = 1
@@ -104,7 +106,8 @@ def _fmt(value: float, unit: str = "") -> str:
 def _chart(run: RunData, lines: list[Line], y_title: str, **kw: Any) -> Chart:
     marks = []
     if run.load_window:
-        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load end")]
+        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load stop")]
+    marks += [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
     return Chart(
         lines=lines,
         x_range=(0.0, max(run.end, 1.0)),
@@ -239,18 +242,19 @@ def lab_packets_plot(run: RunData) -> Plot | None:
 
 def rate_plot(run: RunData) -> Plot:
     load = run.load
-    # Locust counts a failed attempt as a request too: the rate is of attempts.
-    lines = [Line("attempts/s", load.rate, PALETTE[0], width=2.2)]
-    if load.target:
-        lines.append(Line("target/s", load.target, "#555", dash="6 4", width=1.4))
-    lines.append(Line("failures/s", load.failures, FAILURE_COLOR))
+    lines = [
+        Line("started/s", load.rate, PALETTE[0], width=2.2, step=1.0),
+        Line("completed/s", load.completed, PALETTE[2], dash="5 3", step=1.0),
+        Line("failures/s", load.failures, FAILURE_COLOR, step=1.0),
+    ]
     lines = [line for line in lines if line.points]
+    note = "connections begun, ended well and failed in each second (a step per second)"
     return Plot(
         "rate",
         "rate",
         "New connections per second",
-        _chart(run, lines, "connections per second", empty_text="no load data (locust)"),
-        note=f"source: {load.source}" if load.source else "",
+        _chart(run, lines, "connections per second", empty_text="no load series"),
+        note=note + (f"; source: {load.source}" if load.source else ""),
         legend_stats=_legend(lines, run.load_window),
     )
 
@@ -264,14 +268,12 @@ def errors_plot(run: RunData) -> Plot:
     if classes:
         ordered = sorted(classes, key=lambda c: -totals.get(c, 0))
         lines = [
-            Line(name, classes[name], PALETTE[(i + 1) % len(PALETTE)])
+            Line(name, classes[name], PALETTE[(i + 1) % len(PALETTE)], step=1.0)
             for i, name in enumerate(ordered)
         ]
         note = "failures per second by class; " + total_text
-    else:
-        # Locust's CSVs give per-class totals only: draw all failures over time and name the
-        # classes with their totals.
-        lines = [Line("all failures/s", run.load.failures, FAILURE_COLOR)] if totals else []
+    else:  # a run without the load series: summary.json's per-class totals only
+        lines = []
         note = "per-class split over time not recorded; " + total_text
     return Plot(
         "errors",
@@ -285,15 +287,19 @@ def errors_plot(run: RunData) -> Plot:
 
 def latency_plot(run: RunData) -> Plot:
     lines = [
-        Line(label, xy, PERCENTILE_COLORS.get(label, PALETTE[(i + 5) % len(PALETTE)]))
+        Line(label, xy, PERCENTILE_COLORS.get(label, PALETTE[(i + 5) % len(PALETTE)]), step=1.0)
         for i, (label, xy) in enumerate(run.load.percentiles.items())
     ]
+    if run.load.connect_p99:
+        lines.append(Line("connect p99", run.load.connect_p99, PALETTE[4], "5 3", step=1.0))
     return Plot(
         "latency",
         "latency",
         "Connection latency percentiles",
-        _chart(run, lines, "milliseconds", empty_text="no latency data (locust)"),
-        note="whole connection (connect to close) as Locust's 'connection' entry times it",
+        _chart(run, lines, "milliseconds", empty_text="no latency in the load series"),
+        note="whole connection (connect start to close done) of the connections that ended in "
+        "each second, from the workers' microsecond histograms (a gap: none ended); dashed: "
+        "the connect phase's p99",
         legend_stats=_legend(lines, run.load_window, "ms"),
     )
 
@@ -447,18 +453,25 @@ def _fault_json(fault: Fault) -> dict[str, Any]:
 
 
 def load_summary(run: RunData) -> dict[str, Any]:
-    """Totals from summary.json (Locust's own counts) with the series' peaks beside them."""
-    total = run.summary.get("load", {}) if isinstance(run.summary.get("load"), dict) else {}
-    out: dict[str, Any] = {
-        key: total[key]
-        for key in ("total_requests", "total_failures", "achieved_rate", "p50_ms", "p99_ms",
-                    "max_ms")
-        if key in total
-    }  # fmt: skip
+    """Totals of the load series and its latency over the load's window (merged histograms,
+    microseconds), with the per-second series' peaks and means beside them."""
+    load = run.load
+    out: dict[str, Any] = {}
+    if load.window is not None and load.totals is not None:
+        start, end = load.window
+        out["window_s"] = [round(start - run.t0, 3), round(end - run.t0, 3)]
+        out["connections"] = load.totals.started
+        out["completed"] = load.totals.completed
+        out["failures"] = load.totals.failed
+        out["achieved_rate"] = round(load.totals.started / max(end - start, 1.0), 2)
+        out["latency_us"] = window_latency_us(run.path, start, end)
+        out.update({k: v for k, v in out["latency_us"].items() if k != "count"})
     out["failures_by_class"] = dict(sorted(run.failures_by_class.items(), key=lambda i: -i[1]))
     out["rate"] = stats(run.load.rate, run.load_window)
     out["failures_per_s"] = stats(run.load.failures, run.load_window)
-    out["latency_ms"] = {k: stats(v, run.load_window) for k, v in run.load.percentiles.items()}
+    out["latency_ms_per_second"] = {
+        k: stats(v, run.load_window) for k, v in run.load.percentiles.items()
+    }
     out["source"] = run.load.source
     return out
 
@@ -535,10 +548,13 @@ def sweep_summary(run_path: Path) -> dict[str, Any] | None:
         data = json.loads((run_path / "sweep.json").read_text())
     except (OSError, ValueError):
         return None
-    keep = ("target", "achieved", "failures", "classes", "ports", "proxy_cpu", "origin_cpu",
-            "exhausted", "passed", "why")
+    keep = ("target", "start", "achieved", "failures", "classes", "p99_us", "ports", "proxy_cpu",
+            "origin_cpu", "generator_cpu", "host_idle", "host_steal", "controller_cpu",
+            "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
     return {
         "knee": data.get("knee"),
+        "lower_bound": data.get("lower_bound", False),
+        "verdict": data.get("verdict", ""),
         "first_exhausted": data.get("first_exhausted"),
         "evidence": data.get("evidence", ""),
         "steps": [{k: step.get(k) for k in keep} for step in data.get("steps", [])],
@@ -560,6 +576,7 @@ def summarise(run: RunData, plots: list[Plot]) -> dict[str, Any]:
         "load_window_s": [round(t, 3) for t in run.load_window] if run.load_window else None,
         "verdict": result,
         "expectations": expectations,
+        "drift": judge_drift(run).as_dict(),
         "faults": [_fault_json(f) for f in run.faults],
         "sweep": sweep_summary(run.path),
         "load": load_summary(run),

@@ -71,17 +71,17 @@ def signature(summary: dict[str, Any]) -> dict[tuple[str, str], Value]:
     sig[("run", "faults")] = len(summary["faults"])
     load = summary["load"]
     for key, name in (
-        ("total_requests", "connections"),
+        ("connections", "connections"),
         ("achieved_rate", "achieved rate /s"),
-        ("total_failures", "failures"),
-        ("p50_ms", "p50 ms"),
-        ("p99_ms", "p99 ms"),
-        ("max_ms", "max ms"),
+        ("failures", "failures"),
+        ("p50_us", "p50 µs"),
+        ("p99_us", "p99 µs"),
+        ("max_us", "max µs"),
     ):
         if key in load:
             sig[("load", name)] = load[key]
     if load.get("rate"):
-        sig[("load", "attempts/s peak")] = load["rate"]["peak"]
+        sig[("load", "started/s peak")] = load["rate"]["peak"]
     if load.get("failures_per_s"):
         sig[("load", "failures/s peak")] = load["failures_per_s"]["peak"]
     for error, count in load["failures_by_class"].items():
@@ -192,17 +192,18 @@ def _verdict_markup(text: str) -> str:
 
 def _overlay(
     a: RunData, b: RunData, series_a: dict[str, XY], series_b: dict[str, XY], y_title: str,
-    **kw: Any,
+    step: float | None = None, **kw: Any,
 ) -> Chart:  # fmt: skip
-    """A solid, B dashed, same colour per key; both runs' fault bands."""
+    """A solid, B dashed, same colour per key; both runs' fault bands. ``step``: per-interval
+    series (the load's seconds), drawn as steps."""
     keys = list(dict.fromkeys([*series_a, *series_b]))
     lines = []
     for i, key in enumerate(keys):
         color = ROLE_COLORS.get(key, PALETTE[i % len(PALETTE)])
         if key in series_a:
-            lines.append(Line(f"A {key}", series_a[key], color))
+            lines.append(Line(f"A {key}", series_a[key], color, step=step))
         if key in series_b:
-            lines.append(Line(f"B {key}", series_b[key], color, dash="6 4"))
+            lines.append(Line(f"B {key}", series_b[key], color, dash="6 4", step=step))
     bands = [Band(f"A-{f.id}", f"A {f.label}", f.start, f.end) for f in a.faults]
     bands += [Band(f"B-{f.id}", f"B {f.label}", f.start, f.end) for f in b.faults]
     return Chart(lines, (0.0, max(a.end, b.end, 1.0)), y_title, bands=bands, **kw)
@@ -228,17 +229,17 @@ def render_html(a: Report, b: Report, rows: list[Row]) -> str:
             ),
         ),
         (
-            "Connection attempts and failures per second",
+            "Connections started and failed per second",
             _overlay(
                 ra, rb,
-                {"attempts/s": ra.load.rate, "failures/s": ra.load.failures},
-                {"attempts/s": rb.load.rate, "failures/s": rb.load.failures},
-                "per second",
+                {"started/s": ra.load.rate, "failures/s": ra.load.failures},
+                {"started/s": rb.load.rate, "failures/s": rb.load.failures},
+                "per second", step=1.0,
             ),
         ),
         (
             "Latency percentiles",
-            _overlay(ra, rb, ra.load.percentiles, rb.load.percentiles, "milliseconds"),
+            _overlay(ra, rb, ra.load.percentiles, rb.load.percentiles, "milliseconds", step=1.0),
         ),
         (
             "Zombie candidates",

@@ -7,22 +7,20 @@ not one the report can say anything about):
 * ``samples.lp``: every collected point (docs/metrics.md), read with
   :func:`chaos.record.lineproto.read_points`. Fault windows fall back to its ``chaos_event``
   points when the journal has none.
-* Load over time: the ``locust`` measurement when the run wrote one, else Locust's own CSVs
-  (``locust/locust_stats_history.csv``, ``locust/rate.csv``).
-* Failures by class over time: the ``locust_failures`` measurement, else our locustfiles'
-  ``locust/failures_per_second.csv``; with neither, only per-class totals, from
-  ``locust/locust_failures.csv``.
+* Load over time: the per-second ``load`` series and ``load_failures`` by class (see
+  :mod:`chaos.load.seconds`), on the run's own clock. Each second's value is drawn as a
+  step over the second it describes. Locust's own CSVs (rolling stats, ~5 s late, whole
+  milliseconds) are artefacts of the run, never read here.
 * ``summary.json``: totals of the load and expectation results, when ``chaos run`` wrote it.
+* ``sweep.json``: a capacity sweep's steps, drawn as marks on every plot.
 
 Times are kept as seconds since the run started (``t0``): every plot shares that x axis.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from chaos.errors import SinkError
-from chaos.load.runner import FAILURES_CSV
+from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
+from chaos.load.seconds import (
+    LATENCY_PHASE,
+    LoadTotals,
+    issuing_window,
+    load_seconds,
+    totals,
+)
+from chaos.load.seconds import MEASUREMENT as LOAD
 from chaos.record.lineproto import ParseStats, Point, read_points
 
 ROLE_ORDER = ("client", "gateway", "proxy", "origin")
@@ -60,11 +66,14 @@ class LoadSeries:
     """Load over time: connection rate, failures (total and per class), latency percentiles."""
 
     source: str = ""  # where the series came from, shown under the plots
-    rate: XY = field(default_factory=list)  # achieved connections/s
-    target: XY = field(default_factory=list)  # target connections/s (paced runs)
+    rate: XY = field(default_factory=list)  # connections started per second
+    completed: XY = field(default_factory=list)  # connections completed per second
     failures: XY = field(default_factory=list)  # failures/s, all classes
     classes: dict[str, XY] = field(default_factory=dict)  # failures/s per error class
-    percentiles: dict[str, XY] = field(default_factory=dict)  # "p50" -> ms
+    percentiles: dict[str, XY] = field(default_factory=dict)  # "p50" -> ms (whole connection)
+    connect_p99: XY = field(default_factory=list)  # ms
+    window: tuple[float, float] | None = None  # unix seconds: first start to the last one
+    totals: LoadTotals | None = None  # connections started, completed, failed in the window
     users: XY = field(default_factory=list)
 
 
@@ -77,7 +86,8 @@ class RunData:
     end: float  # seconds since t0 of the last thing seen
     journal: list[dict[str, Any]]
     faults: list[Fault]
-    load_window: tuple[float, float] | None  # seconds since t0
+    load_window: tuple[float, float] | None  # seconds since t0: users started → load stop
+    steps: list[tuple[float, float]]  # a sweep's steps: (start since t0, target/s)
     points: dict[str, list[Point]]  # by measurement
     parse: ParseStats
     summary: dict[str, Any]
@@ -116,7 +126,7 @@ class RunData:
         return {name: sorted(xy) for name, xy in sorted(out.items(), key=lambda i: role_rank(i[0]))}
 
     def roles(self) -> list[str]:
-        """Namespaces with socket samples (the locust and cost points name no new ones)."""
+        """Namespaces with socket samples (the load and cost points name no new ones)."""
         seen = {role_of(p) for m in SOCKET_MEASUREMENTS for p in self.measurement(m)} - {None}
         return sorted(seen, key=role_rank)  # type: ignore[arg-type]
 
@@ -185,6 +195,7 @@ def load_run(path: str | Path) -> RunData:
         journal=journal,
         faults=[],
         load_window=_window(journal, "load.start", "load.end", t0),
+        steps=_sweep_steps(run_path, t0),
         points=dict(by_measurement),
         parse=stats,
         summary=summary,
@@ -193,8 +204,8 @@ def load_run(path: str | Path) -> RunData:
         namespaces=_namespaces(journal, by_measurement),
     )
     run.faults = _faults_from_journal(journal, t0) or _faults_from_events(run)
-    run.load = _load_from_samples(run) or _load_from_csv(run)
-    run.load.classes = _classes_over_time(run) or run.load.classes
+    run.load = _load_series(run)
+    run.load_window = _load_window(journal, t0, run.load)
     run.failures_by_class = _failures_by_class(run)
     return run
 
@@ -234,6 +245,21 @@ def _window(
         return None
     stop = float(last["ts"]) if last else float(journal[-1]["ts"])
     return (float(first["ts"]) - t0, stop - t0)
+
+
+def _load_window(
+    journal: list[dict[str, Any]], t0: float, load: LoadSeries
+) -> tuple[float, float] | None:
+    """From the users' start (``load.ramp``, else ``load.start``) to where the load stopped
+    issuing connections (the load series; else the journal's ``load.end``): the window of
+    the means in report.json and of the "load start"/"load stop" marks, as in ``expect``."""
+    window = _window(journal, "load.start", "load.end", t0)
+    if window is None:
+        return None
+    ramp = _event(journal, "load.ramp")
+    start = float(ramp["ts"]) - t0 if ramp else window[0]
+    stop = load.window[1] - t0 if load.window else window[1]
+    return (start, max(stop, start))
 
 
 def _run_id(path: Path, points: dict[str, list[Point]]) -> str:
@@ -327,212 +353,52 @@ def _faults_from_events(run: RunData) -> list[Fault]:
 
 # --- load ----------------------------------------------------------------------------------
 
-# The `locust` measurement's field names are matched loosely: several spellings are accepted so
-# that the report does not break when the writer settles on one.
-_RATE_FIELDS = ("achieved_rate", "rate", "rps", "requests_per_s", "current_rps", "reqs_per_s")
-_TARGET_FIELDS = ("target_rate", "target_per_s")
-# Not "failures" or "requests": the locust measurement has those as running totals.
-_FAIL_FIELDS = ("failures_per_s", "fails_per_s", "fail_per_s", "current_fail_per_s")
-_USER_FIELDS = ("users", "user_count")
-_PCT = re.compile(r"^(?:p|pct_?|percentile_?|response_time_p|latency_p)(\d+(?:[._]\d+)?)(?:_ms)?$")
-_CLASS = re.compile(r"^(?:failures?|fails?|errors?)_(?!per_s$)([A-Za-z][A-Za-z0-9]*)(?:_per_s)?$")
-_ENTRY_PREFERENCE = ("connection", "Aggregated", "")
+# The whole connection's percentiles are drawn (connect to close), in milliseconds.
+_PLOTTED = ("p50", "p90", "p99")
 
 
-def _first_field(fields: dict[str, Any], names: tuple[str, ...]) -> float | None:
-    for name in names:
-        value = fields.get(name)
-        if _is_number(value):
-            return float(value)
-    return None
-
-
-def _pct_label(digits: str) -> str:
-    return "p" + digits.replace("_", ".")
-
-
-def _load_from_samples(run: RunData) -> LoadSeries | None:
-    points = run.measurement("locust")
-    if not points:
-        return None
-    # One entry only (connection attempts if tagged by entry name), so rates are not summed
-    # over connect/first_byte/... rows.
-    names = {p.tags.get("name", p.tags.get("entry", "")) for p in points}
-    chosen = next((n for n in _ENTRY_PREFERENCE if n in names), sorted(names)[0])
-    load = LoadSeries(source="samples.lp (locust measurement)")
-    totals: dict[str, XY] = defaultdict(list)  # running totals: requests, failures
-    classes: dict[str, XY] = defaultdict(list)
-    percentiles: dict[str, XY] = defaultdict(list)
-    for point in sorted(points, key=lambda p: p.time_ns or 0):
-        name = point.tags.get("name", point.tags.get("entry", ""))
-        error = point.tags.get("error") or point.tags.get("class")
-        t = run.seconds(point)
-        if error:  # one point per error class and second
-            value = _first_field(point.fields, (*_FAIL_FIELDS, "count", "occurrences"))
+def _load_series(run: RunData) -> LoadSeries:
+    seconds = load_seconds(p for m in (LOAD, LOAD_FAILURES) for p in run.measurement(m))
+    if not seconds:
+        return LoadSeries()
+    load = LoadSeries(source="samples.lp (load series, per second, on the run's clock)")
+    load.window = issuing_window(seconds)
+    load.totals = totals(seconds.values())
+    names = sorted({name for row in seconds.values() for name in row.classes})
+    for second, row in seconds.items():
+        t = second - run.t0  # the start of the second it describes (drawn as a step)
+        load.rate.append((t, float(row.started)))
+        load.completed.append((t, float(row.completed)))
+        load.failures.append((t, float(row.failed)))
+        load.users.append((t, float(row.users)))
+        for name in names:  # a second without a point of a class had none of it
+            load.classes.setdefault(name, []).append((t, float(row.classes.get(name, 0))))
+        for name in _PLOTTED:  # a second in which no connection ended has no percentile
+            value = row.percentile_us(LATENCY_PHASE, name)
             if value is not None:
-                classes[error].append((t, value))
-            continue
-        if name != chosen:
-            continue
-        for target, names_ in (
-            (load.rate, _RATE_FIELDS),
-            (load.target, _TARGET_FIELDS),
-            (load.failures, _FAIL_FIELDS),
-            (load.users, _USER_FIELDS),
-        ):
-            value = _first_field(point.fields, names_)
-            if value is not None:
-                target.append((t, value))
-        for key, value in point.fields.items():
-            if not _is_number(value):
-                continue
-            if key in ("requests", "failures"):
-                totals[key].append((t, float(value)))
-            elif match := _PCT.match(key):
-                percentiles[_pct_label(match.group(1))].append((t, float(value)))
-            elif (match := _CLASS.match(key)) and key not in _FAIL_FIELDS:
-                classes[match.group(1)].append((t, float(value)))
-    load.classes = dict(classes)
-    load.percentiles = _plotted_percentiles(percentiles)
-    if totals.get("requests"):
-        load.rate = rate_of_total(totals["requests"])
-        load.failures = rate_of_total(totals.get("failures", [])) or load.failures
+                load.percentiles.setdefault(name, []).append((t, value / 1000))
+        connect = row.percentile_us("connect", "p99")
+        if connect is not None:
+            load.connect_p99.append((t, connect / 1000))
     return load
 
 
-def rate_of_total(total: XY) -> XY:
-    """Per-second rate from a running total that moves in steps.
-
-    Locust's own Requests/s is a 10 s window that lags, and reads 0 for most of a short
-    run. The running total is exact but moves only when workers report (every 3 s on a
-    master): each step is spread evenly over the seconds since the previous step.
-    """
-    if not total:
-        return []
-    last_t, last_v = total[0]
-    out: XY = [(last_t, 0.0)]
-    pending: list[float] = []
-    for t, v in total[1:]:
-        pending.append(t)
-        if v == last_v:
-            continue
-        rate = max(v - last_v, 0.0) / ((t - last_t) or 1.0)
-        out += [(at, rate) for at in pending]
-        pending, last_t, last_v = [], t, v
-    return out + [(at, 0.0) for at in pending]  # nothing reported since the last step
-
-
-_PLOTTED = ("p50", "p90", "p95", "p99", "p99.9")
-
-
-def _plotted_percentiles(found: dict[str, XY]) -> dict[str, XY]:
-    """The usual few of Locust's eleven percentiles (all of them when none of those)."""
-    chosen = {k: v for k, v in found.items() if k in _PLOTTED} or found
-    return dict(sorted(chosen.items(), key=lambda i: float(i[0][1:])))
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, csv.Error):
-        return []
-
-
-def _num(text: str | None) -> float | None:
-    try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _load_from_csv(run: RunData) -> LoadSeries:
-    load = LoadSeries()
-    history = _csv_rows(run.path / "locust" / "locust_stats_history.csv")
-    names = {row.get("Name", "") for row in history}
-    entry = next((n for n in _ENTRY_PREFERENCE if n in names), None)
-    rows = [r for r in history if r.get("Name") == entry]
-    if rows:
-        load.source = f"locust/locust_stats_history.csv ({entry!r} entry)"
-    percentiles: dict[str, XY] = defaultdict(list)
-    csv_totals: dict[str, XY] = defaultdict(list)
-    for row in rows:
-        stamp = _num(row.get("Timestamp"))
-        if stamp is None:
-            continue
-        t = stamp - run.t0
-        for target, column in ((load.rate, "Requests/s"), (load.failures, "Failures/s")):
-            if (value := _num(row.get(column))) is not None:
-                target.append((t, value))
-        if (users := _num(row.get("User Count"))) is not None:
-            load.users.append((t, users))
-        for key, column in (
-            ("requests", "Total Request Count"),
-            ("failures", "Total Failure Count"),
-        ):
-            if (value := _num(row.get(column))) is not None:
-                csv_totals[key].append((t, value))
-        for column in ("50%", "95%", "99%"):
-            if (value := _num(row.get(column))) is not None:  # "N/A" before the first request
-                percentiles["p" + column.rstrip("%")].append((t, value))
-    load.percentiles = dict(percentiles)
-    if csv_totals.get("requests"):
-        load.rate = rate_of_total(csv_totals["requests"])
-        load.failures = rate_of_total(csv_totals.get("failures", [])) or load.failures
-    # Our locustfiles' rate.csv buckets requests by the second they happened (Locust's own
-    # Requests/s is a smoothed window that moves in 3 s steps on a master): prefer it.
-    rate_rows = _csv_rows(run.path / "locust" / "rate.csv")
-    if rate_rows:
-        load.source = "locust/rate.csv" + (f" and {load.source}" if load.source else "")
-        load.rate, load.target, load.failures = [], [], []
-        for row in rate_rows:
-            stamp = _num(row.get("time"))
-            if stamp is None:
-                continue
-            t = stamp - run.t0
-            for target, column in (
-                (load.rate, "achieved_rate"),
-                (load.target, "target_rate"),
-                (load.failures, "failures"),
-            ):
-                if (value := _num(row.get(column))) is not None:
-                    target.append((t, value))
-        if not any(v for _, v in load.target):
-            load.target = []
-    return load
-
-
-def _classes_over_time(run: RunData) -> dict[str, XY]:
-    """Failures per second per error class: the ``locust_failures`` points (field ``count``),
-    else the CSV the collector tails. Summed per class and second, in case several series
-    (e.g. two load namespaces) name the same class."""
-    by_class: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for point in run.measurement("locust_failures"):
-        name, count = point.tags.get("class"), point.fields.get("count")
-        if name and _is_number(count):
-            by_class[name][run.seconds(point)] += float(count)  # type: ignore[arg-type]
-    if not by_class:
-        for row in _csv_rows(run.path / "locust" / FAILURES_CSV):
-            stamp, count, name = _num(row.get("time")), _num(row.get("count")), row.get("class")
-            if name and stamp is not None and count is not None:
-                by_class[name][stamp - run.t0] += count
-    return {name: sorted(xy.items()) for name, xy in by_class.items()}
+def _sweep_steps(run_path: Path, t0: float) -> list[tuple[float, float]]:
+    data = _read_json(run_path / "sweep.json")
+    steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    return [
+        (float(step["start"]) - t0, float(step["target"]))
+        for step in steps
+        if isinstance(step, dict) and _is_number(step.get("start"))
+        and _is_number(step.get("target"))
+    ]
 
 
 def _failures_by_class(run: RunData) -> dict[str, int]:
-    """Total failures per class: the per-class series if any, else Locust's failures CSV,
-    else summary.json."""
+    """Total failures per class: the per-class series, else summary.json."""
     totals: dict[str, int] = defaultdict(int)
     for error, xy in run.load.classes.items():
         totals[error] += round(sum(v for _, v in xy))
-    if totals:
-        return dict(totals)
-    for row in _csv_rows(run.path / "locust" / "locust_failures.csv"):
-        error = row.get("Error", "")
-        occurrences = _num(row.get("Occurrences"))
-        if error and occurrences:
-            totals[error] += int(occurrences)
     if totals:
         return dict(totals)
     load = run.summary.get("load", {})

@@ -73,18 +73,27 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     return f'<table class="{cls}"><tr>{head_html}</tr>{body}</table>'
 
 
+def _us(value: Any) -> str:
+    """Microseconds as a person reads them: 412 µs, 3.25 ms, 1,204 ms."""
+    if not isinstance(value, int | float):
+        return "–"
+    if value < 1000:
+        return f"{value:.0f} µs"
+    return f"{value / 1000:.2f} ms" if value < 100_000 else f"{value / 1000:,.0f} ms"
+
+
 def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(title, value, detail) cards for the header; shared with the terminal summary."""
     load = summary["load"]
     cards = [
         ("duration", _num(summary["duration_s"], " s"), f"{len(summary['faults'])} fault(s)"),
-        ("connections", _num(load.get("total_requests")),
+        ("connections", _num(load.get("connections")),
          f"{_num(load.get('achieved_rate'))}/s achieved"),
-        ("failures", _num(load.get("total_failures")),
+        ("failures", _num(load.get("failures")),
          ", ".join(f"{k} {v:,}" for k, v in list(load["failures_by_class"].items())[:3])
          or "none"),
-        ("latency p50 / p99", f"{_num(load.get('p50_ms'))} / {_num(load.get('p99_ms'))} ms",
-         f"max {_num(load.get('max_ms'))} ms"),
+        ("latency p50 / p99", f"{_us(load.get('p50_us'))} / {_us(load.get('p99_us'))}",
+         f"max {_us(load.get('max_us'))}, connect to close"),
     ]  # fmt: skip
     roles = summary["roles"]
     peak_tw = max(
@@ -155,28 +164,36 @@ def _percent(value: object) -> str:
 
 def _sweep(sweep: dict[str, Any]) -> str:
     knee = sweep.get("knee")
+    bound = " — a lower bound: the load generator ran out first" if sweep.get("lower_bound") else ""
     head = (
-        f"<p>knee: <b>{escape(_num(knee))} conn/s</b> (the highest step that held); "
+        f"<p>knee: <b>{escape(_num(knee))} conn/s</b> (the highest step that held{bound}); "
         f"first exhausted: <b>{escape(str(sweep.get('first_exhausted') or 'unknown'))}</b>"
         f" — {escape(str(sweep.get('evidence', '')))}</p>"
         if knee is not None
         else "<p class='bad'>no knee: the first step already broke, or none did</p>"
     )
+    if sweep.get("verdict"):
+        head += f"<p>{escape(str(sweep['verdict']))}</p>"
     rows = [
         (
             escape(_num(step.get("target"))),
             escape(_num(step.get("achieved"))),
             escape(f"{step.get('failures', 0)} "
                    + " ".join(f"{k}:{v}" for k, v in (step.get("classes") or {}).items())),
+            escape(_us(step.get("p99_us"))),
             _percent(step.get("ports")),
             _percent(step.get("proxy_cpu")),
+            _percent(step.get("origin_cpu")),
+            _percent(step.get("generator_cpu")) + (" (saturated)" if step.get("saturated") else ""),
+            _percent(step.get("host_idle")),
             escape(", ".join(step.get("exhausted") or []) or "–"),
             "<span class='ok'>held</span>" if step.get("passed")
             else f"<span class='bad'>broke</span> {escape(str(step.get('why') or ''))}",
         )
         for step in sweep.get("steps", [])
     ]
-    header = ("target/s", "achieved/s", "failures", "ports", "proxy CPU", "ran out", "step")
+    header = ("target/s", "achieved/s", "failures", "p99", "ports", "proxy CPU", "origin CPU",
+              "load CPU", "host idle", "ran out", "step")  # fmt: skip
     tail = ""
     if sweep.get("not_run"):
         rates = ", ".join(_num(r) for r in sweep["not_run"])
@@ -206,6 +223,28 @@ def _expectations(summary: dict[str, Any]) -> str:
     ]
     header = ("expectation", "metric", "expected", "when", "role", "observed", "result")
     return _table(header, rows)
+
+
+def _drift(drift: dict[str, Any]) -> str:
+    """The soak verdict: each series' fitted change over the judged window and its limit."""
+    verdict = drift["verdict"]
+    cls = "ok" if verdict == "PASS" else "bad"
+    start, end = drift["window_s"]
+    rows = [
+        (
+            escape(s["label"]),
+            escape(f"{_num(s['level'])} {s['unit']}"),
+            escape(f"{s['change']:+.2f} {s['unit']}"),
+            escape(f"{'+' if s['worse'] > 0 else '-'}{_num(s['limit'])} {s['unit']}"),
+            "<span class='ok'>pass</span>" if s["passed"] else "<span class='bad'>FAIL</span>",
+        )
+        for s in drift["series"]
+    ]
+    header = ("series", "level (median)", "fitted change", "limit", "result")
+    return (
+        f"<p class='sub'><span class='{cls}'>{escape(verdict)}</span> over {start:.0f}–{end:.0f} s"
+        f" of the run: {escape(drift['reason'])}</p>" + _table(header, rows)
+    )
 
 
 def _expected(result: dict[str, Any]) -> str:
@@ -278,6 +317,8 @@ def _tables(summary: dict[str, Any]) -> str:
 def render_page(summary: dict[str, Any], plots: list[Plot]) -> str:
     body = [_header(summary), "<h2>Faults</h2>", _faults(summary)]
     body += ["<h2>Expectations</h2>", _expectations(summary)]
+    if summary.get("drift", {}).get("verdict") != "not judged":
+        body += ["<h2>Drift over the run</h2>", _drift(summary["drift"])]
     if summary.get("sweep"):
         body += ["<h2>Capacity sweep</h2>", _sweep(summary["sweep"])]
     for section, title in SECTIONS.items():

@@ -38,6 +38,9 @@ class Line:
     color: str
     dash: str | None = None  # SVG stroke-dasharray
     width: float = 1.8
+    # A per-interval series (the load's seconds): each point holds its value for ``step``
+    # seconds from its time, drawn as a staircase; an interval without a point is a gap.
+    step: float | None = None
 
 
 @dataclass
@@ -137,6 +140,19 @@ def _summarise(bucket: list[tuple[float, float]]) -> list[tuple[float, float]]:
     keep.add(min(range(len(bucket)), key=lambda i: bucket[i][1]))
     keep.add(max(range(len(bucket)), key=lambda i: bucket[i][1]))
     return [bucket[i] for i in sorted(keep)]
+
+
+def split_steps(points: XY, step: float) -> list[list[tuple[float, float]]]:
+    """Staircases: each point becomes (t, v), (t + step, v); a run ends where an interval
+    has no point."""
+    runs: list[list[tuple[float, float]]] = []
+    last_end = None
+    for t, v in points:
+        if last_end is None or abs(t - last_end) > step * 1e-3:
+            runs.append([])
+        runs[-1] += [(t, v), (t + step, v)]
+        last_end = t + step
+    return runs
 
 
 def split_gaps(points: XY) -> list[list[tuple[float, float]]]:
@@ -276,7 +292,8 @@ def _polyline(
     dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
     out = [f'<g class="series" data-label="{escape(line.label)}" data-points="{len(line.points)}">']
     out.append(f"<title>{escape(line.label)}</title>")
-    for run in split_gaps(line.points):
+    runs = split_steps(line.points, line.step) if line.step else split_gaps(line.points)
+    for run in runs:
         run = decimate(run, t0, t1, int(pw))
         if len(run) == 1:  # a lone point would be invisible as a polyline
             ((px, py),) = [(x(run[0][0]), y(run[0][1]))]

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from chaos.errors import ChaosError, Problem, ScenarioError
-from chaos.scenario.model import Scenario
+from chaos.errors import ChaosError, Problem, ScenarioError, UsageError
+from chaos.scenario import checks
+from chaos.scenario.model import FaultSpec, Scenario
 
 BUILTIN_PACKAGE = "chaos.scenario.builtin"
 
@@ -36,33 +38,137 @@ class ScenarioSource:
 # --- YAML with positions -----------------------------------------------------------------
 
 
-def _compose(text: str, label: str) -> yaml.Node | None:
+#: a scenario file larger than this is refused (a real one is a few KiB); the environment
+#: variable CHAOS_SCENARIO_MAX_BYTES raises it
+MAX_BYTES = 1 << 20
+MAX_BYTES_ENV = "CHAOS_SCENARIO_MAX_BYTES"
+#: YAML nodes a file may stand for once its aliases are expanded (a scenario has hundreds;
+#: a "billion laughs" file billions): above it the file is refused before it is built
+MAX_EXPANDED_NODES = 100_000
+
+
+def max_bytes() -> int:
+    value = os.environ.get(MAX_BYTES_ENV, "")
+    return int(value) if value.isdigit() else MAX_BYTES
+
+
+def read_scenario_file(path: Path) -> str:
+    """The file's text: at most :func:`max_bytes` bytes of UTF-8, else a ScenarioError."""
+    label, limit = str(path), max_bytes()
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ScenarioError(label, [Problem("", None, f"cannot read it: {exc.strerror}")]) from None
+    if len(data) > limit:
+        message = (
+            f"the file is larger than {limit:,} bytes, more than any scenario needs "
+            f"(set {MAX_BYTES_ENV} to allow more)"
+        )
+        raise ScenarioError(label, [Problem("", None, message)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        message = (
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            "(save the file as UTF-8)"
+        )
+        raise ScenarioError(label, [Problem("", line, message)]) from None
+
+
+#: libyaml's parser where PyYAML was built with it: ~10x faster, and it caps nesting depth
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(text: str, label: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (with positions) and the data built from it, parsed once; a file whose
+    aliases expand past the budget is refused between the two."""
+    loader = _Loader(text)
+    try:
+        root = _compose(loader, label)
+        _check_expansion(root, label)
+        try:
+            return root, loader.construct_document(root) if root is not None else None
+        except yaml.YAMLError as exc:
+            raise ScenarioError(label, [Problem("", None, f"YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+
+def _compose(loader: Any, label: str) -> yaml.Node | None:
+    try:
+        return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
         raise ScenarioError(label, [Problem("", line, f"YAML syntax: {exc.problem}")]) from None
     except yaml.YAMLError as exc:
         raise ScenarioError(label, [Problem("", None, f"YAML: {exc}")]) from None
+    except RecursionError:
+        raise ScenarioError(label, [Problem("", None, "YAML nested too deeply")]) from None
 
 
-def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[Problem]:
-    """PyYAML keeps the last of two equal keys silently; a scenario should not."""
-    problems: list[Problem] = []
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = f"{path}.{key}" if path else key
-            if key in seen:
-                problems.append(Problem(child, key_node.start_mark.line + 1, "duplicate key"))
-            seen.add(key)
-            problems += _duplicate_keys(value_node, child)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            problems += _duplicate_keys(item, f"{path}[{index}]")
-    return problems
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node | None, label: str) -> None:
+    """Refuse a file whose aliases expand to more than MAX_EXPANDED_NODES nodes. An alias is
+    the same node object as its anchor, so sizes are counted once per node (memo)."""
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a node that contains itself counts once
+            total = 1 + sum(size(child) for child in _children(node))
+            sizes[id(node)] = min(total, MAX_EXPANDED_NODES + 1)
+        return sizes[id(node)]
+
+    if size(root) <= MAX_EXPANDED_NODES:
+        return
+    node = root  # the line: the smallest node that alone crosses the limit
+    while True:
+        big = [c for c in _children(node) if sizes[id(c)] > MAX_EXPANDED_NODES]
+        if not big:
+            break
+        node = big[0]
+    message = (
+        f"aliases expand to more than {MAX_EXPANDED_NODES:,} YAML nodes (an alias bomb?); "
+        "write the values out, or use fewer nested aliases"
+    )
+    raise ScenarioError(label, [Problem("", node.start_mark.line + 1, message)])
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[Problem]:
+    """PyYAML keeps the last of two equal keys silently; a scenario should not. Each node is
+    visited once, however many aliases point at it."""
+    problems: list[Problem] = []
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node | None, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                child = f"{path}.{key}" if path else key
+                if key in keys:
+                    problems.append(Problem(child, key_node.start_mark.line + 1, "duplicate key"))
+                keys.add(key)
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+    return sorted(problems, key=lambda p: (p.line or 0, p.path))
 
 
 def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
@@ -169,27 +275,40 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[Problem]:
 # --- public API --------------------------------------------------------------------------
 
 
-def parse(text: str, label: str) -> Scenario:
-    """Validate scenario text; raises ScenarioError carrying every problem found."""
-    root = _compose(text, label)
+#: ``chaos validate``'s host checks (see :mod:`chaos.scenario.checks`): not run, problems,
+#: or warnings (validating for another host)
+HostChecks = Literal["off", "error", "warn"]
+
+
+def parse(
+    text: str, label: str, host: HostChecks = "off", warnings: list[Problem] | None = None
+) -> Scenario:
+    """Validate scenario text; raises ScenarioError carrying every problem found. ``host``:
+    also check this host's kernel features and sysctls, as problems or as ``warnings``."""
+    root, data = _load_yaml(text, label)
     problems = _duplicate_keys(root)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(label, [Problem("", None, f"YAML: {exc}")]) from None
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
         raise ScenarioError(label, [Problem("", line, "a scenario must be a YAML mapping")])
+    # every fault is checked on its own, so a model error elsewhere hides none of them
+    problems += [
+        Problem(path, _line_at(root, ("faults", i)), message)
+        for i, path, message in _raw_fault_problems(data.get("faults"))
+    ]
+    problems += _located(root, checks.plan_problems(data))
+    if host != "off":
+        on_host = _located(root, checks.host_problems(data))
+        if host == "error":
+            problems += on_host
+        elif warnings is not None:
+            warnings += on_host
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         problems += _problems(exc, root)
         problems.sort(key=lambda p: (p.line or 0, p.path))
-        raise ScenarioError(label, problems) from None
-    problems += [
-        Problem(path, _line_at(root, ("faults", i)), message)
-        for i, path, message in _fault_problems(scenario, "faults")
-    ]
+        raise ScenarioError(label, _unique(problems)) from None
+    base = {message for _, message in checks.plan_problems(data)}
     for key, variants in (("variants", scenario.variants), ("controls", scenario.controls)):
         for index, variant in enumerate(variants):
             where, line = f"{key}[{index}].patch", _line_at(root, (key, index))
@@ -205,16 +324,46 @@ def parse(text: str, label: str) -> Scenario:
             if "faults" in variant.patch:
                 problems += [
                     Problem(f"{where} -> {path}", line, message)
-                    for _, path, message in _fault_problems(varied, "faults")
+                    for _, path, message in _fault_problems(varied.faults, "faults")
                 ]
+            problems += [
+                Problem(f"{where} -> {_format_path(loc)}", line, message)
+                for loc, message in checks.plan_problems(
+                    varied.model_dump(mode="json", by_alias=True)
+                )
+                if message not in base
+            ]
     names = [v.name for v in (*scenario.variants, *scenario.controls)]
     if len(set(names)) != len(names):
         problems.append(
             Problem("variants", _line_at(root, ("variants", 0)), "variant and control names repeat")
         )
     if problems:
-        raise ScenarioError(label, problems)
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ScenarioError(label, _unique(problems))
     return scenario
+
+
+def _located(root: yaml.Node | None, found: list[checks.Found]) -> list[Problem]:
+    return [Problem(_format_path(loc), _line_at(root, loc), message) for loc, message in found]
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+def _raw_fault_problems(faults: object) -> list[tuple[int, str, str]]:
+    """:func:`_fault_problems` of the file's fault list as written (pydantic reports the
+    shape of any entry that is not a valid fault spec)."""
+    if not isinstance(faults, list):
+        return []
+    specs: list[FaultSpec] = []
+    for item in faults:
+        try:
+            specs.append(FaultSpec.model_validate(item))
+        except ValidationError:
+            specs.append(None)  # type: ignore[arg-type]
+    return _fault_problems(specs, "faults")
 
 
 def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -222,13 +371,20 @@ def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _fault_problems(scenario: Scenario, prefix: str) -> list[tuple[int, str, str]]:
-    """(index, path, message) for each fault whose type, params or timing is wrong."""
+def _variant_line(root: yaml.Node | None, index: int) -> int | None:
+    return _line_at(root, ("variants", index))
+
+
+def _fault_problems(faults: list[FaultSpec], prefix: str) -> list[tuple[int, str, str]]:
+    """(index, path, message) for each fault whose type, params or timing is wrong (None:
+    an entry the model rejects, reported by it)."""
     from chaos.errors import FaultError  # the fault package imports this one's model
     from chaos.faults.engine.schedule import check_offline
 
     out = []
-    for index, spec in enumerate(scenario.faults):
+    for index, spec in enumerate(faults):
+        if spec is None:
+            continue
         try:
             check_offline(spec)
         except FaultError as exc:
@@ -258,7 +414,10 @@ def with_variant(scenario: Scenario, name: str) -> Scenario:
             f"scenario {scenario.name} has no variant or control {name!r}",
             f"its variants: {variants}; its controls: {controls}",
         )
-    data = _merge(scenario.model_dump(mode="json", by_alias=True), variant.patch)
+    # only what the file set: a key the file left out stays unset (the model checks some keys
+    # only when they are set, e.g. what an external proxy would ignore)
+    given = scenario.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data = _merge(given, variant.patch)
     data.update(variants=[], controls=[], variant=name)
     return Scenario.model_validate(data)
 
@@ -276,20 +435,23 @@ def locate(name_or_path: str) -> ScenarioSource:
     """A path to a file, or the name of a builtin scenario."""
     path = Path(name_or_path)
     if path.is_file():
-        return ScenarioSource(str(path), path.read_text(), builtin=False)
+        return ScenarioSource(str(path), read_scenario_file(path), builtin=False)
     if name_or_path in builtin_names():
         entry = resources.files(BUILTIN_PACKAGE).joinpath(f"{name_or_path}.yaml")
         return ScenarioSource(name_or_path, entry.read_text(), builtin=True)
     names = ", ".join(builtin_names())
-    raise ChaosError(
+    raise UsageError(
         f"no scenario file or builtin scenario named {name_or_path!r}",
         f"give a path to a YAML file, or one of the builtins: {names} (`chaos scenarios`)",
     )
 
 
-def load(name_or_path: str) -> Scenario:
+def load(
+    name_or_path: str, host: HostChecks = "off", warnings: list[Problem] | None = None
+) -> Scenario:
+    """A scenario file or builtin, validated (``host``, ``warnings``: see :func:`parse`)."""
     source = locate(name_or_path)
-    scenario = parse(source.text, source.label)
+    scenario = parse(source.text, source.label, host, warnings)
     config = scenario.lab.proxy.config
     if config and not source.builtin and not Path(config).is_absolute():
         # lab.proxy.config is relative to the scenario file, not to where chaos runs

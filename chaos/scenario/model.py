@@ -13,6 +13,7 @@ expressions by :mod:`chaos.expect` (at load time).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Annotated, Literal
@@ -21,6 +22,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -29,6 +31,7 @@ from pydantic import (
 )
 
 from chaos.load import contract
+from chaos.scenario.expression import check_expression, uses_baseline
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -54,7 +57,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlValue = int | str | list[int]
 
 
-def _lab_name(value: str) -> str:
+def valid_lab_name(value: str) -> str:
     # Namespace names become "<prefix>-<role>" and must stay short and filesystem-safe.
     # Host-side interface names of an external lab are "<name>-hc": at most 15 characters.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", value):
@@ -65,15 +68,16 @@ def _lab_name(value: str) -> str:
     return value
 
 
-LabName = Annotated[str, AfterValidator(_lab_name)]
+LabName = Annotated[str, AfterValidator(valid_lab_name)]
 
 
 def _net_sysctls(values: dict[str, SysctlValue]) -> dict[str, SysctlValue]:
-    for key in values:
-        if not key.startswith("net."):
-            raise ValueError(
-                f"{key!r} is not a per-namespace sysctl: only net.* keys can be set per namespace"
-            )
+    wrong = [key for key in values if not key.startswith("net.")]  # all of them at once
+    if wrong:
+        raise ValueError(
+            f"{', '.join(map(repr, wrong))} {'is' if len(wrong) == 1 else 'are'} not a "
+            "per-namespace sysctl: only net.* keys can be set per namespace"
+        )
     return values
 
 
@@ -155,6 +159,19 @@ GENERATED_ONLY = (
 )  # fmt: skip
 
 
+#: what the lab sets only on a proxy it starts itself (an external one is the user's)
+EXTERNAL_IGNORES = ("port", "mode", "sysctls", *GENERATED_ONLY)
+#: every lab address is in here (RFC 2544); load and faults never leave it
+LAB_NETWORK = "198.18.0.0/15"
+
+
+def _in_lab(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(LAB_NETWORK)
+    except ValueError:
+        return False
+
+
 class ProxySpec(Strict):
     """The proxy under test."""
 
@@ -221,6 +238,19 @@ class ProxySpec(Strict):
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"address {self.address!r} is not HOST:PORT")
+            if not _in_lab(host):
+                raise ValueError(
+                    f"address {self.address!r} is off the lab: the load goes only to "
+                    f"{LAB_NETWORK} (your proxy listens on the host side of the client "
+                    "link, 198.18.1.1)"
+                )
+            ignored = sorted(set(EXTERNAL_IGNORES) & self.model_fields_set)
+            if ignored:
+                raise ValueError(
+                    f"kind: external runs your proxy as you configured it: "
+                    f"{', '.join(ignored)} would be ignored; remove "
+                    f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
+                )
         else:
             for key in ("address", "process", "netns"):
                 if getattr(self, key) is not None:
@@ -311,6 +341,13 @@ class LabSpec(Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
     origin: OriginSpec = Field(default_factory=OriginSpec)
+    log_cap: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description=(
+            "bytes each per-connection log (the proxy's, the origin's access log) may use on "
+            "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
+        ),
+    )
     separate_isn: bool = Field(
         default=False,
         description=(
@@ -494,10 +531,43 @@ class Expectation(Strict):
     @classmethod
     def _expression(cls, value: float | str) -> float | str:
         if isinstance(value, str):
-            from chaos.expect import check_expression
-
             check_expression(value)
         return value
+
+
+class SweepSpec(Strict):
+    """How ``chaos sweep`` judges this scenario, step by step (see :mod:`chaos.sweep`).
+
+    A step passes when it had no failure of any class, reached 90 % of its target rate,
+    kept the p99 of whole connections at or under ``max_p99`` (when set) and met every
+    expectation listed here (checked over the step's seconds, ``rate`` = the step's
+    target). The scenario's own ``expect:`` (its signature) is reported per step but never
+    decides a step. ``chaos run`` ignores this block."""
+
+    rates: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list, description="the steps when `chaos sweep` gets no --rates"
+    )
+    step_duration: Duration | None = Field(
+        default=None, description="seconds per step when `chaos sweep` gets no --step-duration"
+    )
+    max_p99: Duration | None = Field(
+        default=None, description="a step's p99 latency (connect to close) must not exceed it"
+    )
+    expect: list[Expectation] = Field(
+        default_factory=list, description="criteria that decide each step (when: end only)"
+    )
+
+    @model_validator(mode="after")
+    def _criteria_are_per_step(self) -> SweepSpec:
+        for i, exp in enumerate(self.expect):
+            if exp.when != "end":
+                raise ValueError(
+                    f"sweep.expect[{i}] is checked {exp.when!r}, but a sweep judges each step "
+                    "as a whole: use when: end"
+                )
+        if any(b <= a for a, b in zip(self.rates, self.rates[1:], strict=False)):
+            raise ValueError(f"sweep.rates must rise step by step, got {self.rates}")
+        return self
 
 
 class Variant(Strict):
@@ -594,6 +664,9 @@ class Scenario(Strict):
     collectors: CollectorsSpec = Field(default_factory=CollectorsSpec)
     sink: SinkSpec = Field(default_factory=SinkSpec)
     expect: list[Expectation] = Field(default_factory=list)
+    sweep: SweepSpec | None = Field(
+        default=None, description="capacity criteria and default steps for `chaos sweep`"
+    )
     variants: list[Variant] = Field(default_factory=list)
     controls: list[Control] = Field(
         default_factory=list,
@@ -665,17 +738,15 @@ class Scenario(Strict):
                 )
         for i, exp in enumerate(self.expect):
             # Collectors on the remote hosts write to InfluxDB, not to this run's samples.lp.
-            if not exp.metric.startswith("locust."):
+            if exp.metric.split(".", 1)[0] not in ("load", "load_failures"):
                 raise ValueError(
-                    f"expect[{i}]: a remote run checks only locust.* metrics (the collectors' "
-                    "samples go from each host to InfluxDB)"
+                    f"expect[{i}]: a remote run checks only load.* and load_failures.* metrics "
+                    "(the collectors' samples go from each host to InfluxDB)"
                 )
         return self
 
     @model_validator(mode="after")
     def _expectations_have_phases(self) -> Scenario:
-        from chaos.expect import uses_baseline
-
         for i, exp in enumerate(self.expect):
             if exp.when != "end" and not self.faults:
                 raise ValueError(

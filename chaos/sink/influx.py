@@ -31,6 +31,14 @@ How the points reach the server, and why:
   spool is not empty, so the order is kept.
 * A batch the server rejects as bad data (400, 413, other 4xx) cannot succeed by retrying: it
   is counted as dropped (it is still in ``samples.lp``) and reported.
+* **Exactly once, or honest.** A batch whose request went out but whose answer never came (a
+  read timeout, a connection reset after sending: a stalled or SIGSTOPped server) may already
+  be stored. It is spooled and replayed like any other, marked as possibly stored, and its
+  points are counted in ``possibly_duplicated`` when replayed. A replayed line is the same
+  bytes, so the same series, fields and timestamp: InfluxDB overwrites an identical point,
+  and victoria-metrics keeps one copy when started with ``-dedup.minScrapeInterval=1ms``
+  (without it, it stores each copy: docs/metrics.md, the sink). A connection refused or a
+  connect timeout never reached the server and is replayed without the mark.
 * ``on_error(message)`` is called (from the writer thread) when the server goes away, comes
   back, or drops data; the sink journals it and the run prints it.
 """
@@ -67,10 +75,18 @@ BACKOFF_MAX_S = 10.0
 class DeliveryError(Exception):
     """One failed write: whether retrying can help, and what the server said."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        maybe_stored: bool = False,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.maybe_stored = maybe_stored  # the request went out; the answer never came
 
 
 def _retry_after(exc: InfluxDBError) -> float | None:
@@ -90,6 +106,24 @@ def _network_reason(exc: BaseException) -> str:
             return seen.strerror
         seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
     return str(exc)
+
+
+def _after_sending(exc: BaseException) -> bool:
+    """Whether a failed write may have reached the server: anything but a failure to
+    connect (refused, unreachable, connect timeout), where no byte of it was sent."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(
+            seen,
+            urllib3.exceptions.NewConnectionError
+            | urllib3.exceptions.ConnectTimeoutError
+            | ConnectionRefusedError,
+        ):
+            return False
+        seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+    return True
 
 
 class Poster:
@@ -122,7 +156,9 @@ class Poster:
             raise DeliveryError(text, retryable=retryable, retry_after=_retry_after(exc)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise DeliveryError(
-                f"cannot reach the server: {_network_reason(exc)}", retryable=True
+                f"cannot reach the server: {_network_reason(exc)}",
+                retryable=True,
+                maybe_stored=_after_sending(exc),
             ) from exc
 
     def close(self) -> None:
@@ -162,11 +198,14 @@ class Chunk:
 
 @dataclass
 class DeliveryStats:
-    """Points (lines) by fate. ``written`` includes ``replayed``."""
+    """Points (lines) by fate. ``written`` includes ``replayed``; ``possibly_duplicated``
+    are replayed points of batches that may have been stored before (a write that timed out
+    after it was sent): the server holds them once if it de-duplicates identical points."""
 
     written: int = 0
     spooled: int = 0
     replayed: int = 0
+    possibly_duplicated: int = 0
     dropped: int = 0
     left_in_spool: int = 0
     outages: int = 0
@@ -331,8 +370,8 @@ class InfluxWriter:
                 log.exception("InfluxDB writer failed")
                 time.sleep(0.1)
 
-    def _to_spool(self, chunk: Chunk) -> None:
-        self.spool.append(chunk.data, chunk.count)
+    def _to_spool(self, chunk: Chunk, maybe_stored: bool = False) -> None:
+        self.spool.append(chunk.data, chunk.count, maybe_stored=maybe_stored)
         self.stats.spooled += chunk.count
 
     def _send(self, batch: Chunk) -> None:
@@ -340,7 +379,7 @@ class InfluxWriter:
             self.poster.post(batch.data)
         except DeliveryError as exc:
             if exc.retryable:
-                self._to_spool(batch)
+                self._to_spool(batch, maybe_stored=exc.maybe_stored)
                 self._went_down(exc)
             else:
                 self._dropped(batch.count, exc)
@@ -356,12 +395,15 @@ class InfluxWriter:
                 self.poster.post(body)
             except DeliveryError as exc:
                 if exc.retryable:
+                    if exc.maybe_stored:
+                        self.spool.mark_maybe_stored(end)
                     self._went_down(exc)
                     return
                 self._dropped(count, exc)
             else:
                 self.stats.written += count
                 self.stats.replayed += count
+                self.stats.possibly_duplicated += self.spool.maybe_stored_lines(body)
             self.spool.commit(end, count)
             self._came_back()
             with self._cond:

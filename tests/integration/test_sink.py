@@ -6,6 +6,7 @@ and that every point is there exactly once (export returns duplicates too).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -129,6 +130,56 @@ def test_outage_of_30s_loses_nothing_and_duplicates_nothing(victoria, tmp_path):
         got = series[str(k)]
         assert got.timestamps_ms == expected_ts, f"k={k}: missing or duplicated points"
         assert got.values == list(range(written_batches))
+
+
+def test_stalled_server_sigstop_30s_each_point_once(victoria, tmp_path):
+    """victoria-metrics SIGSTOPped for 30 s: the kernel still accepts the sink's connections
+    and requests, which time out unanswered and are stored after SIGCONT, then replayed. The
+    sink marks them possibly stored; the server (-dedup.minScrapeInterval) holds one copy."""
+    journal = Journal(tmp_path / "journal.jsonl")
+    sink = Sink(tmp_path, tags=TAGS, influx=config_for(victoria), journal=journal,
+                flush_interval=0.2, timeout_s=2.0)  # fmt: skip
+    base_ms = time.time_ns() // 1_000_000
+    keys, batches = 20, 0
+    stop = threading.Event()
+
+    def producer() -> None:
+        nonlocal batches
+        while not stop.is_set():
+            stamp = (base_ms + batches * 10) * 1_000_000
+            sink.write([Sample("stall", {"k": str(k)}, {"seq": batches}, stamp)
+                        for k in range(keys)])  # fmt: skip
+            batches += 1
+            time.sleep(0.05)
+
+    assert victoria.proc is not None
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        time.sleep(3)
+        victoria.proc.send_signal(signal.SIGSTOP)
+        time.sleep(30)
+    finally:
+        victoria.proc.send_signal(signal.SIGCONT)  # never left stopped
+        time.sleep(8)
+        stop.set()
+        thread.join()
+    stats = sink.close(timeout=60)
+    journal.close()
+
+    assert (stats.dropped, stats.left_in_spool) == (0, 0)
+    assert stats.written == stats.recorded == batches * keys + 1
+    assert stats.possibly_duplicated > 0  # writes that timed out after they were sent
+    assert stats.possibly_duplicated <= stats.replayed == stats.spooled
+    sink_stats = [e for e in read_journal(tmp_path / "journal.jsonl") if e["event"] == "sink.stats"]
+    assert sink_stats[0]["possibly_duplicated"] == stats.possibly_duplicated
+
+    series = by_label(victoria.export('{__name__="stall_seq"}', batches * keys), "k")
+    assert len(series) == keys
+    for k in range(keys):
+        got = series[str(k)]
+        assert got.timestamps_ms == [base_ms + i * 10 for i in range(batches)], f"k={k}"
+        assert got.values == list(range(batches))
 
 
 def run_dir_with_samples(path: Path, count: int) -> list[int]:

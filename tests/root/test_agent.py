@@ -7,14 +7,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import pytest
 from fault_lab import NFT, ORIGIN_IP, MiniLab, http_get, mini_lab, nft_ruleset, spawn_sleeper
 
 from chaos.agent.client import validate_remote
+from chaos.agent.service import Scope
 from chaos.errors import FaultError
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
@@ -588,3 +593,210 @@ def test_revert_all_on_the_controller_reverts_remote_faults_through_the_agent(
     assert result.returncode == 0 and "reverted" in out, out + err
     assert netns.sysctl_get(lab.origin, FIN) == original  # at once, not after the lease
     assert Ledger(agent.ledger).entries() == ([], [])
+
+
+# --- hostile clients ------------------------------------------------------------------------
+# Each attack is refused within its time bound, and a lease held by the same agent meanwhile
+# is still reverted on time (its sysctl is another key than the attacks touch).
+
+LEASE_KEY = "net.ipv4.tcp_keepalive_time"
+#: how late a 2 s lease may be reverted on a busy 2-core machine
+LEASE_SLACK = 1.5
+
+
+@contextlib.contextmanager
+def lease_reverts_on_time(lab: MiniLab, agent: RunningAgent, lease_s: float = 2.0):
+    """A 2 s lease on LEASE_KEY while the body attacks; afterwards, assert it was reverted
+    within LEASE_SLACK of its lapse (watched from a thread, so a long attack cannot hide a
+    late revert)."""
+    original = netns.sysctl_get(lab.origin, LEASE_KEY)
+    status, applied = call(
+        lab, "POST", f"{agent.url}/v1/faults",
+        fault("sysctl", {"values": {LEASE_KEY: 1234}}, lease_s=lease_s),
+    )  # fmt: skip
+    assert status == 201, applied
+    started = time.monotonic()
+    reverted: list[float] = []
+
+    def watch() -> None:
+        while time.monotonic() - started < lease_s + 30:
+            if netns.sysctl_get(lab.origin, LEASE_KEY) == original:
+                reverted.append(time.monotonic() - started)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    yield
+    watcher.join(timeout=lease_s + 30)
+    assert reverted and reverted[0] <= lease_s + LEASE_SLACK, reverted
+
+
+def agent_address(agent: RunningAgent) -> tuple[str, int]:
+    host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_request(lab: MiniLab, agent: RunningAgent, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data`` as is over one connection from the client namespace; the answer."""
+
+    def exchange() -> bytes:
+        with socket.create_connection(agent_address(agent), timeout=timeout) as sock:
+            with contextlib.suppress(OSError):  # the agent may answer before reading it all
+                sock.sendall(data)
+            chunks = []
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            return b"".join(chunks)
+
+    return netns.run_in(lab.client, exchange)
+
+
+def proc_status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_a_catastrophic_pattern_costs_nothing(lab, start_agent):
+    """`origin:((/|\\.|[a-z])+)+\\x01` backtracks exponentially in Python's re; targets are
+    RE2 patterns, matched in linear time. A pattern RE2 cannot take is a clear 404."""
+    agent = start_agent()
+    faults = f"{agent.url}/v1/faults"
+    with lease_reverts_on_time(lab, agent):
+        for _ in range(3):
+            started = time.monotonic()
+            status, answer = call(lab, "POST", faults,
+                                  fault("stop", {}, r"origin:((/|\.|[a-z])+)+\x01", lease_s=2))
+            assert time.monotonic() - started < 2, answer
+            assert status == 409 and "no live process matches" in answer["error"], answer
+            health_started = time.monotonic()
+            assert call(lab, "GET", f"{agent.url}/v1/health")[0] == 200
+            assert time.monotonic() - health_started < 1
+        status, answer = call(lab, "POST", faults, fault("stop", {}, r"origin:(a)\1"))
+        assert status == 404 and "invalid pattern" in answer["error"], answer
+    assert all(state_of(pid) not in ("T", None) for pid in lab.origin_pids)
+    assert "Traceback" not in agent.log.read_text()
+
+
+def test_a_content_length_that_is_not_a_length_is_refused(lab, start_agent):
+    """`Content-Length: -1` used to read until EOF: 200 MB buffered. Now digits only, at
+    most 64 KiB, refused before reading, with no growth of the agent's memory."""
+    agent = start_agent()
+    rss_before = proc_status(agent.proc.pid, "VmRSS")
+    with lease_reverts_on_time(lab, agent):
+        for length, status in (("-1", b"400"), ("+5", b"400"), ("1_0", b"400"),
+                               (" 12x", b"400"), ("99999999999", b"400"), ("70000", b"413")):
+            head = (f"POST /v1/faults HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+            started = time.monotonic()
+            answer = raw_request(lab, agent, head + b"x" * (16 << 20))
+            assert time.monotonic() - started < 3
+            assert answer.split(b"\r\n", 1)[0].split()[1] == status, (length, answer[:300])
+    assert proc_status(agent.proc.pid, "VmRSS") - rss_before < 8 * 1024  # kB
+    assert "Traceback" not in agent.log.read_text()
+
+
+def test_idle_connections_cannot_hold_the_agent(lab, start_agent):
+    """500 connections that send nothing: the agent serves at most MAX_CONNECTIONS at once
+    (the rest are refused at accept, without a thread), drops the idle ones after its read
+    timeout, and answers again while they are still open."""
+    from chaos.agent.service import MAX_CONNECTIONS, READ_TIMEOUT
+
+    agent = start_agent()
+    held: list[socket.socket] = []
+
+    def connect_all() -> None:
+        for _ in range(500):
+            held.append(socket.create_connection(agent_address(agent), timeout=5))
+
+    try:
+        with lease_reverts_on_time(lab, agent):
+            netns.run_in(lab.client, connect_all)
+            time.sleep(0.5)
+            assert proc_status(agent.proc.pid, "Threads") <= MAX_CONNECTIONS + 8
+            assert len(os.listdir(f"/proc/{agent.proc.pid}/fd")) <= MAX_CONNECTIONS + 40
+
+            def healthy() -> bool:
+                with contextlib.suppress(OSError, ValueError):
+                    return call(lab, "GET", f"{agent.url}/v1/health")[0] == 200
+                return False
+
+            waited = wait_for(healthy, timeout=READ_TIMEOUT + 5)
+            print(f"answered again after {waited:.2f} s with 500 idle connections open")
+    finally:
+        for sock in held:
+            sock.close()
+    assert "Traceback" not in agent.log.read_text()
+
+
+def test_twenty_concurrent_applies_all_land_and_stack(lab, start_agent):
+    """20 applies at once (the listen backlog was 5: connection resets): every one is
+    answered 201, and the 20 overlapping windows on one sysctl, deleted concurrently, leave
+    the original value."""
+    agent = start_agent()
+    faults = f"{agent.url}/v1/faults"
+    original = netns.sysctl_get(lab.origin, FIN)
+
+    def apply(value: int) -> tuple[int, dict]:
+        return call(lab, "POST", faults, fault("sysctl", {"values": {FIN: value}}, lease_s=60))
+
+    with lease_reverts_on_time(lab, agent):
+        started = time.monotonic()
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(apply, range(30, 50)))
+        assert time.monotonic() - started < 15
+        assert [status for status, _ in answers] == [201] * 20, answers
+        assert netns.sysctl_get(lab.origin, FIN) in {str(v) for v in range(30, 50)}
+        with ThreadPoolExecutor(20) as pool:
+            deleted = list(pool.map(lambda a: call(lab, "DELETE", f"{faults}/{a[1]['id']}"),
+                                    answers))  # fmt: skip
+        assert [status for status, _ in deleted] == [200] * 20, deleted
+    assert netns.sysctl_get(lab.origin, FIN) == original
+    assert Ledger(agent.ledger).entries() == ([], [])
+
+
+def test_deeply_nested_json_is_a_400(lab, start_agent):
+    """Deep JSON was a RecursionError (500, a traceback in the log); now a 400, whether the
+    parser could take it (20 levels) or not (5000)."""
+    agent = start_agent()
+    with lease_reverts_on_time(lab, agent):
+        for depth in (20, 5000):
+            body = b'{"type": "stop", "target": "origin", "params": {"x": ' + b"[" * depth
+            body += b"]" * depth + b"}}"
+            started = time.monotonic()
+            status, answer = call(lab, "POST", f"{agent.url}/v1/faults", raw=body)
+            assert time.monotonic() - started < 2
+            assert status == 400 and "nested deeper than" in answer["error"], answer
+    assert all(state_of(pid) not in ("T", None) for pid in lab.origin_pids)
+    assert "Traceback" not in agent.log.read_text()
+
+
+def test_allow_type_limits_the_fault_types_of_a_target(lab, start_agent, chaos_cli,
+                                                        monkeypatch):  # fmt: skip
+    agent = start_agent("--allow", "origin", "--allow-type", "origin=stop,sysctl")
+    faults = f"{agent.url}/v1/faults"
+    with lease_reverts_on_time(lab, agent):  # sysctl: allowed
+        status, answer = call(lab, "POST", faults, fault("kill", {}))
+        assert status == 403 and "'kill' is not allowed on origin" in answer["error"], answer
+        assert "--allow-type origin=kill,stop,sysctl" in answer["hint"]
+        status, answer = call(lab, "POST", faults, fault("nft-filter", REJECT_8080))
+        assert status == 403, answer
+        pid = lab.origin_pids[0]
+        status, answer = call(lab, "POST", faults, fault("kill", {}, f"pid:{pid}"))
+        assert status == 403, answer  # the same entry, by another name
+    assert all(state_of(pid) not in ("T", None) for pid in lab.origin_pids)  # not killed
+    for bad, message in (
+        ("proxy=stop", "'proxy' is not given by --allow"),
+        ("origin=stop,teleport", "unknown fault type(s) teleport"),
+        ("origin", "expected TARGET=TYPE"),
+    ):
+        with pytest.raises(FaultError, match=re.escape(message)):
+            Scope(["origin"], lab.state.name, [bad])
+    monkeypatch.setenv("CHAOS_AGENT_TOKEN", TOKEN)
+    result = chaos_cli("agent", "--allow", "origin", "--allow-type", "proxy=stop", "--lab",
+                       lab.state.name)  # fmt: skip
+    assert result.returncode == 7 and "'proxy' is not given by --allow" in result.stderr
+    assert "fix:" in result.stderr and "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from session_token import TOKEN
 
-from chaos.expect import Timeline, evaluate
+from chaos.expect import evaluate, run_timeline
 from chaos.record.lineproto import read_points
 from chaos.record.rundir import read_journal
 from chaos.scenario import loader
@@ -162,7 +162,7 @@ def test_signature_fails_on_control(name, control, builtin_runs, report_line):
 def assert_mitigation_changes_signature(name: str, run_dir: Path) -> None:
     plain = loader.load(name)
     points = read_points(run_dir / "samples.lp")
-    timeline = Timeline.from_journal(read_journal(run_dir / "journal.jsonl"))
+    timeline = run_timeline(read_journal(run_dir / "journal.jsonl"), points)
     verdicts = evaluate(plain, points, timeline)  # type: ignore[arg-type]
     assert not all(v.passed for v in verdicts), (
         f"the plain {name} signature still holds under the mitigation: "

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
+
+from test_lab import start_host_haproxy
 
 from chaos.collect.process import _stat
 from chaos.errors import ExpectationFailed
-from chaos.lab import proxies
 from chaos.lab.topology import list_labs
 from chaos.record.lineproto import read_points
 
@@ -38,16 +38,7 @@ backend be
 def start_user_proxy(tmp_path: Path) -> subprocess.Popen:
     conf = tmp_path / "user-haproxy.cfg"
     conf.write_text(USER_HAPROXY)
-    proc = subprocess.Popen(
-        [proxies.HAProxy.executable(), "-db", "-f", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while f":{PORT} " not in subprocess.run(["ss", "-tlnH"], capture_output=True, text=True).stdout:
-        assert proc.poll() is None and time.monotonic() < deadline, "the user's proxy failed"
-        time.sleep(0.05)
-    return proc
+    return start_host_haproxy(conf, PORT)
 
 
 def test_sweep_reports_proxy_cpu_of_an_external_proxy(chaos_cli, tmp_path, lab_name):
@@ -63,7 +54,6 @@ lab:
   client: {{addresses: 4}}
   proxy:
     kind: external
-    mode: tcp
     address: "198.18.1.1:{PORT}"
     process: {{pid: {user_proxy.pid}}}
 load: {{user: raw, users: 10}}

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_lab import nft_ruleset, spawn_sleeper
+from fault_lab import lone_namespace, nft_ruleset, spawn_sleeper
 
 from chaos.faults.engine.ledger import Ledger
 from chaos.kernel import netns
@@ -22,15 +22,8 @@ KEY = "net.ipv4.tcp_fin_timeout"
 
 @pytest.fixture
 def namespace(lab_name: str) -> Iterator[str]:
-    name = f"chaos-{lab_name}-client"
-    netns.create(name)
-    try:
+    with lone_namespace(lab_name) as name:
         yield name
-    finally:
-        for pid in netns.pids_in(name):
-            subprocess.run(["kill", "-CONT", str(pid)], check=False)
-            subprocess.run(["kill", "-KILL", str(pid)], check=False)
-        netns.remove(name)
 
 
 def _state(namespace: str, pid: int) -> tuple[str, str, str | None]:

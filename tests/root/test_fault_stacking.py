@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_lab import spawn_sleeper
+from fault_lab import lone_namespace, spawn_sleeper
 
-from chaos.faults.base import Target, fault_type
+from chaos.faults.base import Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
+from chaos.faults.registry import fault_type
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
 
@@ -28,15 +29,8 @@ KEY = "net.ipv4.tcp_fin_timeout"
 
 @pytest.fixture
 def namespace(lab_name: str) -> Iterator[str]:
-    name = f"chaos-{lab_name}-client"
-    netns.create(name)
-    try:
+    with lone_namespace(lab_name) as name:
         yield name
-    finally:
-        for pid in netns.pids_in(name):
-            subprocess.run(["kill", "-CONT", str(pid)], check=False)
-            subprocess.run(["kill", "-KILL", str(pid)], check=False)
-        netns.remove(name)
 
 
 def sysctl_window(namespace: str, value: int):  # type: ignore[no-untyped-def]
@@ -120,7 +114,7 @@ def test_revert_all_leaves_a_live_owners_faults_and_stacks_across_processes(
 
         controller.send_signal(signal.SIGTERM)
         controller.communicate(timeout=30)
-        assert controller.returncode != 0
+        assert controller.returncode == 128 + signal.SIGTERM
         assert netns.sysctl_get(namespace, KEY) == original
         assert state_of(sleeper.pid) in ("S", "R")
         assert Ledger().entries() == ([], [])

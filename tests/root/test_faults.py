@@ -31,15 +31,14 @@ from fault_lab import (
 from chaos import capabilities
 from chaos.errors import FaultError
 from chaos.faults import nft as nft_faults
-from chaos.faults.base import REGISTRY, Handle, Target, fault_type
+from chaos.faults.base import Handle, Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import resolve
+from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
 from chaos.record.rundir import Journal, read_journal
-
-fault_type("stop")  # fills REGISTRY for the parametrization below
 
 SYSCTLS = {
     "net.ipv4.tcp_fin_timeout": 7,
@@ -176,9 +175,9 @@ def make_case(kind: str, lab: MiniLab, sleepers: Callable[[str], subprocess.Pope
     raise LookupError(kind)
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", sorted(fault_types()))
 def test_contract(kind, lab, sleepers, ledger_dir):
-    cls = REGISTRY[kind]
+    cls = fault_type(kind)
     try:
         case = make_case(kind, lab, sleepers)
     except LookupError:
@@ -441,7 +440,7 @@ def test_guard_reverts_lifo_and_keeps_a_failed_entry(lab, ledger_dir, tmp_path):
 def test_cli_faults_types_lists_every_type(chaos_cli):
     result = chaos_cli("faults", "types")
     assert result.returncode == 0, result.stderr
-    for kind in REGISTRY:
+    for kind in fault_types():
         assert kind in result.stdout
     assert "tcp_flags" in result.stdout and "probability" in result.stdout
 

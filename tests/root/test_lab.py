@@ -53,6 +53,20 @@ def logged(path: Path, count: int, timeout: float = 5.0) -> list[proxies.ProxyLo
     return entries
 
 
+def start_host_haproxy(conf: Path, port: int) -> subprocess.Popen:
+    """The user's own HAProxy on the host (an external proxy), once it listens on ``port``."""
+    proc = subprocess.Popen(
+        [proxies.HAProxy.executable(), "-db", "-f", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while f":{port} " not in subprocess.run(["ss", "-tlnH"], capture_output=True, text=True).stdout:
+        assert proc.poll() is None and time.monotonic() < deadline, "the user's proxy failed"
+        time.sleep(0.05)
+    return proc
+
+
 def scenario_file(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "scenario.yaml"
     path.write_text(textwrap.dedent(body))
@@ -267,15 +281,7 @@ def test_external_proxy_gets_client_and_origin_sides_only(lab_name, tmp_path):
             server origin 198.18.3.2:8080
         """)
     )
-    user_proxy = subprocess.Popen(
-        [proxies.HAProxy.executable(), "-db", "-f", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while f":{port} " not in subprocess.run(["ss", "-tln"], capture_output=True, text=True).stdout:
-        assert user_proxy.poll() is None and time.monotonic() < deadline, "user proxy failed"
-        time.sleep(0.05)
+    user_proxy = start_host_haproxy(conf, port)
     path = scenario_file(
         tmp_path,
         f"""

@@ -27,7 +27,7 @@ lab:
 load: {user: raw, users: 10, rate: 20, rate_mode: shared, teardown: wait-server-fin}
 collectors: {interval: 200ms}
 """
-FILE_COLLECTORS = ("kernel", "conntrack", "locust", "locust_failures", "process")
+FILE_COLLECTORS = ("kernel", "conntrack", "load", "process")
 
 
 def thirds(series: list[tuple[int, float]]) -> tuple[float, float]:

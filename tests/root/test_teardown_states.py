@@ -29,6 +29,7 @@ from chaos.lab.proxies import parse_log
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import LoadResult, LocustRun
+from chaos.load.series import read_series, window_latency
 from chaos.record.rundir import RunDir
 from chaos.scenario import loader
 from chaos.scenario.model import Scenario
@@ -263,9 +264,12 @@ def test_master_with_two_workers_counts_what_the_origin_served(lab_name, tmp_pat
           client: {addresses: 2}
           proxy: {mode: tcp}
           origin: {protocol: raw, close: server}
-        load: {users: 10, rate: 100, rate_mode: shared, teardown: wait-server-fin}
+        load: {users: 10, rate: 100, rate_mode: shared, teardown: wait-server-fin,
+               slow_connect: 2s}
         """,
     ) as (scenario, state, run):
+        # (slow_connect: a connect slower than 200 ms on a busy machine would fail its
+        # connection as SlowConnect; this test counts, it does not time)
         # drained: a connection cut off at the stop is served by the origin but never
         # reported (386 served vs 385 counted, seen once in CI without it)
         result = run_locust(scenario, state, run, seconds=seconds, workers=2, stop_timeout=5)
@@ -276,6 +280,13 @@ def test_master_with_two_workers_counts_what_the_origin_served(lab_name, tmp_pat
     # The origin's "requests" includes none of the readiness probes (they send nothing).
     assert served["requests"] == result.total_requests
     assert len(logged) == result.total_requests
+    # One Locust request per connection: the Aggregated row is the connections too, and the
+    # per-second series (merged from both workers, in microseconds) counts the same ones.
+    assert result.entries["Aggregated"].requests == served["requests"]
+    seconds = list(read_series(run.path))
+    assert sum(s.completed for s in seconds) == served["requests"]
+    assert {s.workers for s in seconds} == {2}
+    assert window_latency(run.path, "total", 0, float("inf")).p50_us > 0
 
 
 # --------------------------------------------------------------------------- failure classes

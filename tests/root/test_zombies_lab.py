@@ -23,8 +23,8 @@ from test_collect_census import wait_for
 from test_teardown_states import running_lab
 
 from chaos.collect.zombies import ZombieScan, confirm_zombies, peers_from_rules, socket_tuples
-from chaos.faults.base import fault_type
 from chaos.faults.engine import targets
+from chaos.faults.registry import fault_type
 from chaos.kernel import netns
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef

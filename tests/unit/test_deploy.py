@@ -94,7 +94,7 @@ def test_dashboard_queries_reference_written_measurements_and_fields() -> None:
     used = {query_refs(q)[0][0] for q in dashboard_queries()}
     # what the dashboard promises: states, TIME_WAIT, port budget, zombies, conntrack, rate,
     # errors, and faults as annotations
-    assert {"tcp_states", "port_budget_summary", "tcp_zombies", "conntrack", "locust",
+    assert {"tcp_states", "port_budget_summary", "tcp_zombies", "conntrack", "load",
             "tcp_counters", "chaos_event"} <= used  # fmt: skip
     assert board["annotations"]["list"][0]["enable"] is True
 
@@ -132,7 +132,7 @@ def test_remote_model_is_strict(tmp_path: Path) -> None:
     assert "HOST:PORT" in err.message
     expect = "expect: [{metric: tcp_states.time_wait, op: '>', value: 1}]\n"
     err = load_text(tmp_path, BASE + expect)
-    assert "only locust.* metrics" in err.message
+    assert "only load.* and load_failures.* metrics" in err.message
 
 
 def test_agent_allow_role_path_is_checked() -> None:

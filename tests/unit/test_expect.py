@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from chaos.errors import ScenarioError
-from chaos.expect import Timeline, check_expression, evaluate, evaluate_expression
+from chaos.expect import Timeline, evaluate, run_timeline
 from chaos.record.point import Sample
+from chaos.scenario.expression import check_expression, evaluate_expression
 from chaos.scenario.loader import parse
 from chaos.scenario.model import Scenario
 
@@ -156,3 +157,30 @@ def test_timeline_kill_is_an_instant_and_ramp_steps_one_window():
         (1, 20.0, 20.0),
         (2, 25.0, 40.0),
     ]
+
+
+def test_phases_stop_where_the_load_stopped_issuing_connections() -> None:
+    """The load started its last connection in second 29; Locust stopped its users and the
+    sockets drained until load.end at 40. ``end``, ``after`` and ``during`` stop at 30."""
+    load = [Sample("load", {"role": "client"}, {"started": 50 if s < 30 else 0, "failed": 0},
+                   int((T0 + s) * 1e9)) for s in range(0, 38)]  # fmt: skip
+    drained = [
+        Sample("tcp_states", {"role": "client", "netns": "a", "family": "all"},
+               {"close_wait": 7 if s < 30 else 0}, int((T0 + s) * 1e9))
+        for s in range(0, 41)
+    ]
+    timeline = run_timeline(journal(apply_at=10, revert_at=35, end=40), [*load, *drained])
+    assert timeline.end == T0 + 30
+    expect = """
+  - {metric: tcp_states.close_wait, role: client, when: end, agg: last, op: "==", value: 7}
+  - {metric: tcp_states.close_wait, role: client, when: during, agg: min, op: ">=", value: 7}
+  - {metric: tcp_states.close_wait, role: client, when: after, op: ">=", value: 0}
+  - {metric: load.started, when: end, agg: sum, op: "==", value: 1500}
+"""
+    end, during, after, started = evaluate(scenario(expect), [*load, *drained], timeline)
+    assert end.passed and end.observed == 7  # not the drained 0 after the stop
+    assert during.passed and during.detail == "20 samples"  # [10, 30): cut at the stop
+    assert not after.passed and "no tcp_states.close_wait samples" in after.detail
+    assert started.passed  # the 30 seconds that issued connections, 50 each
+    # without a load series, the journal's load.end ends the phases, as before
+    assert run_timeline(journal(end=40), drained).end == T0 + 40

@@ -17,6 +17,7 @@ from chaos.errors import ScenarioError
 from chaos.load import contract
 from chaos.load.options import user_options
 from chaos.load.series import (
+    PHASES,
     Second,
     read_series,
     record_values,
@@ -176,3 +177,24 @@ def test_option_defaults_are_the_models() -> None:
     assert contract.target_rate(25.0, 0, [10, 20, 30], 10) == 30
     assert contract.target_rate(99.0, 0, [10, 20, 30], 10) == 30
     assert contract.target_rate(3.0, 7, [], 10) == 7
+
+
+def test_the_series_writes_what_the_schema_names() -> None:
+    from chaos.collect.load_series import second_samples
+    from chaos.record import schema
+
+    assert set(PHASES) <= set(schema.LOAD_PHASES)
+    second = worker_second(T, [10, 20, 30], {"ECONNRESET": 1})
+    for sample in second_samples(second, {"role": "client"}):
+        written = schema.measurement(sample.measurement)
+        assert all(written.has_field(name) for name in sample.fields), sample
+
+
+def test_mean_of_is_hdrh_mean_in_one_pass_over_recorded_buckets():
+    from chaos.load.series import mean_of, new_histogram
+
+    rng = random.Random(3)
+    histogram = new_histogram()
+    for _ in range(2000):
+        histogram.record_value(int(rng.lognormvariate(7, 1.5)) + 1)
+    assert mean_of(histogram) == histogram.get_mean_value()

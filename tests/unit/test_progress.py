@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from chaos.progress import Progress, live_progress
+from chaos.progress import Progress, live_progress, sink_tap
 from chaos.record.point import Sample
 
 
@@ -23,9 +23,12 @@ def test_line_shows_rate_errors_states_and_targets() -> None:
     now = [100.0]
     progress = Progress(60, rate_steps=[50, 100], step_duration=10, clock=lambda: now[0])
     progress.observe([
-        Sample("locust", {"name": "connection"}, {"rps": 48.0, "requests": 900, "failures": 7}, 0),
-        Sample("locust", {"name": "Aggregated"}, {"rps": 99.0, "requests": 1, "failures": 0}, 0),
-        Sample("locust_failures", {"class": "EADDRNOTAVAIL"}, {"count": 2, "total": 7}, 0),
+        Sample("load", {"role": "client"}, {"started": 852, "completed": 850, "failed": 5}, 0),
+        Sample("load_failures", {"class": "EADDRNOTAVAIL"}, {"count": 5}, 0),
+    ])  # fmt: skip
+    progress.observe([
+        Sample("load", {"role": "client"}, {"started": 48, "completed": 46, "failed": 2}, 10**9),
+        Sample("load_failures", {"class": "EADDRNOTAVAIL"}, {"count": 2}, 10**9),
         Sample("tcp_states", {"family": "all", "role": "proxy"}, {"time_wait": 1500}, 0),
         Sample("tcp_zombies", {"role": "origin"}, {"candidates": 3}, 0),
         Sample("port_budget_summary", {"role": "proxy"}, {"max_utilisation": 0.5}, 0),
@@ -34,7 +37,7 @@ def test_line_shows_rate_errors_states_and_targets() -> None:
     now[0] += 12
     text = progress.line().plain
     assert text.startswith("0:12/1:00 (-0:48)")
-    assert "rate 48/s of 100" in text and "conns 900" in text  # the connection row wins
+    assert "rate 48/s of 100" in text and "conns 900" in text  # the latest second; all started
     assert "errors 7 (EADDRNOTAVAIL 7)" in text
     assert "TW p1.5k" in text and "zombies o3" in text and "ports 50%" in text
     assert "rss 64M" in text
@@ -45,8 +48,20 @@ def test_off_a_terminal_lines_are_printed_and_the_tap_removed() -> None:
     console = Console(file=buffer, force_terminal=False, width=200)
     progress = Progress(10)
     with live_progress(sink, console, progress, every=0.05):
-        sink.write([Sample("locust", {"name": "connection"}, {"rps": 5.0, "requests": 3}, 0)])
+        sink.write([Sample("load", {}, {"started": 3, "completed": 3, "failed": 0}, 0)])
         time.sleep(0.2)
     assert len(sink.got) == 1  # the sink got the samples first
     assert "write" not in vars(sink)  # the method is back
     assert "conns 3" in buffer.getvalue()
+
+
+def test_taps_nest_and_each_puts_back_what_it_found() -> None:
+    sink, seen = _Sink(), []
+    with sink_tap(sink, lambda s: seen.append(("outer", len(s)))):
+        outer = sink.write
+        with sink_tap(sink, lambda s: seen.append(("inner", len(s)))):
+            sink.write([Sample("load", {}, {"started": 1}, 0)])
+        assert sink.write is outer
+        sink.write([])
+    assert "write" not in vars(sink)
+    assert seen == [("outer", 1), ("inner", 1), ("outer", 0)] and len(sink.got) == 1

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chaos.collect.process import ProcessCpu, cgroup_pids, process_roots
+from chaos.collect.process import ProcessCpu
 from chaos.errors import ChaosError, LabError
+from chaos.kernel.proctree import cgroup_pids, process_roots
 from chaos.lab import lab
 from chaos.lab.proxies import PROXIES, Endpoints, fill_placeholders, proxy_for
 from chaos.scenario import loader
@@ -82,7 +83,7 @@ def test_config_refuses_the_knobs_it_replaces():
     with pytest.raises(ValidationError, match="your file sets what maxconn, threads would"):
         ProxySpec(kind="haproxy", config="x.cfg", maxconn=10, threads=2)
     with pytest.raises(ValidationError, match="config is for the lab's own proxy"):
-        ProxySpec(kind="external", address="1.2.3.4:5", config="x.cfg")
+        ProxySpec(kind="external", address="198.18.1.1:5", config="x.cfg")
 
 
 def test_caddy_is_http_only():

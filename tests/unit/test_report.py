@@ -1,9 +1,9 @@
 """``chaos report`` and ``chaos compare`` over a small real run directory.
 
-The fixture ``data/report_run`` is a real run (port exhaustion at the client, a SIGSTOP of
-the origin from 9.3 s to 13.3 s), trimmed: no gateway, fewer measurements and fields. The
-expected numbers are computed here from the raw files with plain string handling, not with
-the report's own reader.
+The fixture ``data/report_run`` is a real run (2,000 ports at the client, which closes first:
+EADDRNOTAVAIL once they are held in TIME_WAIT; a SIGSTOP of the origin for 4 s), trimmed: no
+gateway, fewer measurements. The expected numbers are computed here from the raw files with
+plain string handling (and the series file with hdrh itself), not with the report's reader.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hdrh.histogram import HdrHistogram
 
 from chaos.cli import main
 from chaos.report import analyse, write_report
-from chaos.report.build import REQUIRED_SECTIONS
+from chaos.report.build import REQUIRED_SECTIONS, rate_plot
 from chaos.report.compare import diff, render_html
-from chaos.report.svg import decimate, nice_step, split_gaps
+from chaos.report.svg import decimate, nice_step, render, split_gaps
 
 FIXTURE = Path(__file__).parent / "data" / "report_run"
 
@@ -37,7 +38,8 @@ def raw_field(run: Path, measurement: str, field: str, **tags: str) -> list[floa
     """Values of one field in samples.lp, by plain text matching."""
     out = []
     for line in (run / "samples.lp").read_text().splitlines():
-        head, fields, _ = line.split(" ")
+        head, rest = line.split(" ", 1)
+        fields = rest.rsplit(" ", 1)[0]
         name, *pairs = head.split(",")
         if name != measurement or any(f"{k}={v}" not in pairs for k, v in tags.items()):
             continue
@@ -101,7 +103,8 @@ def test_fault_bands_are_on_every_plot_at_the_right_place(run_dir: Path) -> None
     html = (run_dir / "report.html").read_text()
     events = journal(run_dir)
     t0 = next(e["ts"] for e in events if e["event"] == "run.start")
-    apply = next(e["ts"] for e in events if e["event"] == "fault.apply") - t0
+    applied = next(e for e in events if e["event"] == "fault.apply")
+    fid, apply = applied["id"], applied["ts"] - t0
     revert = next(e["ts"] for e in events if e["event"] == "fault.revert") - t0
     svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
     assert len(svgs) == len(re.findall(r'class="plot"', html)) >= len(REQUIRED_SECTIONS)
@@ -109,13 +112,13 @@ def test_fault_bands_are_on_every_plot_at_the_right_place(run_dir: Path) -> None
         geometry = {
             k: float(v) for k, v in re.findall(r'data-(t0|t1|left|width)="([-0-9.e]+)"', svg)
         }
-        (band,) = re.findall(r'<g class="fault" data-fault="f1".*?</g>', svg, flags=re.S)
+        (band,) = re.findall(rf'<g class="fault" data-fault="{fid}".*?</g>', svg, flags=re.S)
         x, width = (float(v) for v in re.search(r'<rect x="([0-9.]+)" y="\d+" width="([0-9.]+)"',
                                                 band).groups())  # fmt: skip
         scale = geometry["width"] / (geometry["t1"] - geometry["t0"])
         assert x == pytest.approx(geometry["left"] + (apply - geometry["t0"]) * scale, abs=0.01)
         assert width == pytest.approx((revert - apply) * scale, abs=0.01)
-        assert "f1: sigstop → origin" in band
+        assert f"{fid}: stop → origin" in band
 
 
 # --- report.json ---------------------------------------------------------------------------
@@ -136,11 +139,15 @@ def test_report_json_numbers_equal_the_samples(run_dir: Path) -> None:
     resets = raw_field(run_dir, "tcp_counters", "OutRsts", role="proxy")
     assert roles["proxy"]["counters"]["OutRsts"] == sum(resets)
 
-    # Mean over the load window, from the journal.
+    # Mean over the load window: from the users' start (load.ramp) to where the load stopped
+    # issuing connections (the end of the last second of the series that started one).
     events = journal(run_dir)
     t0 = next(e["ts"] for e in events if e["event"] == "run.start")
-    start = next(e["ts"] for e in events if e["event"] == "load.start")
-    end = next(e["ts"] for e in events if e["event"] == "load.end")
+    start = next(e["ts"] for e in events if e["event"] == "load.ramp")
+    stamps = [int(line.rsplit(" ", 1)[1]) // 10**9
+              for line in (run_dir / "samples.lp").read_text().splitlines()
+              if line.startswith("load,") and "started=0i" not in line]  # fmt: skip
+    end = max(stamps) + 1
     lines = [
         line.split(" ")
         for line in (run_dir / "samples.lp").read_text().splitlines()
@@ -156,29 +163,43 @@ def test_report_json_numbers_equal_the_samples(run_dir: Path) -> None:
     )
     assert summary["load_window_s"] == [round(start - t0, 3), round(end - t0, 3)]
 
-    # Load: the locust measurement's 'connection' entry; classes from Locust's failures CSV.
-    # The rate is the running total's increase per second, spread over the seconds between
-    # two worker reports: the seconds' rates add up to the total.
-    totals = raw_field(run_dir, "locust", "requests", name="connection")
-    steps = [b - a for a, b in itertools.pairwise(totals)]
-    assert totals[-1] == 8966
-    rate = analyse(run_dir).run.load.rate
-    assert sum(v for _, v in rate) == pytest.approx(totals[-1] - totals[0], rel=1e-6)
-    assert summary["load"]["rate"]["peak"] <= max(steps)
-    assert summary["load"]["source"] == "samples.lp (locust measurement)"
+    # Load: the per-second series, against the origin's own count of what it served; the
+    # latency against the series file's histograms merged here with hdrh itself
+    started = raw_field(run_dir, "load", "started")
+    load = summary["load"]
+    assert load["connections"] == sum(started) == 3503
+    assert load["rate"]["peak"] == max(started)
+    assert load["source"].startswith("samples.lp (load series")
+    served = json.loads((run_dir / "summary.json").read_text())["origin"]["requests"]
+    assert load["completed"] == sum(raw_field(run_dir, "load", "completed")) == served == 2000
+    failed = sum(raw_field(run_dir, "load_failures", "count"))
+    assert load["failures"] == sum(raw_field(run_dir, "load", "failed")) == failed
+    assert load["failures_by_class"] == {"EADDRNOTAVAIL": failed}
+    # Locust's own CSV lost the workers' last reports at the stop (it gives them 0.5 s)
     with open(run_dir / "locust" / "locust_failures.csv") as fh:
-        expected = {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(fh)}
-    assert summary["load"]["failures_by_class"] == expected == {"EADDRNOTAVAIL": 6962}
-    assert set(summary["load"]["latency_ms"]) == {"p50", "p90", "p95", "p99", "p99.9"}
+        locust = {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(fh)}
+    assert locust["EADDRNOTAVAIL"] < failed
+    merged = None
+    for line in (run_dir / "locust" / "load_series.jsonl").read_text().splitlines():
+        text = json.loads(line).get("hist", {}).get("total")
+        if text:
+            histogram = HdrHistogram.decode(text)
+            merged = histogram if merged is None else (merged.add(histogram) or merged)
+    assert load["p50_us"] == merged.get_value_at_percentile(50) > 0
+    assert load["p99_us"] == merged.get_value_at_percentile(99)
+    assert load["max_us"] == merged.get_max_value()
+    assert load["latency_us"]["count"] == merged.get_total_count()
+    assert set(load["latency_ms_per_second"]) == {"p50", "p90", "p99"}
 
     ticks = raw_field(run_dir, "collector_cost", "duration_ms", collector="sampler")
     assert summary["sampler"]["ticks"] == len(ticks)
-    assert summary["sampler"]["tick_ms"]["max"] == max(ticks)
+    assert summary["sampler"]["tick_ms"]["max"] == pytest.approx(max(ticks), rel=1e-5)
 
-    apply, revert = (e["ts"] - t0 for e in events if e["event"].startswith("fault."))
+    applied, reverted = (e for e in events if e["event"].startswith("fault."))
     assert summary["faults"] == [
-        {"id": "f1", "kind": "sigstop", "target": "origin", "start_s": round(apply, 3),
-         "end_s": round(revert, 3), "reverted": True}
+        {"id": applied["id"], "kind": "stop", "target": "origin",
+         "start_s": round(applied["ts"] - t0, 3),
+         "end_s": round(reverted["ts"] - t0, 3), "reverted": True}
     ]  # fmt: skip
     # One expectation failed in summary.json: the verdict says so.
     assert summary["verdict"] == "FAIL"
@@ -187,31 +208,44 @@ def test_report_json_numbers_equal_the_samples(run_dir: Path) -> None:
     assert all(summary["plots"][p]["points"] > 0 for p in ("rate", "time_wait", "ports"))
 
 
-def test_without_locust_samples_the_csv_history_is_used(run_dir: Path) -> None:
-    samples = run_dir / "samples.lp"
-    samples.write_text("".join(line for line in samples.open() if not line.startswith("locust,")))
-    t0 = journal(run_dir)[0]["ts"]
-    with open(run_dir / "locust" / "locust_stats_history.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s",
-                         "50%", "95%", "99%", "Total Request Count"])  # fmt: skip
-        for second in range(5):
-            writer.writerow([int(t0) + 3 + second, 40, "TCP", "connection", 100 + second,
-                             second, "N/A" if second == 0 else 2, 5, 9, 100 * second])  # fmt: skip
+def test_the_load_is_drawn_one_step_per_second(run_dir: Path) -> None:
+    """Each second's count holds over the second it describes, [t, t+1): no line slopes
+    into a fault band from the second before it."""
     report = analyse(run_dir)
-    load = report.summary["load"]
-    assert load["source"].startswith("locust/locust_stats_history.csv")
-    assert load["rate"]["peak"] == 100  # Total Request Count grows by 100 a second
-    assert load["latency_ms"]["p99"]["peak"] == 9
-    assert len(report.run.load.percentiles["p50"]) == 4  # "N/A" is skipped, not zero
+    run = report.run
+    started = raw_field(run_dir, "load", "started")
+    assert [v for _, v in run.load.rate] == started
+    stamps = [int(line.rsplit(" ", 1)[1]) / 1e9 - run.t0
+              for line in (run_dir / "samples.lp").read_text().splitlines()
+              if line.startswith("load,")]  # fmt: skip
+    assert [t for t, _ in run.load.rate] == pytest.approx(stamps)
+    svg = render(rate_plot(run).chart)
+    series = re.search(r'<g class="series" data-label="started/s".*?</g>', svg, flags=re.S)
+    coords = [tuple(map(float, c.split(","))) for poly in
+              re.findall(r'<polyline points="([^"]+)"', series.group(0))
+              for c in poly.split()]  # fmt: skip
+    # a staircase: every other segment is vertical (a change at a second's boundary)
+    assert len(coords) >= 2 * len(started) - 2
+    assert all(a[0] == b[0] or a[1] == b[1] for a, b in itertools.pairwise(coords))
+
+
+def test_a_run_without_the_load_series_says_so(run_dir: Path) -> None:
+    samples = run_dir / "samples.lp"
+    samples.write_text("".join(line for line in samples.open() if not line.startswith("load")))
+    report = analyse(run_dir)
+    assert "connections" not in report.summary["load"]
+    assert report.summary["load"]["failures_by_class"] == {"EADDRNOTAVAIL": 1075}  # summary.json
+    write_report(run_dir)
+    assert "no load series" in (run_dir / "report.html").read_text()
 
 
 def test_fault_windows_from_chaos_events_when_the_journal_has_none(run_dir: Path) -> None:
+    fid = next(e["id"] for e in journal(run_dir) if e["event"] == "fault.apply")
     path = run_dir / "journal.jsonl"
     path.write_text("".join(line for line in path.open() if '"fault.' not in line))
     faults = analyse(run_dir).summary["faults"]
     assert [(f["id"], f["kind"], f["target"], f["reverted"]) for f in faults] == [
-        ("f1", "sigstop", "origin", True)
+        (fid, "stop", "origin", True)
     ]
 
 
@@ -280,8 +314,9 @@ def test_compare_shows_what_changed(run_dir: Path, tmp_path: Path, capsys) -> No
         text,
         flags=re.M,
     )
+    text = re.sub(r"^load_failures,.*\n", "", text, flags=re.M)
+    text = re.sub(r"^(load,.*,failed=)\d+i", r"\g<1>0i", text, flags=re.M)
     (other / "samples.lp").write_text(text)
-    (other / "locust" / "locust_failures.csv").write_text("Method,Name,Error,Occurrences\n")
     summary = json.loads((other / "summary.json").read_text())
     summary["load"]["failures_by_class"] = {}
     for expectation in summary["expectations"]:
@@ -291,10 +326,10 @@ def test_compare_shows_what_changed(run_dir: Path, tmp_path: Path, capsys) -> No
     a, b = analyse(run_dir), analyse(other)
     rows = {(r.section, r.name): r for r in diff(a.summary, b.summary)}
     tw = rows[("client", "TIME_WAIT peak")]
-    assert (tw.a, tw.b) == (2006, 1003) and tw.significant
+    assert (tw.a, tw.b) == (2002, 1001) and tw.significant
     assert (rows[("run", "verdict")].a, rows[("run", "verdict")].b) == ("FAIL", "PASS")
     gone = rows[("errors", "EADDRNOTAVAIL")]
-    assert (gone.a, gone.b, gone.delta) == (6962, None, -6962)
+    assert (gone.a, gone.b, gone.delta) == (1501, None, -1501)
     assert ("client", "ESTABLISHED peak") in rows
     assert not [k for k, r in rows.items() if not r.a and not r.b]  # both-zero rows dropped
     sections = list(dict.fromkeys(k[0] for k in rows))
@@ -303,7 +338,7 @@ def test_compare_shows_what_changed(run_dir: Path, tmp_path: Path, capsys) -> No
     out_html = tmp_path / "cmp.html"
     assert main(["compare", str(run_dir), str(other), "--html", str(out_html)]) == 0
     printed = capsys.readouterr().out
-    assert "TIME_WAIT peak" in printed and "2,006" in printed and "1,003" in printed
+    assert "TIME_WAIT peak" in printed and "2,002" in printed and "1,001" in printed
     html = out_html.read_text()
     assert "<script" not in html and not re.search(r"(?:src|href)=\"?https?:", html)
     assert html.count("<svg") == 5

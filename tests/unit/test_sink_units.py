@@ -1,65 +1,14 @@
-"""The Locust stats-history tailer, InfluxDB configuration precedence and the disk spool."""
+"""InfluxDB configuration precedence and the disk spool."""
 
 from __future__ import annotations
 
 import pytest
 
-from chaos.collect.locust_stats import LocustHistory, percentile_field
 from chaos.errors import SinkError
-from chaos.record.point import Collector, Sample, to_line
+from chaos.record.point import Sample
 from chaos.scenario.model import InfluxSpec
 from chaos.sink import InfluxFlags, Sink, resolve_influx
 from chaos.sink.spool import Spool
-
-# The header Locust 2.x writes with --csv-full-history (locust/stats.py)
-HEADER = (
-    "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,"
-    "99.9%,99.99%,100%,Total Request Count,Total Failure Count,Total Median Response Time,"
-    "Total Average Response Time,Total Min Response Time,Total Max Response Time,"
-    "Total Average Content Size\r\n"
-)
-NA = ",".join(["N/A"] * 11)
-PCTS = "1,2,2,2,3,4,5,6,9,9,12"
-
-
-def test_locust_history_tails_complete_rows_only(tmp_path):
-    path = tmp_path / "locust_stats_history.csv"
-    collector = LocustHistory(path, netns="chaos-x-client", tags={"role": "client"})
-    assert isinstance(collector, Collector)
-    assert collector.sample(0.0) == []  # Locust has not started yet
-    with open(path, "w", newline="") as fh:
-        fh.write(HEADER)
-        fh.write(f"1700000000,0,,connection,0.000000,0.000000,{NA},0,0,0,0.0,0,0,0.0\r\n")
-        fh.write(f"1700000001,20,,connection,180.5,1.5,{PCTS},181,2,2,2.25,0,12,100.0\r\n")
-        fh.write("1700000002,20,,Aggregated,190")  # torn: Locust is still writing it
-        fh.flush()
-        first = collector.sample(0.0)
-        fh.write(f".0,0.0,{PCTS},400,2,2,2.5,0,12,100.0\r\n")
-        fh.flush()
-        second = collector.sample(0.0)
-    collector.close()
-
-    assert [s.time_ns for s in first] == [1700000000 * 10**9, 1700000001 * 10**9]
-    idle, busy = first
-    assert idle.fields == {"users": 0, "rps": 0.0, "fails_per_s": 0.0, "requests": 0,
-                           "failures": 0, "median_ms": 0.0, "avg_ms": 0.0, "min_ms": 0.0,
-                           "max_ms": 0.0, "avg_bytes": 0.0}  # fmt: skip
-    assert busy.tags == {"role": "client", "netns": "chaos-x-client", "name": "connection"}
-    assert busy.fields["rps"] == 180.5 and busy.fields["fails_per_s"] == 1.5
-    assert busy.fields["requests"] == 181 and busy.fields["failures"] == 2
-    assert busy.fields["p50_ms"] == 1.0 and busy.fields["p99_9_ms"] == 9.0
-    assert busy.fields["p100_ms"] == 12.0 and busy.fields["avg_ms"] == 2.25
-    # one type per field, always (InfluxDB refuses a type change)
-    assert to_line(busy).count("i,") == 3 and "users=20i" in to_line(busy)
-    (aggregated,) = second
-    assert aggregated.tags["name"] == "Aggregated" and aggregated.fields["requests"] == 400
-
-
-def test_percentile_field_names():
-    assert [percentile_field(c) for c in ("50%", "99.9%", "99.99%", "100%")] == [
-        "p50_ms", "p99_9_ms", "p99_99_ms", "p100_ms"
-    ]  # fmt: skip
-
 
 ENV = {"INFLUXDB_V2_URL": "http://env:8086", "INFLUXDB_V2_ORG": "eo",
        "INFLUXDB_V2_BUCKET": "eb", "INFLUXDB_V2_TOKEN": "et", "MY_TOKEN": "mt"}  # fmt: skip
@@ -130,3 +79,33 @@ def test_sink_without_influx_records_samples_and_annotations(tmp_path):
         'title="fault.revert stop on origin" '
     )
     assert (stats.recorded, stats.written, stats.influxdb) == (2, 0, None)
+
+
+def test_spool_counts_the_marked_lines_of_a_replayed_batch(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append(b"a 1\nb 2\n", 2)
+    spool.append(b"c 3\nd 4\ne 5\n", 3, maybe_stored=True)  # a write that timed out once sent
+    body, count, end = spool.read_batch(3)  # a, b, c
+    assert (count, spool.maybe_stored_lines(body)) == (3, 1)
+    spool.commit(end, count)
+    body, count, end = spool.read_batch(5)  # d, e
+    assert (count, spool.maybe_stored_lines(body)) == (2, 2)
+    spool.commit(end, count)
+    spool.append(b"f 6\n", 1)  # after the spool emptied: no mark left over
+    body, count, _ = spool.read_batch(5)
+    assert spool.maybe_stored_lines(body) == 0
+    spool.mark_maybe_stored(len(body))  # the replay itself timed out after sending
+    assert spool.maybe_stored_lines(body) == 1
+    spool.close()
+
+
+def test_only_a_failure_to_connect_is_known_unsent():
+    import urllib3
+
+    from chaos.sink.influx import _after_sending
+
+    refused = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    assert not _after_sending(urllib3.exceptions.MaxRetryError(None, "/", refused))  # type: ignore[arg-type]
+    timed_out = urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")  # type: ignore[arg-type]
+    assert _after_sending(timed_out)
+    assert _after_sending(ConnectionResetError(104, "Connection reset by peer"))

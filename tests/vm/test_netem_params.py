@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from chaos.errors import FaultError
-from chaos.faults.base import Target, fault_type
+from chaos.faults.base import Target
 from chaos.faults.netem import NetemParams as P
 from chaos.faults.netem import _NetemQdiscMsg, distribution_table, netem_options
+from chaos.faults.registry import fault_type
 
 TARGET = Target("client", "chaos-x-client", ("veth0",))
 

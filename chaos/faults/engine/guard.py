@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 from chaos.endings import handled, held_signals, signals_raise
 from chaos.errors import ChaosError, FaultError
-from chaos.faults.base import Fault, Handle, fault_type
+from chaos.faults.base import Fault, Handle
 from chaos.faults.engine.ledger import Ledger
+from chaos.faults.registry import fault_type
 
 
 class Annotate(Protocol):

@@ -55,10 +55,11 @@ from typing import Any
 from chaos import capabilities
 from chaos.agent.client import validate_remote
 from chaos.errors import ChaosError, FaultError
-from chaos.faults.base import Fault, Handle, Target, fault_type
+from chaos.faults.base import Fault, Handle, Target
 from chaos.faults.engine.guard import Annotate, EventLog, FaultGuard
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import is_agent_url, resolve
+from chaos.faults.registry import fault_type
 from chaos.lab.topology import LabState
 from chaos.scenario.model import FaultSpec
 

@@ -8,7 +8,8 @@ Target forms::
                                         found when the fault is prepared (they start with
                                         the load, after the schedule was validated)
     ROLE:PATTERN                        the role's namespace; processes whose command line
-                                        matches the regular expression PATTERN
+                                        matches the regular expression PATTERN (RE2
+                                        syntax: linear time, no backreferences)
     pid:N                               process N, which must live in one of the lab's
                                         namespaces (never the host's)
 
@@ -20,11 +21,11 @@ them. The agent itself resolves ``TARGET`` with ``resolve`` against its allow-li
 from __future__ import annotations
 
 import os
-import re
 
 from chaos.errors import FaultError
 from chaos.faults.base import Target
 from chaos.kernel import netns, processes
+from chaos.kernel.processes import CommandPattern
 from chaos.lab.topology import LabState
 
 #: A Locust worker's command line (see chaos.load.runner.LocustRun.worker_argv).
@@ -107,8 +108,8 @@ def resolve(target: str, state: LabState) -> Target:
         return Target(text, namespace, links_of(namespace), (pid,))
     if sep and kind in state.namespaces:
         try:
-            re.compile(rest)
-        except re.error as exc:
+            CommandPattern(rest)
+        except ValueError as exc:
             raise _unknown(text, state, f"invalid pattern {rest!r}: {exc}") from None
         if not rest:
             raise _unknown(text, state, "empty pattern")

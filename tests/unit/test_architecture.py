@@ -1,0 +1,187 @@
+"""The package's layers: no import loop, and no import from a lower layer to a higher one.
+
+Reads the source (no module is imported): every ``import``/``from`` of a ``chaos`` module,
+at the top of a file or inside a function, is an edge; imports under ``if TYPE_CHECKING:``
+are for the type checker alone and are not. A module belongs to the layer of the longest
+prefix in :data:`LAYERS` that names it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "chaos"
+
+#: lowest first; a module may import its own layer and those below it, never one above.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("chaos", "chaos.errors", "chaos.endings")),
+    # What crosses stages (points, names, run directory, capped logs): formats, no I/O policy.
+    ("record", ("chaos.record",)),
+    ("kernel", ("chaos.kernel",)),
+    # The load contract (stdlib only, shared with the locustfiles) is the scenario's
+    # vocabulary for ``load:``.
+    (
+        "scenario model",
+        ("chaos.scenario.model", "chaos.scenario.expression", "chaos.load.contract"),
+    ),
+    ("lab", ("chaos.lab", "chaos.capabilities")),
+    ("load", ("chaos.load",)),
+    # The agent's client is a fault type (RemoteFault: a fault applied by asking an agent).
+    ("fault types", ("chaos.faults", "chaos.agent.client")),
+    ("fault engine", ("chaos.faults.engine",)),
+    # The loader checks every fault offline (types, params, timing) as it reads a file.
+    ("scenario loader", ("chaos.scenario", "chaos.scenario.loader")),
+    ("agent service", ("chaos.agent",)),
+    ("sink", ("chaos.sink",)),
+    ("collect", ("chaos.collect",)),
+    ("judge and report", ("chaos.expect", "chaos.report", "chaos.progress")),
+    ("composition", ("chaos.run", "chaos.sweep")),
+    ("command line", ("chaos.cli", "chaos.__main__", "chaos.collect.cli")),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            inside = prefix != "chaos" and module.startswith(prefix + ".")  # the root: itself
+            if (module == prefix or inside) and len(prefix) > best:
+                best, rank = len(prefix), index
+    assert rank is not None, f"{module} is in no layer: add it to LAYERS"
+    return rank
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _resolve(name: str) -> str | None:
+    """The module a dotted name imports: itself, or its package when it names a member."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(module: str) -> dict[str, int]:
+    """The chaos modules ``module`` imports, each with the line of its first import."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: dict[str, int] = {}
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+        for target in targets:
+            if target.split(".")[0] != "chaos":
+                continue
+            resolved = _resolve(target)
+            if resolved and resolved != module:
+                found.setdefault(resolved, node.lineno)  # type: ignore[attr-defined]
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+GRAPH = {module: imports_of(module) for module in MODULES}
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_no_import_runs_up_a_layer():
+    wrong = [
+        f"{MODULES[a].relative_to(ROOT)}:{line} imports {b} "
+        f"({LAYERS[layer_of(a)][0]} -> {LAYERS[layer_of(b)][0]})"
+        for a, edges in GRAPH.items()
+        for b, line in edges.items()
+        if layer_of(b) > layer_of(a)
+    ]
+    assert not wrong, "imports from a lower layer to a higher one:\n" + "\n".join(wrong)
+
+
+def loops(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_no_import_loop():
+    assert loops(GRAPH) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b": 1}, "b": {"a": 1}}, [["a", "b"]]),
+        ({"a": {"b": 1}, "b": {"c": 1}, "c": {}}, []),
+    ],
+)
+def test_the_loop_finder_finds_loops(graph, expected):
+    assert loops(graph) == expected
+
+
+def test_the_walk_sees_lazy_imports_but_not_type_checking_ones():
+    # chaos.scenario.loader imports the fault schedule inside a function
+    assert "chaos.faults.engine.schedule" in GRAPH["chaos.scenario.loader"]
+    # chaos.scenario.expression names the model's Expectation for the type checker alone
+    assert "chaos.scenario.model" not in GRAPH["chaos.scenario.expression"]

@@ -1,0 +1,191 @@
+"""Every measurement and field a reader names is one the collectors or the load series write.
+
+The readers are the report (``chaos/report/``, with ``chaos compare``), expectations
+(``chaos/expect.py`` and every built-in scenario's ``expect:`` metrics), the sweep, live
+progress and the Grafana dashboard; what is written is :mod:`chaos.record.schema`. Names are
+read from the readers' source (no module runs), where the code names a measurement or a field:
+
+* ``run.series("m", "f")``, ``run.measurement("m")``, ``by_measurement.get("m")``;
+* ``point.measurement == "m"`` (or ``in (...)``), ``m == "m"`` for a variable called ``m``
+  or ``measurement``;
+* ``point.fields.get("f")``, ``point.fields["f"]``, ``_num(p, "f")`` (the sweep's reader);
+* constants whose name says ``MEASUREMENTS`` or ``FIELDS``: tuples of names.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chaos.record import schema
+from tests.deploy_checks import dashboard_queries, query_refs
+
+ROOT = Path(__file__).resolve().parents[2]
+READERS = [
+    *sorted((ROOT / "chaos" / "report").glob("*.py")),
+    ROOT / "chaos" / "expect.py",
+    ROOT / "chaos" / "sweep.py",
+    ROOT / "chaos" / "progress.py",
+]
+_MEASUREMENT_VARS = {"m", "measurement"}
+
+
+@dataclass
+class Names:
+    measurements: dict[str, str] = field(default_factory=dict)  # name -> where
+    pairs: dict[tuple[str, str], str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _text(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _texts(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [t for t in map(_text, node.elts) if t is not None]
+    if isinstance(node, ast.Dict):
+        return [t for t in map(_text, node.keys) if t is not None]
+    text = _text(node)
+    return [text] if text is not None else []
+
+
+def _is_fields(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "fields"
+
+
+def _is_measurement(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "measurement") or (
+        isinstance(node, ast.Name) and node.id in _MEASUREMENT_VARS
+    )
+
+
+def names_in_source(path: Path, names: Names | None = None) -> Names:
+    names = names or Names()
+    tree = ast.parse(path.read_text(), str(path))
+    label = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(tree):
+        where = f"{label}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call):
+            func, args = node.func, node.args
+            attr = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first, second = (_text(args[0]) if args else None), (
+                _text(args[1]) if len(args) > 1 else None
+            )
+            if attr == "series" and first:
+                names.measurements[first] = where
+                if second:
+                    names.pairs[(first, second)] = where
+            elif attr == "measurement" and first:
+                names.measurements[first] = where
+            elif attr == "get" and isinstance(func, ast.Attribute) and first:
+                owner = func.value
+                if _is_fields(owner):
+                    names.fields[first] = where
+                elif isinstance(owner, ast.Name) and "measurement" in owner.id:
+                    names.measurements[first] = where
+            elif attr == "_num" and second and getattr(args[0], "id", "") in ("p", "point"):
+                names.fields[second] = where
+        elif isinstance(node, ast.Subscript) and _is_fields(node.value):
+            text = _text(node.slice)
+            if text:
+                names.fields[text] = where
+        elif isinstance(node, ast.Compare) and _is_measurement(node.left):
+            for comparator in node.comparators:
+                for text in _texts(comparator):
+                    names.measurements[text] = where
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            assigned = " ".join(t.id for t in targets if isinstance(t, ast.Name))
+            if node.value is not None and "MEASUREMENTS" in assigned:
+                for text in _texts(node.value):
+                    names.measurements[text] = where
+    return names
+
+
+def reader_names() -> Names:
+    names = Names()
+    for path in READERS:
+        names_in_source(path, names)
+    for path in sorted((ROOT / "chaos" / "scenario" / "builtin").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        expectations = list(doc.get("expect") or [])
+        for variant in doc.get("variants") or []:
+            expectations += (variant.get("patch") or {}).get("expect") or []
+        for exp in expectations:
+            measurement, _, fld = str(exp["metric"]).partition(".")
+            names.pairs[(measurement, fld)] = f"{path.relative_to(ROOT)} ({exp['metric']})"
+    for query in dashboard_queries():
+        measurements, fields = query_refs(query)
+        for measurement in measurements:
+            for fld in fields:
+                names.pairs[(measurement, fld)] = "deploy/grafana dashboard"
+    for measurement, _ in names.pairs:
+        names.measurements.setdefault(measurement, names.pairs[(measurement, _)])
+    return names
+
+
+def unknown_names(names: Names) -> list[str]:
+    written = schema.MEASUREMENTS
+    problems = [
+        f"{where}: measurement {m!r} is written by nothing"
+        for m, where in names.measurements.items()
+        if m not in written
+    ]
+    problems += [
+        f"{where}: {m}.{f} is not a field of {m}"
+        for (m, f), where in names.pairs.items()
+        if m in written and not written[m].has_field(f)
+    ]
+    problems += [
+        f"{where}: field {f!r} is a field of no measurement"
+        for f, where in names.fields.items()
+        if not any(m.has_field(f) for m in written.values())
+    ]
+    return problems
+
+
+def test_every_name_a_reader_uses_is_written():
+    names = reader_names()
+    # the walk finds what the readers name (so a change in how they name it is noticed)
+    assert {schema.TCP_STATES, schema.PORT_BUDGET_SUMMARY, schema.TCP_ZOMBIES} <= set(
+        names.measurements
+    )
+    assert len(names.pairs) > 20 and len(names.fields) > 5
+    assert unknown_names(names) == []
+
+
+def test_the_check_rejects_a_name_nothing_writes(tmp_path):
+    reader = tmp_path / "reader.py"
+    reader.write_text(
+        "def f(run, p, m):\n"
+        "    run.series('tcp_states', 'time_wiat')\n"
+        "    run.measurement('tcp_stats')\n"
+        "    p.fields.get('max_utilisaton')\n"
+        "    return m == 'locust_failure'\n"
+    )
+    found = names_in_source(reader)
+    assert set(found.measurements) == {"tcp_states", "tcp_stats", "locust_failure"}
+    assert found.pairs == {("tcp_states", "time_wiat"): found.pairs[("tcp_states", "time_wiat")]}
+    assert set(found.fields) == {"max_utilisaton"}
+    assert len(unknown_names(found)) == 4
+
+
+@pytest.mark.parametrize(
+    ("measurement", "name", "written"),
+    [
+        (schema.TCP_TEARDOWN, "fin_wait1_oldest_s", True),
+        (schema.CONNTRACK, "insert_failed", True),
+        (schema.CONNTRACK, "tcp_close_wait", True),
+        (schema.CONNTRACK, "max_utilisation", False),
+        (schema.LOAD, "connect_p99_us", True),
+        (schema.LOAD, "connect_p97_us", False),
+        (schema.HOST_CPU, "steal", True),
+    ],
+)
+def test_fields_named_after_outside_lists(measurement, name, written):
+    assert schema.measurement(measurement).has_field(name) is written
