@@ -214,10 +214,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         run.close()
     out.print(f"lab [bold]{name}[/] is up; logs in {run.path}")
     _print_status(state)
+    ca = run.path / "proxy" / "tls" / "ca.crt"
+    curl = f"curl -s --cacert {ca} https" if scenario.lab.proxy.tls else "curl -s http"
     out.print(
         f"\nsend traffic from the client namespace, e.g.\n"
-        f"  ip netns exec {state.namespaces['client']} curl -s "
-        f"http://{state.proxy['host']}:{state.proxy['port']}/\n"
+        f"  ip netns exec {state.namespaces['client']} {curl}"
+        f"://{state.proxy['host']}:{state.proxy['port']}/\n"
         f"remove it with: chaos lab down {name}"
     )
     return 0
@@ -452,12 +454,12 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
             )  # fmt: skip
             continue
         try:
-            revert_recorded(ledger, e.handle)
+            done = revert_recorded(ledger, e.handle)
         except (FaultError, ChaosError) as exc:
             failed += 1
             err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
             continue
-        out.print(Text.assemble(("reverted ", "green"), label))
+        out.print(Text.assemble(("reverted ", "green") if done else ("gone ", "dim"), label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
     if failed:

@@ -81,6 +81,7 @@ from chaos.load.seconds import (
 from chaos.record import schema
 from chaos.record.lineproto import Point, read_points
 from chaos.record.point import Sample
+from chaos.record.rundir import RunFiles
 from chaos.report import write_report
 from chaos.run import RunOptions, resolve, run_scenario
 from chaos.scenario.model import Expectation, Scenario
@@ -664,8 +665,9 @@ def print_sweep(console: Console, result: SweepResult) -> None:
 
 def record(run_path: Path, result: SweepResult) -> None:
     """``sweep.json`` in the run directory, and the verdict in ``summary.json``."""
-    (run_path / "sweep.json").write_text(json.dumps(result.as_dict(), indent=2))
-    summary_path = run_path / "summary.json"
+    files = RunFiles(run_path)
+    files.sweep.write_text(json.dumps(result.as_dict(), indent=2))
+    summary_path = files.summary
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["sweep"] = {
         "knee": result.knee,

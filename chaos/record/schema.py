@@ -34,6 +34,7 @@ __all__ = [
     "PORT_BUDGET_SUMMARY",
     "PROCESS",
     "PROXY_ERRORS",
+    "PROXY_GENERATIONS",
     "SOCKSTAT",
     "TCP_COUNTERS",
     "TCP_STATES",
@@ -59,6 +60,7 @@ COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
 HOST_CPU = "host_cpu"
+PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 LAB_FORWARDED_TO_ORIGIN = "lab_forwarded_to_origin"
@@ -196,15 +198,18 @@ MEASUREMENTS: dict[str, Measurement] = {
         _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
            ["pid", "cgroup", "process"]),
         _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
+        # the proxy's reloads and restarts (chaos.collect.generations); old_<sock_diag state>
+        _m(
+            PROXY_GENERATIONS,
+            ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
+             "old_sockets"],
+            patterns=[rf"old_({'|'.join(SOCKET_STATES)}|other)"],
+        ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
         _m(LAB_FORWARDED_TO_ORIGIN, ["packets", "bytes", "packets_delta"]),
         _m(LAB_FORWARDED_TO_CLIENTS, ["packets", "bytes", "packets_delta"]),
         _m(TIME_WAIT_TIMERS, ["sockets", "max_remaining_s", "rescheduled"]),
-        # the lab proxy's generations of workers (reloads, restarts)
-        _m("proxy_generations",
-           ["workers", "old_workers", "generations", "draining_s", "last_drain_s", "old_sockets"],
-           patterns=[r"old_[a-z0-9_]+"]),
         # the proxy log's connect() failures, all and by errno name
         _m(PROXY_ERRORS, ["connect_failed"], patterns=[r"connect_failed_E[A-Z0-9]+"]),
         _m(

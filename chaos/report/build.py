@@ -19,6 +19,8 @@ from typing import Any
 
 from chaos.collect.kernel import NOTABLE
 from chaos.load.seconds import window_latency_us
+from chaos.record.rundir import RunFiles
+from chaos.record.schema import is_family_total
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
 from chaos.report.drift import judge as judge_drift
 from chaos.report.svg import PALETTE, Band, Chart, Line, fmt_percent
@@ -128,7 +130,7 @@ def _legend(lines: list[Line], window: tuple[float, float] | None, unit: str = "
 
 
 def _family_all(point: Any) -> bool:
-    return point.tags.get("family", "all") == "all"
+    return is_family_total(point.tags)
 
 
 def state_plots(run: RunData) -> list[Plot]:
@@ -545,7 +547,7 @@ def sampler_summary(run: RunData) -> dict[str, Any]:
 def sweep_summary(run_path: Path) -> dict[str, Any] | None:
     """A capacity sweep's steps and verdict (``sweep.json``, written by ``chaos sweep``)."""
     try:
-        data = json.loads((run_path / "sweep.json").read_text())
+        data = json.loads(RunFiles(run_path).sweep.read_text())
     except (OSError, ValueError):
         return None
     keep = ("target", "start", "achieved", "failures", "classes", "p99_us", "ports", "proxy_cpu",

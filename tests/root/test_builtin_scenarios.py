@@ -24,8 +24,8 @@ import pytest
 from session_token import TOKEN
 
 from chaos.expect import evaluate, run_timeline
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import read_journal
 from chaos.scenario import loader
 
 REPO = Path(__file__).resolve().parents[2]

@@ -129,11 +129,25 @@ def test_revert_all_leaves_a_live_owners_faults_and_stacks_across_processes(
 def test_revert_all_force_reverts_a_live_owners_faults(namespace, tmp_path, monkeypatch,
                                                         chaos_cli):  # fmt: skip
     monkeypatch.setenv("CHAOS_LEDGER_DIR", str(tmp_path / "ledger"))
+    """--force reverts a live owner's fault; the owner then touches nothing (the key may be
+    another fault's by now) and its journal says the window ended elsewhere."""
     original = netns.sysctl_get(namespace, KEY)
-    guard = FaultGuard()
+    events: list[tuple[str, dict]] = []
+
+    class Events:
+        def event(self, name: str, /, **fields: object) -> None:
+            events.append((name, fields))
+
+    guard = FaultGuard(Events())
     guard.apply(sysctl_window(namespace, 12))
     result = chaos_cli("revert-all", "--force")
     assert result.returncode == 0 and result.stdout.count("reverted") == 1, result.stdout
     assert netns.sysctl_get(namespace, KEY) == original
-    guard.revert_all()  # nothing left to do: the entry is gone, the revert is idempotent
+    later = FaultGuard().apply(sysctl_window(namespace, 14))  # another fault on the key
+    guard.revert_all()
+    assert netns.sysctl_get(namespace, KEY) == "14"  # left to the later fault
+    name, fields = events[-1]
+    assert name == "fault.revert" and fields["elsewhere"] is True
+    FaultGuard().revert(later)
+    assert netns.sysctl_get(namespace, KEY) == original
     assert Ledger().entries() == ([], [])

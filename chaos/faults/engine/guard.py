@@ -42,12 +42,18 @@ class EventLog(Protocol):
     def event(self, name: str, /, **fields: Any) -> Any: ...
 
 
-def revert_recorded(ledger: Ledger, handle: Handle) -> None:
+def revert_recorded(ledger: Ledger, handle: Handle) -> bool:
     """Revert a fault recorded in ``ledger`` and remove its entry, under the ledger's lock
-    (a stacking fault sees the others that still hold what it changed)."""
+    (a stacking fault sees the others that still hold what it changed).
+
+    False, and nothing touched, when its entry is gone: someone else reverted it (`chaos
+    revert-all --force`), and what it had changed may belong to another fault by now."""
     with ledger.lock():
+        if not ledger.path(handle.id).exists():
+            return False
         revert_handle(handle, ledger.holders(handle))
         ledger.remove(handle.id)
+        return True
 
 
 def revert_handle(handle: Handle, holders: list[Handle] | None = None) -> None:
@@ -173,11 +179,12 @@ class FaultGuard:
 
     def revert(self, handle: Handle) -> None:
         """Revert one applied fault; on failure its ledger entry stays and FaultError raises."""
-        fields = {"id": handle.id, "kind": handle.kind, "target": handle.target}
+        fields: dict[str, Any] = {"id": handle.id, "kind": handle.kind, "target": handle.target}
         started = time.monotonic()
         try:
             with signals_held():
-                revert_recorded(self.ledger, handle)
+                if not revert_recorded(self.ledger, handle):
+                    fields["elsewhere"] = True  # its window ended before its time
         except FaultError as exc:
             self._event("fault.revert.failed", error=exc.message, **fields)
             self._annotate("revert-failed", error=exc.message, **fields)
