@@ -51,7 +51,7 @@ def test_every_pathology_has_expectations_a_mitigation_and_a_control():
 
 
 #: scenarios that drive hundreds of connections a second: they run alone
-HEAVY = {"time-wait-storm", "time-wait-storm-nginx"}
+HEAVY = {"time-wait-storm", "time-wait-storm-nginx", "proxy-ports", "proxy-restart"}
 #: runs at a time otherwise: the rest are timer-driven (idle, stopped or a few connections a
 #: second), and two of them on two cores keep their timing
 PARALLEL = 2
