@@ -207,10 +207,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         run.close()
     out.print(f"lab [bold]{name}[/] is up; logs in {run.path}")
     _print_status(state)
+    ca = run.path / "proxy" / "tls" / "ca.crt"
+    curl = f"curl -s --cacert {ca} https" if scenario.lab.proxy.tls else "curl -s http"
     out.print(
         f"\nsend traffic from the client namespace, e.g.\n"
-        f"  ip netns exec {state.namespaces['client']} curl -s "
-        f"http://{state.proxy['host']}:{state.proxy['port']}/\n"
+        f"  ip netns exec {state.namespaces['client']} {curl}"
+        f"://{state.proxy['host']}:{state.proxy['port']}/\n"
         f"remove it with: chaos lab down {name}"
     )
     return 0

@@ -12,11 +12,13 @@ Phases (``when``), from the journal's fault events and the load series:
   — "CLOSE_WAIT returns to baseline within 30 s" is ``when: after, within: 30s, agg: last``;
 * ``end``: the whole load phase, start to stop.
 
-The load *starts* at the journal's ``load.ramp`` (the users started; ``load.start`` when the
-workers never joined) and *stops* where it stopped issuing new connections: the end of the
-last second of the ``load`` series in which a connection started (the journal's ``load.end``
-for a run without the series). Not later: once Locust stops its users the sockets drain,
-and a "last value" taken then would describe the load's teardown, not the system. Every
+The load *starts* with the first second of the ``load`` series in which a connection
+started (not before the journal's ``load.ramp``: on a busy host the workers start their
+users seconds after the master does) and *stops* where it stopped issuing new connections:
+the end of the last second in which a connection started. A run without the series uses
+the journal's ``load.ramp`` (``load.start`` when the workers never joined) and ``load.end``.
+Not later: once Locust stops its users the sockets drain, and a "last value" taken then
+would describe the load's teardown, not the system. Every
 window is half-open, ``[first, stop)``: a phase's first sample is the first one taken at or
 after its start (a sample at the apply instant belongs to ``during``, not ``baseline``), and
 its last sample the last one taken before its stop. Per-second ``load`` points are stamped
@@ -46,7 +48,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from chaos.load.seconds import issuing_end, load_seconds
+from chaos.load.seconds import issuing_window, load_seconds
+from chaos.record.schema import TCP_STATES, is_family_total
 from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
 
@@ -80,12 +83,14 @@ class Timeline:
 
     @classmethod
     def from_journal(
-        cls, events: Iterable[Mapping[str, Any]], load_stop: float | None = None
+        cls,
+        events: Iterable[Mapping[str, Any]],
+        issuing: tuple[float, float] | None = None,
     ) -> Timeline:
         """Windows from ``fault.apply``/``fault.revert``: the steps of a ramp form one
         window; an irreversible fault (kill) is an instant; one never reverted lasts to the
-        end of the load. ``load_stop``: where the load stopped issuing connections (see the
-        module docstring); the timeline ends there when it is before ``load.end``."""
+        end of the load. ``issuing``: the seconds in which the load issued connections (see
+        the module docstring); the timeline keeps to them within the journal's window."""
         start = end = None
         applied: dict[tuple[int, int], float] = {}
         reverted: dict[tuple[int, int], float] = {}
@@ -111,8 +116,8 @@ class Timeline:
         if start is None:
             raise ValueError("the journal has no load.start event")
         end = end if end is not None else max([start, *applied.values(), *reverted.values()])
-        if load_stop is not None and start < load_stop < end:
-            end = load_stop
+        if issuing is not None and start < issuing[1] < end:
+            start, end = max(start, issuing[0]), issuing[1]
         windows = [
             FaultWindow(key[0], at, at if key in instant else reverted.get(key, end))
             for key, at in applied.items()
@@ -143,14 +148,14 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
 def run_timeline(journal: Iterable[Mapping[str, Any]], points: Iterable[Point]) -> Timeline:
     """The timeline of a finished run: its journal, stopped where the load stopped issuing
     connections (from the ``load`` points among ``points``)."""
-    return Timeline.from_journal(journal, issuing_end(load_seconds(points)))
+    return Timeline.from_journal(journal, issuing_window(load_seconds(points)))
 
 
 # --- series and aggregates -----------------------------------------------------------------
 
 
 # Measurements that carry a family=all total beside per-family points: the total is the default.
-_FAMILY_TOTALS = {"tcp_states"}
+_FAMILY_TOTALS = {TCP_STATES}
 
 
 def series(
@@ -165,7 +170,7 @@ def series(
         tags = p.tags
         if role is not None and tags.get("role") != role:
             continue
-        if measurement in _FAMILY_TOTALS and "family" not in where and tags.get("family") != "all":
+        if measurement in _FAMILY_TOTALS and "family" not in where and not is_family_total(tags):
             continue
         if any(tags.get(k) != v for k, v in where.items()):
             continue

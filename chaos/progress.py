@@ -24,6 +24,7 @@ from rich.text import Text
 from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
 from chaos.load.seconds import MEASUREMENT as LOAD
 from chaos.record.point import Sample
+from chaos.record.schema import TCP_STATES, is_family_total
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
 
@@ -91,7 +92,7 @@ class Progress:
                     name = tags.get("class", "")
                     count = int(fields["count"])  # type: ignore[arg-type]
                     self.failure_classes[name] = self.failure_classes.get(name, 0) + count
-                elif m == "tcp_states" and tags.get("family") == "all":
+                elif m == TCP_STATES and is_family_total(tags):
                     for state in ("time_wait", "close_wait", "established"):
                         if state in fields:
                             self.states[(role, state)] = float(fields[state])  # type: ignore[arg-type]

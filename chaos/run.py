@@ -58,9 +58,10 @@ from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
 from chaos.progress import Progress, live_progress, sink_tap
 from chaos.record import logcap
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
 from chaos.record.point import Sample
-from chaos.record.rundir import RunDir, chown_to_invoker, read_journal
+from chaos.record.rundir import RunDir, RunFiles, chown_to_invoker
 from chaos.report import drift_failed, load_run, print_drift, write_report
 from chaos.report.drift import judge as judge_drift
 from chaos.scenario import loader
@@ -129,6 +130,13 @@ def run_scenario(
     steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code;
     ``stop_early(run_dir)`` may end the load before its duration (a sweep past its knee)."""
     scenario = scenario or resolve(options)
+    if scenario.lab.proxy.tls:
+        raise ChaosError(
+            "lab.proxy.tls: the load does not speak TLS yet, so a run through a TLS proxy "
+            "would only count failed handshakes",
+            "bring the lab up with `chaos lab up` and send TLS from your own client (the "
+            "run's CA is <run>/proxy/tls/ca.crt)",
+        )
     if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
         return run_remote(options, scenario, console)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
@@ -214,7 +222,7 @@ class Ending:
             summary = {**summarize(self.run.path, None), "interrupted": True}
             if self.interrupted is None:  # an error ended it
                 summary.update(interrupted=False, error=str(exc))
-            (self.run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.run.files.summary.write_text(json.dumps(summary, indent=2))
             with suppress(ChaosError):  # the run's ending stands without its report
                 write_report(self.run.path)
             chown_to_invoker(self.run.path)
@@ -224,7 +232,7 @@ class Ending:
 
 def has_samples(run_path: Path) -> bool:
     try:
-        return (run_path / "samples.lp").stat().st_size > 0
+        return RunFiles(run_path).samples.stat().st_size > 0
     except OSError:
         return False
 
@@ -258,7 +266,7 @@ def conclude(
         summary["sink"] = sink_stats.as_dict()
     verdicts = check_expectations(scenario, run_path)
     summary["expectations"] = [v.as_dict() for v in verdicts]
-    (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+    RunFiles(run_path).summary.write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     print_verdicts(console, verdicts)
     drift: dict[str, Any] | None = None
@@ -274,7 +282,7 @@ def conclude(
     if drift is not None:
         print_drift(console, drift)
         summary["drift"] = drift
-        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+        RunFiles(run_path).summary.write_text(json.dumps(summary, indent=2))
     chown_to_invoker(run_path)
     failed = any(not v.passed for v in verdicts) or (drift is not None and drift_failed(summary))
     return EXIT_EXPECTATION_FAILED if failed else 0
@@ -286,8 +294,9 @@ EXIT_EXPECTATION_FAILED = 10
 def check_expectations(scenario: Scenario, run_path: Path) -> list[Verdict]:
     if not scenario.expect:
         return []
-    points = read_points(run_path / "samples.lp")
-    timeline = run_timeline(read_journal(run_path / "journal.jsonl"), points)
+    files = RunFiles(run_path)
+    points = read_points(files.samples)
+    timeline = run_timeline(read_journal(files.journal_file), points)
     return evaluate(scenario, points, timeline)  # type: ignore[arg-type]
 
 
@@ -578,11 +587,11 @@ def summarize(run_path: Path, result: LoadResult | None) -> dict[str, Any]:
         # load issued connections (Locust's own percentiles are whole milliseconds)
         for key in ("p50_ms", "p99_ms", "max_ms"):
             summary["load"].pop(key, None)
-        window = issuing_window(load_seconds(read_points(run_path / "samples.lp")))
+        window = issuing_window(load_seconds(read_points(RunFiles(run_path).samples)))
         if window is not None:
             latency = window_latency_us(run_path, *window)
             summary["load"].update({k: v for k, v in latency.items() if k != "count"})
-    stats = run_path / "origin-stats.json"
+    stats = RunFiles(run_path).origin_stats
     if stats.exists():
         summary["origin"] = json.loads(stats.read_text())
     proxy_log = run_path / "logs" / "proxy.log"

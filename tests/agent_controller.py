@@ -16,7 +16,7 @@ from pathlib import Path
 from chaos.errors import FaultError
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.lab.topology import LabState
-from chaos.record.rundir import Journal
+from chaos.record.journal import Journal
 from chaos.scenario.model import FaultSpec
 
 

@@ -50,6 +50,7 @@ from chaos.collect.kernel import PROC_NET, parse_netstat, parse_sockstat
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef, ProcFiles
 from chaos.record.point import Sample, time_ns_of
+from chaos.record.schema import FAMILY_ALL, TCP_STATES
 
 # states dumped socket by socket in every mode: usually few sockets
 RARE = sd.ALL_STATES - {sd.ESTABLISHED, sd.TIME_WAIT, sd.LISTEN}
@@ -309,7 +310,7 @@ def census_samples(result: CensusResult, tags: dict[str, str]) -> list[Sample]:
     states: dict[str, int | float | bool] = dict(result.states)
     states["total"] = result.total
     states["exact"] = result.mode == "exact"  # False: no per-family split of EST/TW
-    out.append(Sample("tcp_states", {**tags, "family": "all"}, states, stamp))
+    out.append(Sample(TCP_STATES, {**tags, "family": FAMILY_ALL}, states, stamp))
     for fam, counts in sorted(result.by_family.items()):
         fields: dict[str, int | float] = dict(counts)
         if result.mode == "exact":

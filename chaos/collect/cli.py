@@ -30,6 +30,7 @@ from chaos.errors import SinkError
 from chaos.kernel.nsref import NetnsRef
 from chaos.kernel.sockdiag import STATE_NAMES
 from chaos.record.point import Collector, Sample
+from chaos.record.schema import is_family_total
 from chaos.sink import InfluxFlags, Sink, resolve_influx
 
 TEARDOWN_ROWS = ("fin_wait1", "fin_wait2", "close_wait", "last_ack", "closing")
@@ -177,7 +178,7 @@ def render(samples: list[Sample], once: bool) -> Group:
     """The human view of one round of samples."""
     parts: list[object] = []
     states = _by(samples, "tcp_states")
-    every = next((s for s in states if s.tags.get("family") == "all"), None)
+    every = next((s for s in states if is_family_total(s.tags)), None)
     netns = every.tags.get("netns", "?") if every else "?"
     stamp = datetime.fromtimestamp(samples[0].time_ns / 1e9) if samples else datetime.now()
     exact = bool(every and every.fields.get("exact"))

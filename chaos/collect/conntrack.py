@@ -24,10 +24,10 @@ import struct
 from collections import Counter
 
 from chaos.collect.kernel import PROC_NET
+from chaos.kernel.nfnetlink import open_nfnetlink
 from chaos.kernel.nsref import NetnsRef, ProcFile, open_proc_files
 from chaos.record.point import Sample, deltas, time_ns_of
 
-NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 NLM_F_REQUEST_DUMP = 0x301
 NLMSG_ERROR = 2
@@ -73,14 +73,6 @@ def parse_ct_stats(text: str) -> dict[str, int]:
 def count_tcp_states(chunk: bytes | bytearray | memoryview) -> Counter[int]:
     """TCP conntrack states in one chunk of ctnetlink dump messages."""
     return Counter(m[0] for m in _TCP_STATE.findall(chunk))
-
-
-def open_nfnetlink() -> socket.socket:
-    """A NETLINK_NETFILTER socket (ctnetlink, nf_tables) in the calling thread's namespace."""
-    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
-    sock = socket.socket(socket.AF_NETLINK, kind, NETLINK_NETFILTER)
-    sock.bind((0, 0))
-    return sock
 
 
 class Conntrack:

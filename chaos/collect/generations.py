@@ -34,9 +34,10 @@ from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
 from chaos.kernel.processes import socket_inodes, start_time
 from chaos.kernel.proctree import children
+from chaos.record import schema
 from chaos.record.point import Sample, time_ns_of
 
-MEASUREMENT = "proxy_generations"
+MEASUREMENT = schema.PROXY_GENERATIONS
 _LIVE_STATES = sd.ALL_STATES - {sd.TIME_WAIT, sd.LISTEN}  # TIME_WAIT has no owner
 
 

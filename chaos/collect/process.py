@@ -25,7 +25,7 @@ from pathlib import Path
 
 from chaos.kernel.proctree import cgroup_pids, children
 from chaos.record import schema
-from chaos.record.point import Sample, time_ns_of
+from chaos.record.point import FieldValue, Sample, time_ns_of
 
 MEASUREMENT = "process"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,7 +100,7 @@ class ProcessCpu:
         # nginx, the origin's parent) sleeps while they serve
         serving = sum(stat[1] for stat in stats[1:]) if self.cgroup is None else threads
         serving = serving or threads
-        fields: dict[str, int | float | bool | str] = {
+        fields: dict[str, FieldValue] = {
             "cpu_s": round(cpu, 3),
             "threads": threads,
             "rss_bytes": rss,

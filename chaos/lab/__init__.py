@@ -1,0 +1,9 @@
+"""The lab: client, gateway, proxy and origin in network namespaces on one host.
+
+:mod:`.topology` plans and builds the namespaces, links, routes and nft rules (and keeps the
+lab's state file); :mod:`.proxies` renders and runs the proxy under test; :mod:`.origin` is
+the origin server (run as ``python -m chaos.lab.origin``, stdlib only, so nothing is
+imported here); :mod:`.lab` brings a lab up and down.
+"""
+
+__all__ = ["lab", "origin", "proxies", "topology"]

@@ -27,7 +27,7 @@ def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
         "--config-json",
         json.dumps(spec.server_config()),
         "--stats-file",
-        str(run.path / "origin-stats.json"),
+        str(run.files.origin_stats),
     ]
     if spec.access_log:
         argv += ["--access-log", str(run.path / "origin-access.log")]

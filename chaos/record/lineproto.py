@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-FieldValue = int | float | bool | str
+from chaos.record.point import FieldValue, Point
 
 _UNESCAPE = {"n": "\n", "r": "\r", "t": "\t"}
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
@@ -27,14 +27,6 @@ _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
 class LineProtocolError(ValueError):
     """A line that is not valid line protocol."""
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    measurement: str
-    tags: dict[str, str]
-    fields: dict[str, FieldValue]
-    time_ns: int | None
 
 
 def _value(text: str) -> FieldValue:

@@ -16,13 +16,18 @@ FieldValue = int | float | bool | str
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    """One point: a measurement, its tags, its fields and a timestamp in nanoseconds."""
+class Point:
+    """One point: a measurement, its tags, its fields and a timestamp in nanoseconds.
+
+    The one type for a point wherever it travels: collectors produce it (as ``Sample``), the
+    sink writes it (:func:`to_line`), :mod:`chaos.record.lineproto` reads it back. A point read
+    from a line without a timestamp has ``time_ns`` None, and is written without one.
+    """
 
     measurement: str
     tags: dict[str, str]
     fields: dict[str, FieldValue]
-    time_ns: int
+    time_ns: int | None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -31,6 +36,10 @@ class Sample:
             "fields": self.fields,
             "time_ns": self.time_ns,
         }
+
+
+#: what a collector produces: a point (the name the collectors and the sampler use)
+Sample = Point
 
 
 @runtime_checkable
@@ -123,7 +132,8 @@ def to_line(sample: Sample) -> str:
         for k, v in sorted(sample.tags.items())
         if v != ""
     )
-    return f"{head}{tags} {','.join(fields)} {sample.time_ns}"
+    stamp = "" if sample.time_ns is None else f" {sample.time_ns}"
+    return f"{head}{tags} {','.join(fields)}{stamp}"
 
 
 def to_lines(samples: Iterable[Sample]) -> str:

@@ -1,9 +1,14 @@
 """The run directory: ``runs/<UTC time>-<scenario>/``, everything a run leaves behind.
 
-Layout::
+Layout (:class:`RunFiles` names each file; no other module spells a file name)::
 
     scenario.yaml        the resolved scenario, every default filled in
-    journal.jsonl        timestamped events, one JSON object per line
+    journal.jsonl        timestamped events, one JSON object per line (:mod:`.journal`)
+    samples.lp           every point, InfluxDB line protocol (:mod:`.lineproto`)
+    spool.lp             points InfluxDB has not taken yet
+    summary.json         the load's totals and the verdicts (``chaos run``)
+    sweep.json           a capacity sweep's steps and verdict (``chaos sweep``)
+    report.html, .json   the report (``chaos report``)
     logs/<process>.log   output of every process the run started
     proxy/               the proxy's generated configuration
     origin-stats.json    the origin's counters at exit
@@ -13,47 +18,81 @@ Layout::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import threading
-import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
+
+from chaos.record.journal import Journal
+
+__all__ = ["DEFAULT_ROOT", "RunDir", "RunFiles", "chown_to_invoker"]
 
 DEFAULT_ROOT = Path("runs")
 
 
-class Journal:
-    """Append-only JSON-lines event log; every event is flushed as it happens."""
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of a run directory, by what they hold; for readers and writers alike."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._fh = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the run
+    path: Path
 
-    def event(self, name: str, /, **fields: Any) -> dict[str, Any]:
-        record = {"ts": round(time.time(), 6), "event": name, **fields}
-        line = json.dumps(record, default=str)
-        with self._lock:
-            self._fh.write(line + "\n")
-        return record
+    SCENARIO: ClassVar[str] = "scenario.yaml"
+    JOURNAL: ClassVar[str] = "journal.jsonl"
+    SAMPLES: ClassVar[str] = "samples.lp"
+    SPOOL: ClassVar[str] = "spool.lp"
+    SUMMARY: ClassVar[str] = "summary.json"
+    REPORT_HTML: ClassVar[str] = "report.html"
+    REPORT_JSON: ClassVar[str] = "report.json"
+    ORIGIN_STATS: ClassVar[str] = "origin-stats.json"
+    SWEEP: ClassVar[str] = "sweep.json"
 
-    def close(self) -> None:
-        with self._lock:
-            self._fh.close()
+    @property
+    def scenario(self) -> Path:
+        return self.path / self.SCENARIO
 
+    @property
+    def journal_file(self) -> Path:
+        return self.path / self.JOURNAL
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    @property
+    def samples(self) -> Path:
+        return self.path / self.SAMPLES
+
+    @property
+    def spool(self) -> Path:
+        return self.path / self.SPOOL
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / self.REPORT_HTML
+
+    @property
+    def report_json(self) -> Path:
+        return self.path / self.REPORT_JSON
+
+    @property
+    def origin_stats(self) -> Path:
+        return self.path / self.ORIGIN_STATS
+
+    @property
+    def sweep(self) -> Path:
+        return self.path / self.SWEEP
 
 
 class RunDir:
+    """A run directory being written: its files, its logs and its open journal."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.files = RunFiles(path)
         self.logs = path / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(path / "journal.jsonl")
+        self.journal = Journal(self.files.journal_file)
 
     @classmethod
     def create(cls, label: str, root: Path = DEFAULT_ROOT) -> RunDir:
@@ -71,7 +110,7 @@ class RunDir:
 
     def write_scenario(self, text: str) -> None:
         """The resolved scenario as YAML (``loader.dump_resolved``), every default filled in."""
-        (self.path / "scenario.yaml").write_text(text)
+        self.files.scenario.write_text(text)
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"

@@ -31,6 +31,7 @@ __all__ = [
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
     "PROCESS",
+    "PROXY_GENERATIONS",
     "SOCKSTAT",
     "TCP_COUNTERS",
     "TCP_STATES",
@@ -55,6 +56,7 @@ COLLECTOR_COST = "collector_cost"
 CONTROLLER = "controller"
 PROCESS = "process"
 HOST_CPU = "host_cpu"
+PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
 CHAOS_EVENT = "chaos_event"
@@ -188,6 +190,13 @@ MEASUREMENTS: dict[str, Measurement] = {
         _m(PROCESS, ["cpu_s", "cpu_pct", "threads", "busy", "rss_bytes"],
            ["pid", "cgroup", "process"]),
         _m(HOST_CPU, ["idle", "steal", "busy", "cpus"]),
+        # the proxy's reloads and restarts (chaos.collect.generations); old_<sock_diag state>
+        _m(
+            PROXY_GENERATIONS,
+            ["workers", "old_workers", "generations", "draining_s", "last_drain_s",
+             "old_sockets"],
+            patterns=[rf"old_({'|'.join(SOCKET_STATES)}|other)"],
+        ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
         _m(

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chaos.errors import SinkError
+from chaos.record.rundir import RunFiles
 from chaos.report.build import Plot, make_plots, summarise
 from chaos.report.data import RunData, load_run
 from chaos.report.html import key_numbers, render_page
@@ -53,8 +54,9 @@ def analyse(run_dir: str | Path) -> Report:
 def write_report(run_dir: str | Path, html_out: Path | None = None) -> Report:
     """``report.html`` and ``report.json`` into the run directory (or ``html_out``)."""
     report = analyse(run_dir)
-    html_path = html_out or report.run.path / "report.html"
-    json_path = report.run.path / "report.json"
+    files = RunFiles(report.run.path)
+    html_path = html_out or files.report_html
+    json_path = files.report_json
     try:
         html_path.write_text(render_page(report.summary, report.plots))
         json_path.write_text(json.dumps(report.summary, indent=2) + "\n")

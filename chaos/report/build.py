@@ -19,6 +19,8 @@ from typing import Any
 
 from chaos.collect.kernel import NOTABLE
 from chaos.load.seconds import window_latency_us
+from chaos.record.rundir import RunFiles
+from chaos.record.schema import is_family_total
 from chaos.report.data import XY, Fault, RunData, role_of, role_rank
 from chaos.report.drift import judge as judge_drift
 from chaos.report.svg import PALETTE, Band, Chart, Line, fmt_percent
@@ -104,10 +106,14 @@ def _fmt(value: float, unit: str = "") -> str:
 
 
 def _chart(run: RunData, lines: list[Line], y_title: str, **kw: Any) -> Chart:
-    marks = []
+    marks = [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
     if run.load_window:
-        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load stop")]
-    marks += [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
+        start, stop = run.load_window
+        if marks and abs(marks[0][0] - start) < 1.0:  # the first step starts with the load
+            marks[0] = (marks[0][0], f"load start · {marks[0][1]}")
+        else:
+            marks.insert(0, (start, "load start"))
+        marks.append((stop, "load stop"))
     return Chart(
         lines=lines,
         x_range=(0.0, max(run.end, 1.0)),
@@ -128,7 +134,7 @@ def _legend(lines: list[Line], window: tuple[float, float] | None, unit: str = "
 
 
 def _family_all(point: Any) -> bool:
-    return point.tags.get("family", "all") == "all"
+    return is_family_total(point.tags)
 
 
 def state_plots(run: RunData) -> list[Plot]:
@@ -545,12 +551,12 @@ def sampler_summary(run: RunData) -> dict[str, Any]:
 def sweep_summary(run_path: Path) -> dict[str, Any] | None:
     """A capacity sweep's steps and verdict (``sweep.json``, written by ``chaos sweep``)."""
     try:
-        data = json.loads((run_path / "sweep.json").read_text())
+        data = json.loads(RunFiles(run_path).sweep.read_text())
     except (OSError, ValueError):
         return None
-    keep = ("target", "start", "achieved", "failures", "classes", "p99_us", "ports", "proxy_cpu",
-            "origin_cpu", "generator_cpu", "host_idle", "host_steal", "controller_cpu",
-            "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
+    keep = ("target", "start", "scheduled", "achieved", "failures", "classes", "p99_us",
+            "ports", "proxy_cpu", "origin_cpu", "generator_cpu", "host_idle", "host_steal",
+            "controller_cpu", "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
     return {
         "knee": data.get("knee"),
         "lower_bound": data.get("lower_bound", False),

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos.errors import SinkError
+from chaos.record.schema import is_family_total
 from chaos.report import Report, analyse
 from chaos.report.build import ROLE_COLORS, STATES, _legend
 from chaos.report.data import XY, RunData
@@ -211,7 +212,7 @@ def _overlay(
 
 def _tw(run: RunData) -> dict[str, XY]:
     return run.series(
-        "tcp_states", "time_wait", where=lambda p: p.tags.get("family", "all") == "all"
+        "tcp_states", "time_wait", where=lambda p: is_family_total(p.tags)
     )
 
 

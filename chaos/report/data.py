@@ -37,7 +37,9 @@ from chaos.load.seconds import (
     totals,
 )
 from chaos.load.seconds import MEASUREMENT as LOAD
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import ParseStats, Point, read_points
+from chaos.record.rundir import RunFiles
 
 ROLE_ORDER = ("client", "gateway", "proxy", "origin")
 SOCKET_MEASUREMENTS = ("tcp_states", "port_budget_summary", "tcp_zombies", "tcp_counters")
@@ -152,7 +154,8 @@ def load_run(path: str | Path) -> RunData:
     run_path = Path(path)
     if not run_path.is_dir():
         raise SinkError(f"{run_path} is not a directory", RUN_DIR_HINT)
-    journal_path, samples_path = run_path / "journal.jsonl", run_path / "samples.lp"
+    files = RunFiles(run_path)
+    journal_path, samples_path = files.journal_file, files.samples
     if not journal_path.is_file():
         raise SinkError(f"{run_path} is not a run directory (no journal.jsonl)", RUN_DIR_HINT)
     if not samples_path.is_file():
@@ -160,7 +163,7 @@ def load_run(path: str | Path) -> RunData:
             f"{run_path} has no samples.lp: the run collected no samples",
             "re-run it with a version of `chaos run` that writes samples.lp (collectors on)",
         )
-    journal = _read_journal(journal_path)
+    journal = read_journal(journal_path)
     stats = ParseStats()
     try:
         points = read_points(samples_path, stats)
@@ -178,7 +181,7 @@ def load_run(path: str | Path) -> RunData:
     for point in points:
         if point.time_ns is not None:
             by_measurement[point.measurement].append(point)
-    summary = _read_json(run_path / "summary.json")
+    summary = _read_json(files.summary)
 
     stamps = [p.time_ns / 1e9 for pts in by_measurement.values() for p in pts if p.time_ns]
     start = _event(journal, "run.start")
@@ -210,18 +213,6 @@ def load_run(path: str | Path) -> RunData:
     return run
 
 
-def _read_journal(path: Path) -> list[dict[str, Any]]:
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of a killed run
-        if isinstance(record, dict) and _is_number(record.get("ts")):
-            events.append(record)
-    return events
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -250,16 +241,17 @@ def _window(
 def _load_window(
     journal: list[dict[str, Any]], t0: float, load: LoadSeries
 ) -> tuple[float, float] | None:
-    """From the users' start (``load.ramp``, else ``load.start``) to where the load stopped
-    issuing connections (the load series; else the journal's ``load.end``): the window of
-    the means in report.json and of the "load start"/"load stop" marks, as in ``expect``."""
+    """The seconds in which the load issued connections (the load series; else the journal's
+    ``load.ramp`` or ``load.start`` to ``load.end``): the window of the means in report.json
+    and of the "load start"/"load stop" marks, the same as ``expect``'s."""
     window = _window(journal, "load.start", "load.end", t0)
     if window is None:
         return None
     ramp = _event(journal, "load.ramp")
     start = float(ramp["ts"]) - t0 if ramp else window[0]
-    stop = load.window[1] - t0 if load.window else window[1]
-    return (start, max(stop, start))
+    if load.window is None:
+        return (start, max(window[1], start))
+    return (max(start, load.window[0] - t0), load.window[1] - t0)
 
 
 def _run_id(path: Path, points: dict[str, list[Point]]) -> str:
@@ -386,12 +378,14 @@ def _load_series(run: RunData) -> LoadSeries:
 def _sweep_steps(run_path: Path, t0: float) -> list[tuple[float, float]]:
     data = _read_json(run_path / "sweep.json")
     steps = data.get("steps") if isinstance(data.get("steps"), list) else []
-    return [
-        (float(step["start"]) - t0, float(step["target"]))
-        for step in steps
-        if isinstance(step, dict) and _is_number(step.get("start"))
-        and _is_number(step.get("target"))
-    ]
+    out = []
+    for step in steps:
+        if not isinstance(step, dict) or not _is_number(step.get("target")):
+            continue
+        at = step.get("scheduled") or step.get("start")  # where the schedule switched
+        if _is_number(at):
+            out.append((float(at) - t0, float(step["target"])))
+    return out
 
 
 def _failures_by_class(run: RunData) -> dict[str, int]:

@@ -16,8 +16,7 @@ second, a GC pause or a burst of the host's other work count once, not as a tren
 | achieved rate | `load.started` (connections begun per second) | falls | 10 %, at least 1/s |
 | p99 latency | `load.total_p99_us` (connect start to close done) | rises | 50 %, at least 5 ms |
 
-A run recorded before the ``load`` measurement existed falls back to Locust's rolling stats
-(the ``locust`` measurement's rate and p99) for the last two.
+A run recorded before the ``load`` measurement existed is judged on the first two only.
 
 Windows shorter than :data:`MIN_JUDGED_S` after the warm-up are "not judged" (too short to
 tell a trend from noise); a judged FAIL makes ``chaos run`` and ``chaos report --check``
@@ -141,33 +140,13 @@ def drift_series(run: RunData) -> dict[str, XY]:
         key=lambda p: "sampler",
         where=lambda p: p.tags.get("collector") == "sampler",
     )
-    rate, p99 = _load_series(run)
     return {
         "controller_rss": [(t, v / 2**20) for t, v in rss.get("controller", [])],
         "tick_cost": tick.get("sampler", []),
-        "achieved_rate": rate,
-        "p99_latency": p99,
+        # the per-second load series (connections started; p99 of connect start to close)
+        "achieved_rate": run.load.rate,
+        "p99_latency": run.load.percentiles.get("p99", []),
     }
-
-
-def _load_series(run: RunData) -> tuple[XY, XY]:
-    """Connections started per second and the p99 of their whole life (``total``: connect
-    start to close done), in ms, from the per-second ``load`` measurement; runs without it
-    fall back to Locust's rolling stats."""
-    started = _summed(run, "started")
-    if not started:
-        return run.load.rate, run.load.percentiles.get("p99", [])
-    # one point per second, summed over the load's sources (remote runs: one per master)
-    p99 = [(t, v / 1000) for t, v in _summed(run, "total_p99_us", highest=True)]
-    return started, p99
-
-
-def _summed(run: RunData, field: str, highest: bool = False) -> XY:
-    per_second = run.series("load", field, key=lambda p: "load").get("load", [])
-    merged: dict[float, float] = {}
-    for t, v in per_second:
-        merged[t] = max(merged.get(t, v), v) if highest else merged.get(t, 0.0) + v
-    return sorted(merged.items())
 
 
 def judge(run: RunData) -> Drift:

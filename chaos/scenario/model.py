@@ -189,6 +189,14 @@ class ProxySpec(Strict):
     address: str | None = Field(
         default=None, description="host:port of an external proxy (kind: external only)"
     )
+    tls: bool = Field(
+        default=False,
+        description=(
+            "the proxy terminates TLS on its listener with a certificate from a CA made for "
+            "the run (<run>/proxy/tls/ca.crt); for `chaos lab up` and your own TLS clients: "
+            "the load does not speak TLS yet"
+        ),
+    )
     process: ProxyProcess | None = Field(
         default=None,
         description="kind external: the proxy's processes, to measure their CPU and memory",
@@ -264,6 +272,8 @@ class ProxySpec(Strict):
                     f"with config, your file sets what {', '.join(ignored)} would: remove "
                     f"{'them' if len(ignored) > 1 else 'it'} from lab.proxy"
                 )
+        if self.tls and self.kind == "external":
+            raise ValueError("tls is for the lab's own proxy; yours terminates TLS as you set it")
         if self.kind == "caddy":
             if self.mode == "tcp":
                 raise ValueError(

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from chaos.errors import SinkError
+from chaos.record.rundir import RunFiles
 from chaos.scenario.model import InfluxSpec
 from chaos.sink.config import InfluxConfig, InfluxFlags, resolve_influx
 from chaos.sink.influx import BATCH_LINES, DeliveryError, Poster, hint_for
@@ -41,7 +42,7 @@ class PushResult:
 def run_influx_spec(run_dir: Path) -> InfluxSpec | None:
     """The run's own ``sink.influxdb`` (from its scenario.yaml), if it had one."""
     try:
-        data: Any = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+        data: Any = yaml.safe_load(RunFiles(run_dir).scenario.read_text())
         section = data["sink"]["influxdb"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None

@@ -20,14 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from chaos.record.journal import Journal
 from chaos.record.point import FieldValue, Sample, to_line
-from chaos.record.rundir import Journal
+from chaos.record.rundir import RunFiles
 from chaos.sink.config import InfluxConfig
 from chaos.sink.influx import BATCH_LINES, DeliveryStats, InfluxWriter
 
 log = logging.getLogger(__name__)
 
-SAMPLES_FILE = "samples.lp"
+SAMPLES_FILE = RunFiles.SAMPLES
 EVENT_MEASUREMENT = "chaos_event"
 EVENT_TAGS = ("id", "kind", "target", "role")  # annotate() keywords that become tags
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SPOOL_FILE = "spool.lp"
+from chaos.record.rundir import RunFiles
+
+SPOOL_FILE = RunFiles.SPOOL
 OFFSET_FILE = "spool.offset"
 
 

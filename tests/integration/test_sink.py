@@ -15,8 +15,8 @@ import pytest
 from vmetrics import Series, VictoriaMetrics, free_port, victoria_fixture  # noqa: F401
 
 from chaos.errors import SinkError
+from chaos.record.journal import Journal, read_journal
 from chaos.record.point import Sample
-from chaos.record.rundir import Journal, read_journal
 from chaos.sink import InfluxConfig, Sink
 from chaos.sink.spool import Spool
 

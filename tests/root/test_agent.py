@@ -35,7 +35,7 @@ from chaos.faults.engine.schedule import FaultSchedule
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
 from chaos.lab import topology
-from chaos.record.rundir import read_journal
+from chaos.record.journal import read_journal
 from chaos.scenario.model import FaultSpec
 
 CHAOS = str(Path(sys.executable).parent / "chaos")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from chaos.expect import evaluate, run_timeline
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import read_journal
 from chaos.scenario import loader
 
 PATHOLOGIES = [name for name in loader.builtin_names() if name != "smoke"]

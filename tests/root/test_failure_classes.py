@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from chaos.lab.topology import list_labs
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import read_journal
 
 pytestmark = pytest.mark.root
 

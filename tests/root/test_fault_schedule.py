@@ -16,7 +16,7 @@ from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
-from chaos.record.rundir import Journal, read_journal
+from chaos.record.journal import Journal, read_journal
 from chaos.scenario.model import FaultSpec
 
 FIN = "net.ipv4.tcp_fin_timeout"

@@ -38,7 +38,7 @@ from chaos.faults.engine.targets import resolve
 from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
-from chaos.record.rundir import Journal, read_journal
+from chaos.record.journal import Journal, read_journal
 
 SYSCTLS = {
     "net.ipv4.tcp_fin_timeout": 7,

@@ -24,8 +24,8 @@ from chaos.lab.origin import read_access_records
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import LocustRun
 from chaos.load.series import read_series, window_latency
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import read_journal
 
 pytestmark = pytest.mark.root
 NS = 1_000_000_000

@@ -15,7 +15,7 @@ import pytest
 from chaos.faults.engine.ledger import Ledger
 from chaos.kernel import netns
 from chaos.lab.topology import LabState, list_labs
-from chaos.record.rundir import read_journal
+from chaos.record.journal import read_journal
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

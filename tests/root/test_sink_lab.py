@@ -16,7 +16,7 @@ from test_collect_census import lab as lab
 from vmetrics import victoria_fixture  # noqa: F401
 
 from chaos.collect import Sampler, collectors_for
-from chaos.record.rundir import read_journal
+from chaos.record.journal import read_journal
 from chaos.sink import InfluxConfig, Sink
 
 pytestmark = pytest.mark.root

@@ -22,8 +22,8 @@ from pathlib import Path
 from chaos.lab.origin import read_access_records
 from chaos.lab.topology import list_labs
 from chaos.load.seconds import load_seconds
+from chaos.record.journal import read_journal
 from chaos.record.lineproto import read_points
-from chaos.record.rundir import read_journal
 
 
 def run_dir(runs: Path) -> Path:

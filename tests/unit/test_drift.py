@@ -85,10 +85,12 @@ def test_each_kind_of_drift_fails_and_is_named(tmp_path: Path):
         assert failed == [key], (key, drift)
 
 
-def test_runs_without_the_load_series_fall_back_to_locust(tmp_path: Path):
-    assert drift_of(write_run(tmp_path / "flat", locust_only=True))["verdict"] == "PASS"
-    drift = drift_of(write_run(tmp_path / "falling", locust_only=True, rate_fall=60))
-    assert [s["key"] for s in drift["series"] if not s["passed"]] == ["achieved_rate"]
+def test_runs_without_the_load_series_are_judged_on_the_controller_alone(tmp_path: Path):
+    drift = drift_of(write_run(tmp_path / "old", locust_only=True, rate_fall=60))
+    assert drift["verdict"] == "PASS"
+    assert [s["key"] for s in drift["series"]] == ["controller_rss", "tick_cost"]
+    drift = drift_of(write_run(tmp_path / "leak", locust_only=True, rss_growth_mib=30))
+    assert drift["verdict"] == "FAIL"
 
 
 def test_a_short_run_is_not_judged(tmp_path: Path):

@@ -184,3 +184,17 @@ def test_phases_stop_where_the_load_stopped_issuing_connections() -> None:
     assert started.passed  # the 30 seconds that issued connections, 50 each
     # without a load series, the journal's load.end ends the phases, as before
     assert run_timeline(journal(end=40), drained).end == T0 + 40
+
+
+def test_phases_start_where_the_load_started_issuing_connections() -> None:
+    """The master logged load.start at T0, the workers' first connection came in second 3:
+    the baseline holds the seconds with load only."""
+    load = [Sample("load", {"role": "client"}, {"started": 50 if s >= 3 else 0},
+                   int((T0 + s) * 1e9)) for s in range(0, 30)]  # fmt: skip
+    timeline = run_timeline(journal(apply_at=10, revert_at=20, end=40), load)
+    assert (timeline.start, timeline.end) == (T0 + 3, T0 + 30)
+    expect = """
+  - {metric: load.started, when: baseline, agg: min, op: ">=", value: 50}
+"""
+    [baseline] = evaluate(scenario(expect), load, timeline)
+    assert baseline.passed and baseline.detail == "7 samples"  # seconds 3..9

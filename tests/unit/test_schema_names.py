@@ -189,3 +189,18 @@ def test_the_check_rejects_a_name_nothing_writes(tmp_path):
 )
 def test_fields_named_after_outside_lists(measurement, name, written):
     assert schema.measurement(measurement).has_field(name) is written
+
+
+def test_the_load_series_writes_what_the_schema_says():
+    from chaos.collect.load_series import second_samples
+    from chaos.load.series import PHASES, Second
+
+    second = Second(t=1, users=3, started=5, completed=4, failed=1, failures={"ETIMEDOUT": 1})
+    for phase in PHASES:
+        second.histogram(phase).record_value(1500)
+    points = second_samples(second, {"role": "client"})
+    assert {p.measurement for p in points} == {schema.LOAD, schema.LOAD_FAILURES}
+    for point in points:
+        written = schema.measurement(point.measurement)
+        assert [f for f in point.fields if not written.has_field(f)] == []
+        assert set(point.tags) <= written.tags
