@@ -37,6 +37,7 @@ def print_error(exc: ChaosError) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every file, every problem: a missing file does not stop the others."""
     from chaos.errors import Problem
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ChaosError] = []
@@ -50,6 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
         for warning in warnings:
             out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
+        for overlap in overlap_warnings(scenario.faults, scenario.duration):
+            out.print(Text.assemble(("  warning: ", "yellow"), f"{name}: {overlap}"))
     for exc in failed:
         print_error(exc)
     return max((exc.exit_code for exc in failed), default=0)
