@@ -37,6 +37,7 @@ def print_error(exc: ChaosError) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every file, every problem: a missing file does not stop the others."""
     from chaos.errors import Problem
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ChaosError] = []
@@ -50,6 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
         for warning in warnings:
             out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
+        for overlap in overlap_warnings(scenario.faults, scenario.duration):
+            out.print(Text.assemble(("  warning: ", "yellow"), f"{name}: {overlap}"))
     for exc in failed:
         print_error(exc)
     return max((exc.exit_code for exc in failed), default=0)
@@ -59,9 +62,19 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     from chaos.scenario import loader
 
     table = Table("scenario", "description", box=None, pad_edge=False)
-    for name, description in loader.describe_builtins():
-        table.add_row(f"[bold]{name}[/]", description)
+    for item in loader.describe_builtins():
+        table.add_row(f"[bold]{item.name}[/]", item.headline)
+        if item.variants or item.controls:
+            table.add_row(
+                "",
+                f"[dim]variants: {', '.join(item.variants) or '-'}; "
+                f"controls: {', '.join(item.controls) or '-'}[/]",
+            )
     out.print(table)
+    out.print(
+        "run one with `chaos run SCENARIO --variant NAME`; a control removes the cause, so "
+        "the signature must fail on it (exit 10)"
+    )
     return 0
 
 
@@ -204,10 +217,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         run.close()
     out.print(f"lab [bold]{name}[/] is up; logs in {run.path}")
     _print_status(state)
+    ca = run.path / "proxy" / "tls" / "ca.crt"
+    curl = f"curl -s --cacert {ca} https" if scenario.lab.proxy.tls else "curl -s http"
     out.print(
         f"\nsend traffic from the client namespace, e.g.\n"
-        f"  ip netns exec {state.namespaces['client']} curl -s "
-        f"http://{state.proxy['host']}:{state.proxy['port']}/\n"
+        f"  ip netns exec {state.namespaces['client']} {curl}"
+        f"://{state.proxy['host']}:{state.proxy['port']}/\n"
         f"remove it with: chaos lab down {name}"
     )
     return 0

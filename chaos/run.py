@@ -43,6 +43,8 @@ from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
 from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
+from chaos.collect.proxylog import ProxyLogErrors
+from chaos.collect.timewait import TimeWaitTimers
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Verdict, evaluate, run_timeline
@@ -130,6 +132,13 @@ def run_scenario(
     steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code;
     ``stop_early(run_dir)`` may end the load before its duration (a sweep past its knee)."""
     scenario = scenario or resolve(options)
+    if scenario.lab.proxy.tls:
+        raise ChaosError(
+            "lab.proxy.tls: the load does not speak TLS yet, so a run through a TLS proxy "
+            "would only count failed handshakes",
+            "bring the lab up with `chaos lab up` and send TLS from your own client (the "
+            "run's CA is <run>/proxy/tls/ca.crt)",
+        )
     if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
         return run_remote(options, scenario, console)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
@@ -363,9 +372,14 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 ref,
                 tags={"role": role},
                 zombie_idle_s=spec.zombie_idle,
+                zombie_period=spec.zombie_period,
                 zombie_peers=peers_from_rules(role, peer_rules, ref_of),
                 budget_period=spec.budget_period,
+                # Locust's master and workers talk over loopback in the client namespace
+                exclude_loopback=role == "client",
             )
+            if role in spec.time_wait_timers:
+                collectors.append(TimeWaitTimers(ref, tags={"role": role}))
             # the lab's own packet counters in this role (escapes at the origin, resets
             # toward the clients at the gateway)
             collectors += [
@@ -378,6 +392,15 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
         collectors += process_collectors(state)
         if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
             collectors.append(generations)
+        if state.process("proxy") is not None:
+            # the lab's own proxy writes <run>/logs/proxy.log: its connect() errors, counted
+            collectors.append(
+                ProxyLogErrors(
+                    run.path / "logs" / "proxy.log",
+                    netns=state.namespaces.get("proxy", "host"),
+                    tags={"role": "proxy"},
+                )
+            )
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=sink.write, controller=True
         ).start()

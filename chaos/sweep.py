@@ -8,16 +8,16 @@ One lab, one Locust run with ``--rate-steps``: the users raise the rate themselv
 Each step is judged afterwards from the run directory, on the run's own clock:
 
 * its seconds: step ``i`` holds the seconds of the ``load`` series (see
-  :mod:`chaos.load.seconds`) whose middle falls in ``[s + i*d, s + (i+1)*d)``, where ``s`` is
-  the first second in which a connection started and ``d`` the step duration. The users'
-  rate schedule starts on each worker when it gets its users, which on a busy host is
-  seconds after the master's start (``load.ramp`` in the journal); the first connection
-  starts less than a second after the schedule did, and a step's first second is not
-  measured, so the steps are measured on the workers' own clock;
+  :mod:`chaos.load.seconds`) whose middle falls in ``[s + i*d, s + (i+1)*d)``, where ``d``
+  is the step duration and ``s`` where the users' rate schedule began: in the first second
+  in which a connection started, as far into it as it fell short of the first step's rate.
+  The schedule starts on each worker when it gets its users, which on a busy host is
+  seconds after the master's start (``load.ramp`` in the journal), so the steps are measured
+  on the workers' own clock; a step's first second is not measured anyway;
 * connections and failures (by class, ``SlowConnect`` included) are summed over those
-  seconds; the achieved rate is connections *started* per second over the settled ones (the
-  first second of a step still carries the previous rate; the load's last second is cut
-  short by the stop);
+  seconds; the achieved rate is connections *started* per second over the settled ones
+  (without a step's first and last seconds, which may carry part of the previous or next
+  step's rate, and the load's last second, cut short by the stop);
 * its p99 is the whole connection's (``total`` phase, connect to close) over the settled
   seconds, from the merged histograms;
 * resource indicators come from ``samples.lp`` over the step's window: port budget
@@ -173,9 +173,10 @@ def sweep_scenario(base: Scenario, rates: list[float], step_duration: float) -> 
 @dataclass
 class Step:
     target: float
-    start: float  # wall seconds, [start, end)
+    start: float  # wall seconds of its load seconds, [start, end)
     end: float
     seconds: int
+    scheduled: float = 0.0  # wall time the users' schedule switched to this step's rate
     achieved: float = 0.0  # connections started per second, settled seconds
     connections: int = 0  # connections started in the step
     failures: int = 0
@@ -220,10 +221,14 @@ class SweepResult:
         return asdict(self)
 
 
-def schedule_start(seconds: Mapping[int, LoadSecond]) -> float | None:
-    """Where the users' rate schedule began, to within the second: the first second of the
-    load series in which a connection started (see the module docstring)."""
-    return next((float(t) for t, row in seconds.items() if row.started > 0), None)
+def schedule_start(seconds: Mapping[int, LoadSecond], first_rate: float) -> float | None:
+    """Where the users' rate schedule began: in the first second of the load series in which
+    a connection started, as far into it as that second fell short of the first step's rate
+    (11 connections at 50/s: 0.78 s into it). See the module docstring."""
+    first = next((row for row in seconds.values() if row.started > 0), None)
+    if first is None:
+        return None
+    return first.second + 1.0 - min(1.0, first.started / first_rate)
 
 
 def step_of(second: int, start: float, step_duration: float) -> int:
@@ -249,13 +254,19 @@ class StepSeconds:
         return (float(self.settled[0].second), float(self.settled[-1].second + 1))
 
 
+def _inner(rows: list[LoadSecond]) -> list[LoadSecond]:
+    """A step's seconds without its first and last (see :func:`step_seconds`)."""
+    return rows[1:-1] if len(rows) > 3 else rows[1:] if len(rows) > 1 else rows
+
+
 def step_seconds(
     seconds: Mapping[int, LoadSecond], start: float, rates: list[float], step_duration: float
 ) -> list[StepSeconds]:
     """The load series cut into steps (in order; steps without a second are left out).
 
-    Settled: without a step's first second (it may carry the previous rate) and without the
-    load's last second (cut short by the stop), unless that leaves nothing."""
+    Settled: without a step's first and last seconds (they may carry part of the previous or
+    the next step's rate: the schedule's start is known to a fraction of a second) and without
+    the load's last second (cut short by the stop), unless that leaves nothing."""
     last = issuing_end(seconds)
     rows: dict[int, list[LoadSecond]] = defaultdict(list)
     for second, row in seconds.items():
@@ -267,7 +278,7 @@ def step_seconds(
     out = []
     for index in sorted(rows):
         mine = rows[index]
-        settled = mine[1:] if len(mine) > 2 else mine
+        settled = _inner(mine)
         if last is not None and len(settled) > 1 and settled[-1].second + 1 >= last:
             settled = settled[:-1]
         begin = start + index * step_duration
@@ -334,7 +345,7 @@ def _exhausted(step: Step) -> list[str]:
     """The system resource indicators that fired in this step, in :data:`RESOURCES` order;
     each needs evidence above its threshold."""
     out = []
-    if (step.ports or 0) >= PORTS_FULL or any(c in step.classes for c in PORT_CLASSES):
+    if (step.ports or 0) >= PORTS_FULL or _port_classes(step):
         out.append("ports")
     if step.tw_overflow > 0:
         out.append("time_wait_buckets")
@@ -371,11 +382,22 @@ def generator_saturated(step: Step) -> bool:
     return saturation(step) is not None
 
 
+def _port_classes(step: Step) -> list[str]:
+    """The failure classes of the step that mean "no local port": EADDRNOTAVAIL, and
+    SlowConnect (the kernel's port search) unless the generator's host was saturated, where
+    a slow connect is as likely a starved client."""
+    return [
+        c
+        for c in PORT_CLASSES
+        if c in step.classes and (c != "SlowConnect" or not generator_saturated(step))
+    ]
+
+
 def _evidence(resource: str, step: Step) -> str:
     at = f"at {step.target:g}/s"
     match resource:
         case "ports":
-            classes = [c for c in PORT_CLASSES if c in step.classes]
+            classes = _port_classes(step)
             util = f"port budget {step.ports or 0:.0%} used at the {step.ports_role}"
             return f"{util}{' and ' + ', '.join(classes) if classes else ''} {at}"
         case "time_wait_buckets":
@@ -426,7 +448,7 @@ def analyse(
     after an early ``stop``, only the steps it judged complete."""
     points = read_points(run_path / "samples.lp")
     seconds = load_seconds(points)
-    start = schedule_start(seconds)
+    start = schedule_start(seconds, rates[0])
     steps_seconds = step_seconds(seconds, start, rates, step_duration) if start else []
     if stop is not None and stop.complete is not None:
         steps_seconds = [s for s in steps_seconds if s.index < stop.complete]
@@ -447,7 +469,8 @@ def analyse(
     for part in steps_seconds:
         target = rates[part.index]
         window = part.window
-        step = Step(target=target, start=window[0], end=window[1], seconds=len(part.rows))
+        step = Step(target=target, start=window[0], end=window[1], seconds=len(part.rows),
+                    scheduled=round(part.start, 3))  # fmt: skip
         counted = totals(part.rows)
         step.achieved = totals(part.settled).rate
         step.connections, step.failures = counted.started, counted.failed
@@ -496,7 +519,7 @@ def _ms(us: int | None) -> str:
 
 def step_broke(target: float, rows: list[LoadSecond]) -> str | None:
     """Why a step failed, from its load seconds alone (the live part of the verdict)."""
-    settled = rows[1:] if len(rows) > 2 else rows
+    settled = _inner(rows)
     failures = totals(rows).failed
     if failures:
         return f"{target:g}/s had {failures} failures"
@@ -526,7 +549,7 @@ class EarlyStop:
 
     def __call__(self, run_path: Path) -> str | None:
         self.seen = load_seconds(self._points)
-        ramp = schedule_start(self.seen)
+        ramp = schedule_start(self.seen, self.rates[0])
         if ramp is None:
             return None
         latest = max(self.seen)

@@ -239,3 +239,21 @@ def chaos_cli():
         )
 
     return run
+
+
+#: lines a test wants in the terminal summary even when it passes (``report_line``)
+SUMMARY_LINES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_line(request):
+    """Append a line to the session's terminal summary (e.g. which clauses a control broke)."""
+    return request.config.stash.setdefault(SUMMARY_LINES, []).append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(SUMMARY_LINES, [])
+    if lines:
+        terminalreporter.section("signatures on their controls")
+        for line in lines:
+            terminalreporter.write_line(line)

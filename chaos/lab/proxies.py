@@ -7,6 +7,8 @@ holds placeholders that only the lab can fill, and which it fills the same way i
     {{ listen }}    HOST:PORT the proxy listens on ({{ listen_host }}, {{ listen_port }})
     {{ origin }}    HOST:PORT of the origin it forwards to ({{ origin_host }}, {{ origin_port }})
     {{ run_dir }}   the proxy's own directory in the run (pid files, temp paths)
+    {{ tls_cert }}, {{ tls_key }}, {{ tls_pem }} (both in one file), {{ tls_ca }}: a certificate
+                    for the listen address from a CA made for the run (made when named)
 
 Nothing else in a user's file is changed: line numbers stay the user's, so the proxy's own
 checker (run in the proxy namespace before anything starts) names the user's line. The filled
@@ -37,6 +39,7 @@ import jinja2
 from chaos.errors import CapabilityError, LabError, ProcessStartError
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import ProcessRecord
+from chaos.lab import certs
 from chaos.record import logcap
 from chaos.scenario.model import ProxySpec
 
@@ -71,7 +74,8 @@ _TEMPLATES = jinja2.Environment(
 _TEMPLATES.filters.update(ms=_ms, whole_seconds=_whole_seconds)
 
 PLACEHOLDERS = (
-    "listen", "listen_host", "listen_port", "origin", "origin_host", "origin_port", "run_dir"
+    "listen", "listen_host", "listen_port", "origin", "origin_host", "origin_port", "run_dir",
+    "tls_cert", "tls_key", "tls_pem", "tls_ca",
 )  # fmt: skip
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -198,8 +202,20 @@ class Proxy(ABC):
         """The configuration file's text, placeholders filled."""
         source = str(self.user_config or f"generated {self.template}")
         return fill_placeholders(
-            self.source_text(), self.endpoints.placeholders(self.conf_dir), source
+            self.source_text(), self.placeholders(), source
         )
+
+    @property
+    def tls_files(self) -> certs.TlsFiles:
+        return certs.files_in(self.conf_dir / "tls")
+
+    def placeholders(self) -> dict[str, str]:
+        return {**self.endpoints.placeholders(self.conf_dir), **self.tls_files.placeholders()}
+
+    def needs_tls(self) -> bool:
+        """The generated config with ``tls``, or a user's that names a certificate."""
+        named = placeholders_used(self.source_text())
+        return self.spec.tls or any(name.startswith("tls_") for name in named)
 
     def check_user_config(self) -> list[str]:
         """Problems of a user's file that need no proxy to find; notes, not errors, are
@@ -219,7 +235,7 @@ class Proxy(ABC):
                 f"`{self.origin_example()}` where it forwards "
                 "(`chaos lab proxy-config SCENARIO` prints a complete example)",
             )
-        fill_placeholders(text, self.endpoints.placeholders(self.conf_dir), str(self.user_config))
+        fill_placeholders(text, self.placeholders(), str(self.user_config))
         if re.search(self.parseable_log, text) is None:
             return [
                 f"{self.user_config} has no log line chaos can parse, so the run will not count "
@@ -263,6 +279,8 @@ class Proxy(ABC):
 
     def write_config(self, namespace: str | None) -> Path:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
+        if self.needs_tls():  # a CA and a certificate for this run's listen address
+            certs.make(self.tls_files.ca.parent, self.endpoints.listen_host)
         self.conf_path.write_text(self.render())
         self.check(self.conf_path, namespace)
         return self.conf_path

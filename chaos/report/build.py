@@ -106,10 +106,14 @@ def _fmt(value: float, unit: str = "") -> str:
 
 
 def _chart(run: RunData, lines: list[Line], y_title: str, **kw: Any) -> Chart:
-    marks = []
+    marks = [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
     if run.load_window:
-        marks = [(run.load_window[0], "load start"), (run.load_window[1], "load stop")]
-    marks += [(start, f"{target:g}/s") for start, target in run.steps]  # a sweep's steps
+        start, stop = run.load_window
+        if marks and abs(marks[0][0] - start) < 1.0:  # the first step starts with the load
+            marks[0] = (marks[0][0], f"load start · {marks[0][1]}")
+        else:
+            marks.insert(0, (start, "load start"))
+        marks.append((stop, "load stop"))
     return Chart(
         lines=lines,
         x_range=(0.0, max(run.end, 1.0)),
@@ -550,9 +554,9 @@ def sweep_summary(run_path: Path) -> dict[str, Any] | None:
         data = json.loads(RunFiles(run_path).sweep.read_text())
     except (OSError, ValueError):
         return None
-    keep = ("target", "start", "achieved", "failures", "classes", "p99_us", "ports", "proxy_cpu",
-            "origin_cpu", "generator_cpu", "host_idle", "host_steal", "controller_cpu",
-            "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
+    keep = ("target", "start", "scheduled", "achieved", "failures", "classes", "p99_us",
+            "ports", "proxy_cpu", "origin_cpu", "generator_cpu", "host_idle", "host_steal",
+            "controller_cpu", "saturated", "exhausted", "signature", "passed", "why")  # fmt: skip
     return {
         "knee": data.get("knee"),
         "lower_bound": data.get("lower_bound", False),

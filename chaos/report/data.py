@@ -378,12 +378,14 @@ def _load_series(run: RunData) -> LoadSeries:
 def _sweep_steps(run_path: Path, t0: float) -> list[tuple[float, float]]:
     data = _read_json(run_path / "sweep.json")
     steps = data.get("steps") if isinstance(data.get("steps"), list) else []
-    return [
-        (float(step["start"]) - t0, float(step["target"]))
-        for step in steps
-        if isinstance(step, dict) and _is_number(step.get("start"))
-        and _is_number(step.get("target"))
-    ]
+    out = []
+    for step in steps:
+        if not isinstance(step, dict) or not _is_number(step.get("target")):
+            continue
+        at = step.get("scheduled") or step.get("start")  # where the schedule switched
+        if _is_number(at):
+            out.append((float(at) - t0, float(step["target"])))
+    return out
 
 
 def _failures_by_class(run: RunData) -> dict[str, int]:

@@ -162,6 +162,13 @@ def _percent(value: object) -> str:
     return f"{float(value):.0%}" if isinstance(value, int | float) else "–"
 
 
+def _saturated(step: dict[str, Any]) -> str:
+    """Which side of the load generator ran out at a step (see chaos.sweep.saturation)."""
+    if not step.get("saturated"):
+        return ""
+    return " (saturated)" if (step.get("generator_cpu") or 0) >= 0.9 else " (host saturated)"
+
+
 def _sweep(sweep: dict[str, Any]) -> str:
     knee = sweep.get("knee")
     bound = " — a lower bound: the load generator ran out first" if sweep.get("lower_bound") else ""
@@ -184,7 +191,7 @@ def _sweep(sweep: dict[str, Any]) -> str:
             _percent(step.get("ports")),
             _percent(step.get("proxy_cpu")),
             _percent(step.get("origin_cpu")),
-            _percent(step.get("generator_cpu")) + (" (saturated)" if step.get("saturated") else ""),
+            _percent(step.get("generator_cpu")) + _saturated(step),
             _percent(step.get("host_idle")),
             escape(", ".join(step.get("exhausted") or []) or "–"),
             "<span class='ok'>held</span>" if step.get("passed")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from chaos.scenario.model import Expectation
+from typing import Protocol
 
 __all__ = ["NAMES", "check_expression", "evaluate_expression", "uses_baseline"]
+
+
+class HasValue(Protocol):
+    """An expectation, as far as its value is concerned (the model's ``Expectation``)."""
+
+    value: float | str
 
 NAMES = ("rate", "users", "duration", "fault_duration", "baseline")
 _BINOPS: dict[type, Callable[[float, float], float]] = {
@@ -89,7 +92,7 @@ def evaluate_expression(text: str, names: Mapping[str, float]) -> float:
     return ev(tree)
 
 
-def uses_baseline(expectation: Expectation) -> bool:
+def uses_baseline(expectation: HasValue) -> bool:
     return isinstance(expectation.value, str) and "baseline" in _names_in(
         ast.parse(expectation.value, mode="eval")
     )

@@ -80,7 +80,11 @@ def _resolve(name: str) -> str | None:
 def imports_of(module: str) -> dict[str, int]:
     """The chaos modules ``module`` imports, each with the line of its first import."""
     path = MODULES[module]
-    tree = ast.parse(path.read_text(), str(path))
+    return imports_of_tree(ast.parse(path.read_text(), str(path)), module)
+
+
+def imports_of_tree(tree: ast.AST, module: str) -> dict[str, int]:
+    path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: dict[str, int] = {}
 
@@ -183,5 +187,10 @@ def test_the_loop_finder_finds_loops(graph, expected):
 def test_the_walk_sees_lazy_imports_but_not_type_checking_ones():
     # chaos.scenario.loader imports the fault schedule inside a function
     assert "chaos.faults.engine.schedule" in GRAPH["chaos.scenario.loader"]
-    # chaos.scenario.expression names the model's Expectation for the type checker alone
-    assert "chaos.scenario.model" not in GRAPH["chaos.scenario.expression"]
+    tree = ast.parse("if TYPE_CHECKING:\n    import chaos.run\nimport chaos.errors\n")
+    MODULES["chaos.tc_probe"] = Path("probe.py")
+    try:
+        probe = imports_of_tree(tree, "chaos.tc_probe")
+    finally:
+        del MODULES["chaos.tc_probe"]
+    assert set(probe) == {"chaos.errors"}

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from chaos.errors import LoadError
+from chaos.load import contract
 from chaos.load.runner import LoadResult, LocustRun, parse_results
 from chaos.load.series import LatencySummary, read_series, series_path, window_latency
 
@@ -454,3 +455,24 @@ def test_idle_slow_reader_and_half_close(tmp_path: Path, origin: Any) -> None:
     )
     assert slow.total_requests >= 1 and slow.total_failures == 0, slow.failures_by_class
     assert phase(tmp_path / "slow", "total").min_us >= 800_000  # 40 kB at 40 kB/s
+
+
+def test_web_ui_form_offers_the_locustfile_options() -> None:
+    """Locust's web UI lists our options in its start form, with choices (the form is built
+    from Locust's ``ui_extra_args_dict``, asked here in a process of its own); the
+    controller's plumbing (files, hints) stays off it."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'locustfiles'); import locust, raw_tcp;"
+        " from locust.argument_parser import ui_extra_args_dict;"
+        " print(json.dumps(ui_extra_args_dict(['-f', 'locustfiles/raw_tcp.py'])))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    options = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert options["teardown"]["choices"] == list(contract.TEARDOWN_MODES)
+    assert options["rate_mode"]["choices"] == list(contract.RATE_MODES)
+    assert options["rate_mode"]["default_value"] == "per-user"
+    assert {"rate", "rate_steps", "source_addresses", "slow_connect_ms"} <= set(options)
+    assert not {"series_file", "rate_csv", "failures_csv", "workers_hint"} & set(options)

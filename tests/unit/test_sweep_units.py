@@ -115,6 +115,9 @@ def test_cpu_and_conntrack_indicators() -> None:
     assert _exhausted(step(1, origin_cpu=0.97)) == ["origin"]
     assert _exhausted(step(1, classes={"SlowConnect": 3})) == ["ports"]
     assert _exhausted(step(1, generator_cpu=1.0, host_idle=0.0)) == []  # not the system's
+    # a slow connect on a host with no CPU left is no evidence of a port search
+    assert _exhausted(step(1, classes={"SlowConnect": 3}, host_idle=0.01)) == []
+    assert _exhausted(step(1, classes={"EADDRNOTAVAIL": 3}, host_idle=0.01)) == ["ports"]
 
 
 T0 = 1_700_000_000
