@@ -15,14 +15,21 @@ RUN apt-get update \
     && install -d -o chaos -g chaos /app/runs
 
 WORKDIR /app
+# Wheels in deploy/wheels/ are used first; without network access to PyPI, build them on a
+# host that has it (`pip wheel -w deploy/wheels . setuptools wheel`) and build the image with
+# `--build-arg PIP_NO_INDEX=1` (README "docker compose").
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS=/tmp/wheels
+COPY deploy/wheels/ /tmp/wheels/
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir chaos && touch chaos/__init__.py \
-    && pip install --no-cache-dir . && pip uninstall -y chaos-teardown \
-    && rm -rf chaos build *.egg-info
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
+['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY chaos ./chaos
 COPY locustfiles ./locustfiles
-COPY deploy ./deploy
+COPY deploy/haproxy ./deploy/haproxy
+COPY deploy/scenarios ./deploy/scenarios
 # Editable: chaos finds locustfiles/ next to its package, as in a checkout.
 RUN pip install --no-cache-dir --no-deps -e . && python -m chaos --help >/dev/null
 

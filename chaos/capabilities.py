@@ -1,8 +1,14 @@
-"""What this host supports, probed for real in a throw-away namespace.
+"""What this host supports, probed for real.
 
 ``chaos doctor`` shows every probe as a table; a run calls :func:`require` for the features
 its scenario needs, so a missing one stops the run before anything starts, with a message
 that names the missing piece and the alternative.
+
+The probes run in a throw-away network namespace when this process may make one
+(CAP_SYS_ADMIN: a lab host). An agent in a container holds only CAP_NET_ADMIN and applies
+its faults in its own namespace, so there the probes run in place, where each makes and
+removes objects of its own (a veth pair, uniquely named tables and devices) and touches
+nothing that was there before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from chaos.kernel import netns
 from chaos.lab.proxies import PROXIES
 
 TC_H_ROOT = 0xFFFFFFFF  # the root qdisc's parent handle
+CAP_SYS_ADMIN = 21
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,26 @@ class Check:
     fix: str = ""
 
 
+def may_create_namespaces() -> bool:
+    """CAP_SYS_ADMIN in the effective set (``ip netns add`` bind-mounts /run/netns)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    return False
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
 @contextmanager
-def probe_namespace() -> Iterator[str]:
-    name = f"chaos-probe-{uuid.uuid4().hex[:8]}"
+def probe_namespace() -> Iterator[str | None]:
+    """A throw-away namespace, or None (this one, in place) without CAP_SYS_ADMIN."""
+    if not may_create_namespaces():
+        yield None
+        return
+    name = _unique("chaos-probe-")
     netns.create(name)
     try:
         yield name
@@ -40,10 +64,22 @@ def probe_namespace() -> Iterator[str]:
         netns.remove(name)
 
 
-def _netem(ns: str) -> Check:
+@contextmanager
+def _veth(ns: str | None) -> Iterator[int]:
+    """A veth pair of the probe's own (the veth driver is loaded wherever containers run);
+    yields one end's index; deleting it removes both."""
+    name = _unique("chp")
+    with netns.ipr(ns) as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+        try:
+            yield ipr.link_lookup(ifname=name)[0]
+        finally:
+            netns.delete_link(ns, name)
+
+
+def _netem(ns: str | None) -> Check:
     try:
-        with netns.ipr(ns) as ipr:
-            index = ipr.link_lookup(ifname="lo")[0]
+        with _veth(ns) as index, netns.ipr(ns) as ipr:
             ipr.tc("add", "netem", index=index, handle="1:", delay=1000)
             # Without an explicit parent the kernel answers EINVAL even where netem works.
             ipr.tc("del", index=index, handle="1:", parent=TC_H_ROOT)
@@ -58,11 +94,12 @@ def _netem(ns: str) -> Check:
         )
 
 
-def _ifb(ns: str) -> Check:
+def _ifb(ns: str | None) -> Check:
+    name = _unique("chpifb")
     try:
         with netns.ipr(ns) as ipr:
-            ipr.link("add", ifname="ifbprobe", kind="ifb")
-            ipr.link("del", index=ipr.link_lookup(ifname="ifbprobe")[0])
+            ipr.link("add", ifname=name, kind="ifb")
+            ipr.link("del", index=ipr.link_lookup(ifname=name)[0])
         return Check("ifb", True, "ifb devices (ingress netem)")
     except Exception as exc:
         return Check(
@@ -73,19 +110,24 @@ def _ifb(ns: str) -> Check:
         )
 
 
-def _nft_families(ns: str) -> Check:
+def _nft_families(ns: str | None) -> Check:
     nft = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
     if nft is None:
         return Check("nftables", False, "nft is not installed", "apt-get install nftables")
-    ok, missing = [], []
-    for family in ("inet", "ip", "ip6", "bridge", "netdev"):
-        proc = netns.popen(
-            ns,
-            [nft, "add", "table", family, "chaosprobe"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        (ok if proc.wait() == 0 else missing).append(family)
+    table = _unique("chaosprobe_")
+
+    def works(*families: str) -> bool:
+        # one transaction: each table is made and deleted again (nothing stays in place)
+        script = "; ".join(f"add table {f} {table}; delete table {f} {table}" for f in families)
+        proc = netns.popen(ns, [nft, script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return proc.wait() == 0
+
+    families = ("inet", "ip", "ip6", "bridge", "netdev")
+    if works(*families):  # the common case in one nft process; else find the missing ones
+        ok, missing = list(families), []
+    else:
+        ok = [f for f in families if works(f)]
+        missing = [f for f in families if f not in ok]
     detail = "families: " + ", ".join(ok) + (f"; missing: {', '.join(missing)}" if missing else "")
     return Check(
         "nftables",
@@ -95,7 +137,7 @@ def _nft_families(ns: str) -> Check:
     )
 
 
-def _conntrack(ns: str) -> Check:
+def _conntrack(ns: str | None) -> Check:
     try:
         value = netns.sysctl_get(ns, "net.netfilter.nf_conntrack_max")
         return Check("conntrack", True, f"nf_conntrack_max={value}")
@@ -133,7 +175,17 @@ def probe_all() -> list[Check]:
     if root:
         try:
             with probe_namespace() as ns:
-                checks.append(Check("netns", True, "network namespaces and veth"))
+                if ns is not None:
+                    checks.append(Check("netns", True, "network namespaces and veth"))
+                else:
+                    checks.append(
+                        Check(
+                            "netns",
+                            False,
+                            "no CAP_SYS_ADMIN: probed in this namespace",
+                            "labs need CAP_SYS_ADMIN; an agent's faults do not",
+                        )
+                    )
                 checks += [_netem(ns), _ifb(ns), _nft_families(ns), _conntrack(ns)]
         except Exception as exc:
             checks.append(
@@ -150,7 +202,7 @@ def probe_all() -> list[Check]:
     return checks
 
 
-FEATURES: dict[str, Callable[[str], Check]] = {
+FEATURES: dict[str, Callable[[str | None], Check]] = {
     "netem": _netem,
     "ifb": _ifb,
     "nftables": _nft_families,
@@ -158,12 +210,20 @@ FEATURES: dict[str, Callable[[str], Check]] = {
 }
 
 
+#: features found present by this process: the kernel does not lose them (an agent asked to
+#: validate many faults probes once)
+_present: set[str] = set()
+
+
 def require(features: set[str]) -> None:
     """Raise CapabilityError naming every missing feature among ``features``."""
+    features = features - _present
     if not features:
         return
     with probe_namespace() as ns:
-        failed = [check for f in sorted(features) if not (check := FEATURES[f](ns)).ok]
+        checks = [FEATURES[f](ns) for f in sorted(features)]
+    _present.update(f for f, check in zip(sorted(features), checks, strict=True) if check.ok)
+    failed = [check for check in checks if not check.ok]
     if failed:
         raise CapabilityError(
             "this host lacks what the scenario needs: "

@@ -37,6 +37,7 @@ def print_error(exc: ChaosError) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every file, every problem: a missing file does not stop the others."""
     from chaos.errors import Problem
+    from chaos.faults.engine.schedule import overlap_warnings
     from chaos.scenario import loader
 
     failed: list[ChaosError] = []
@@ -50,6 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
         for warning in warnings:
             out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
+        for overlap in overlap_warnings(scenario.faults, scenario.duration):
+            out.print(Text.assemble(("  warning: ", "yellow"), f"{name}: {overlap}"))
     for exc in failed:
         print_error(exc)
     return max((exc.exit_code for exc in failed), default=0)
@@ -59,9 +62,19 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     from chaos.scenario import loader
 
     table = Table("scenario", "description", box=None, pad_edge=False)
-    for name, description in loader.describe_builtins():
-        table.add_row(f"[bold]{name}[/]", description)
+    for item in loader.describe_builtins():
+        table.add_row(f"[bold]{item.name}[/]", item.headline)
+        if item.variants or item.controls:
+            table.add_row(
+                "",
+                f"[dim]variants: {', '.join(item.variants) or '-'}; "
+                f"controls: {', '.join(item.controls) or '-'}[/]",
+            )
     out.print(table)
+    out.print(
+        "run one with `chaos run SCENARIO --variant NAME`; a control removes the cause, so "
+        "the signature must fail on it (exit 10)"
+    )
     return 0
 
 

@@ -43,6 +43,8 @@ from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
 from chaos.collect.load_series import LoadSeries
 from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
+from chaos.collect.proxylog import ProxyLogErrors
+from chaos.collect.timewait import TimeWaitTimers
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Verdict, evaluate, run_timeline
@@ -370,9 +372,14 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
                 ref,
                 tags={"role": role},
                 zombie_idle_s=spec.zombie_idle,
+                zombie_period=spec.zombie_period,
                 zombie_peers=peers_from_rules(role, peer_rules, ref_of),
                 budget_period=spec.budget_period,
+                # Locust's master and workers talk over loopback in the client namespace
+                exclude_loopback=role == "client",
             )
+            if role in spec.time_wait_timers:
+                collectors.append(TimeWaitTimers(ref, tags={"role": role}))
             # the lab's own packet counters in this role (escapes at the origin, resets
             # toward the clients at the gateway)
             collectors += [
@@ -385,6 +392,15 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
         collectors += process_collectors(state)
         if (generations := proxy_generations(state, ref_of("proxy"))) is not None:
             collectors.append(generations)
+        if state.process("proxy") is not None:
+            # the lab's own proxy writes <run>/logs/proxy.log: its connect() errors, counted
+            collectors.append(
+                ProxyLogErrors(
+                    run.path / "logs" / "proxy.log",
+                    netns=state.namespaces.get("proxy", "host"),
+                    tags={"role": "proxy"},
+                )
+            )
         sampler = Sampler(
             collectors, interval=spec.interval, on_samples=sink.write, controller=True
         ).start()
@@ -719,6 +735,11 @@ def run_remote(options: RunOptions, scenario: Scenario, console: Console) -> int
     assert remote is not None
     influx = resolve_influx(scenario.sink.influxdb, options.influx)
     faults = remote_faults(scenario)
+    if remote.workers_from and not scenario.load.workers:
+        workers = count_workers(remote.workers_from, time.monotonic() + remote.wait)
+        scenario = scenario.model_copy(
+            update={"load": scenario.load.model_copy(update={"workers": workers})}
+        )
     run, label = open_run(options, scenario, remote=remote.target)
     console.print(
         f"run [bold]{label}[/] for {scenario.duration:g}s against {remote.target} "
@@ -789,8 +810,26 @@ def drive_remote_load(
     return load_with_faults(locust, schedule, run, wait=remote.wait, console=console)
 
 
+def count_workers(name: str, deadline: float) -> int:
+    """How many addresses ``name`` resolves to (compose's DNS answers a scaled service's name
+    with one address per replica); waits until it resolves."""
+    while True:
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            return len({info[4][0] for info in infos})
+        except socket.gaierror as exc:
+            if time.monotonic() > deadline:
+                raise ChaosError(
+                    f"remote.workers_from: {name!r} does not resolve ({exc.strerror})",
+                    "start the workers first (compose: the controller depends on `worker`), "
+                    "or give remote.workers",
+                ) from None
+        time.sleep(0.5)
+
+
 def remote_workers(scenario: Scenario) -> int:
-    """How many workers join: ``chaos run --workers`` (load.workers), else remote.workers."""
+    """How many workers join: ``chaos run --workers`` or the count of remote.workers_from
+    (load.workers), else remote.workers."""
     assert scenario.remote is not None
     return scenario.load.workers or scenario.remote.workers
 

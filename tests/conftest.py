@@ -5,7 +5,10 @@ the tests made survives them: network namespaces, host links, host qdiscs, host 
 stopped processes, or child processes of the test runner. Other labs and other test sessions
 may live on the same host, so it counts only what is this session's: names carrying the
 session token (``session_token.TOKEN``), processes that descend from this runner or carry its
-token in their environment or command line.
+token in their environment or command line. A Docker engine's leftovers count too (the
+engine test names its directories with the token): its processes, overlay and nsfs mounts,
+the files dockerd writes outside its own directories, forwarding sysctls, and the containers
+and networks of a system engine.
 
 Root tests (``tests/root``) need real namespaces. Without root they are skipped with a
 visible reason, except under CI (``CI=true``), where a missing root is a failure.
@@ -91,6 +94,73 @@ def _children() -> set[tuple[int, str]]:
     return out
 
 
+#: what a Docker engine run with default flags changes on the host, and leaves changed
+FORWARDING_SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/forwarding",
+    "net/ipv6/conf/all/forwarding",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+)
+ENGINE_PROCESSES = ("dockerd", "containerd", "docker-proxy", "runc")
+ENGINE_PATHS = ("/etc/docker/key.json", "/run/docker", "/var/run/docker.sock", "/var/lib/docker",
+                "/run/containerd", "/var/lib/containerd")  # fmt: skip
+SYSTEM_ENGINE = "/run/docker.sock"
+
+
+def _sysctls() -> set[str]:
+    values = set()
+    for key in FORWARDING_SYSCTLS:
+        try:
+            values.add(f"{key.replace('/', '.')}={Path('/proc/sys', key).read_text().strip()}")
+        except OSError:
+            continue  # br_netfilter not loaded: no such key
+    return values
+
+
+def _engine_processes() -> set[tuple[int, str]]:
+    """dockerd, containerd and the shims (reparented, but naming the engine's directory)."""
+    found = set()
+    for proc in psutil.process_iter(["pid", "name"]):
+        name = proc.info["name"] or ""
+        engine = name in ENGINE_PROCESSES or name.startswith("containerd-shim")
+        if engine and _started_by_this_session(proc):
+            found.add((proc.info["pid"], name))
+    return found
+
+
+def _engine_mounts() -> set[str]:
+    """overlay and nsfs mounts (containers' root filesystems, their namespaces' bind mounts)
+    and anything mounted under a docker or containerd directory."""
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point, fstype = fields[4], fields[fields.index("-") + 1]
+        if point.startswith("/run/netns/"):
+            continue  # `ip netns` names: the network namespaces check covers them
+        if fstype in ("overlay", "nsfs") or "docker" in point or "containerd" in point:
+            found.add(f"{fstype} {point}")
+    return found
+
+
+def _engine_paths() -> set[str]:
+    return {path for path in ENGINE_PATHS if os.path.lexists(path)}
+
+
+def _system_engine_objects() -> set[str]:
+    """Containers and networks of the host's own Docker engine, when one answers."""
+    docker = shutil.which("docker")
+    if docker is None or not os.path.exists(SYSTEM_ENGINE):
+        return set()
+    env = {**os.environ, "DOCKER_HOST": f"unix://{SYSTEM_ENGINE}"}
+    found = set()
+    for kind, argv in (("container", ["ps", "-aq"]), ("network", ["network", "ls", "-q"])):
+        proc = subprocess.run([docker, *argv], capture_output=True, text=True, env=env,
+                              timeout=30)  # fmt: skip
+        found |= {f"{kind} {ident}" for ident in proc.stdout.split()}
+    return found
+
+
 def snapshot() -> dict[str, set]:
     return {
         "network namespaces": _namespaces(),
@@ -98,6 +168,11 @@ def snapshot() -> dict[str, set]:
         "host qdiscs": _host_qdiscs(),
         "host nft tables": _host_nft_tables(),
         "stopped processes": _stopped_processes(),
+        "forwarding sysctls": _sysctls(),
+        "container engine processes": _engine_processes(),
+        "container mounts": _engine_mounts(),
+        "container engine files": _engine_paths(),
+        "system engine containers and networks": _system_engine_objects(),
     }
 
 
@@ -164,3 +239,21 @@ def chaos_cli():
         )
 
     return run
+
+
+#: lines a test wants in the terminal summary even when it passes (``report_line``)
+SUMMARY_LINES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_line(request):
+    """Append a line to the session's terminal summary (e.g. which clauses a control broke)."""
+    return request.config.stash.setdefault(SUMMARY_LINES, []).append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(SUMMARY_LINES, [])
+    if lines:
+        terminalreporter.section("signatures on their controls")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "chaos.json"
 SERVICES = {
-    "influxdb", "grafana", "origin", "haproxy", "proxy-agent", "origin-agent",
+    "influxdb", "grafana", "origin", "proxy", "haproxy", "proxy-agent", "origin-agent",
     "proxy-collector", "origin-collector", "controller", "worker",
 }  # fmt: skip
 
@@ -74,30 +74,67 @@ def kernel_counters() -> set[str]:
 def dashboard_queries() -> list[str]:
     board = json.loads(DASHBOARD.read_text())
     queries = [t["query"] for p in board["panels"] for t in p["targets"]]
-    return queries + [a["target"]["query"] for a in board["annotations"]["list"]]
+    return queries + [a["query"] for a in board["annotations"]["list"]]
+
+
+#: tags on every point of a run or a `chaos collect --sink` (docs/metrics.md, first section)
+COMMON_TAGS = {"netns", "role", "host", "run", "scenario"}
 
 
 def query_refs(query: str) -> tuple[list[str], list[str]]:
-    return re.findall(r'r\._measurement == "(\w+)"', query), re.findall(
-        r'r\._field == "(\w+)"', query
-    )
+    """An InfluxQL query's measurements (FROM "$bucket"."autogen"."m") and the fields its
+    aggregates read."""
+    fields = re.findall(r'\b(?:max|min|sum|mean|last)\("(\w+)"\)', query)
+    fields += re.findall(r'^SELECT "(\w+)"', query)  # a raw field (the annotations' title)
+    return re.findall(r'"autogen"\."(\w+)"', query), fields
 
 
-def check_query(query: str, known: dict[str, set[str]]) -> list[str]:
+def tag_refs(query: str) -> set[str]:
+    """The tags a query filters on (WHERE "tag" =, =~, !=) or groups by."""
+    where = set(re.findall(r'"(\w+)" (?:=~|!=|=) ', query))
+    group = query.partition("GROUP BY")[2]
+    return where | set(re.findall(r'"(\w+)"', group))
+
+
+def check_query(query: str, known: dict[str, set[str]], tags: dict[str, set[str]]) -> list[str]:
     measurements, fields = query_refs(query)
     if len(measurements) != 1 or not fields:
         return [f"query names no single measurement and field: {query!r}"]
-    patterns = known.get(measurements[0])
+    measurement = measurements[0]
+    patterns = known.get(measurement)
     if patterns is None:
-        return [f"unknown measurement {measurements[0]!r}"]
-    return [
-        f"{measurements[0]}.{f} is not written by the collectors"
+        return [f"unknown measurement {measurement!r}"]
+    problems = [
+        f"{measurement}.{f} is not written by the collectors"
         for f in fields
         if not any(re.fullmatch(p, f) for p in patterns)
     ]
+    allowed = COMMON_TAGS | tags.get(measurement, set())
+    problems += [f"{measurement} has no tag {t!r}" for t in sorted(tag_refs(query) - allowed)]
+    return problems
+
+
+def documented_tags() -> dict[str, set[str]]:
+    """measurement -> tag names, from the `| tag |` tables of docs/metrics.md."""
+    tags: dict[str, set[str]] = {}
+    measurements: list[str] = []
+    in_tags = False
+    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
+        if line.startswith("## "):
+            measurements = re.findall(r"`(\w+)`", line)
+            in_tags = False
+        elif line.startswith("| tag |"):
+            in_tags = True
+        elif in_tags and line.startswith("|"):
+            for name in re.findall(r"`(\w+)`", line.split("|")[1]):
+                for m in measurements:
+                    tags.setdefault(m, set()).add(name)
+        else:
+            in_tags = False
+    return tags
 
 
 def known_fields() -> dict[str, set[str]]:
     known = documented_fields()
-    known["tcp_counters"] = kernel_counters()
+    known["tcp_counters"] = kernel_counters() | {"interval_s"}
     return known

@@ -59,7 +59,7 @@ API = "/v1"
 DEFAULT_TOKEN_ENV = "CHAOS_AGENT_TOKEN"
 #: params that configure the controller's side, never sent to the agent
 CONTROLLER_KEYS = ("token_env", "lease", "ca_file")
-#: long enough for a `stop` fault's settle time on the agent
+#: long enough for a `stop` fault's settle time, or a validation's kernel probes, on the agent
 APPLY_TIMEOUT = 40.0
 TIMEOUT = 5.0
 
@@ -386,6 +386,7 @@ def validate_remote(
             "params": fault_params,
             "lease_s": fault.params.lease,
         },
+        timeout=APPLY_TIMEOUT,  # the agent probes the kernel features the fault needs
     )
     if not answer.get("reversible", True):
         fault = _IrreversibleRemoteFault(fault.target, fault.params)

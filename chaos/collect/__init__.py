@@ -74,18 +74,28 @@ def collectors_for(
     zombie_peer: NetnsRef | None = None,
     zombie_peers: Sequence[ZombiePeer] = (),
     cumulative_counters: bool = False,
+    exclude_loopback: bool = False,
 ) -> list[Collector]:
     """The standard collectors for one namespace, each with its own sockets opened there.
 
     ``tags`` (e.g. ``{"role": "proxy"}``) go on every sample next to ``netns``. Zombie
     candidates are confirmed against ``zombie_peers`` (chosen per connection by its remote
-    address) and/or ``zombie_peer`` (every connection). The caller owns the result:
+    address) and/or ``zombie_peer`` (every connection). ``exclude_loopback`` leaves sockets
+    on 127.0.0.0/8 out of the census (the load generator's own). The caller owns the result:
     ``close()`` each collector (or :meth:`Sampler.close_collectors`).
     """
     made: list[Collector] = []
     diag = InetDiag.open_in(ns)  # one sock_diag socket for the namespace, shared
     try:
-        made.append(SocketCensus(ns, mode=census_mode, tags=tags, diag=diag))  # type: ignore[arg-type]
+        made.append(
+            SocketCensus(
+                ns,
+                mode=census_mode,  # type: ignore[arg-type]
+                tags=tags,
+                diag=diag,
+                exclude_loopback=exclude_loopback,
+            )
+        )
         made.append(PortBudget(ns, period=budget_period, tags=tags, diag=diag))
         made.append(
             ZombieScan(

@@ -151,6 +151,7 @@ class CensusResult:
     teardown: dict[str, StateAges]  # the RARE states, with ages
     orphans: int  # full sockets without a file (closed by their process)
     costs_ms: dict[str, float] = field(default_factory=dict)
+    loopback: int | None = None  # sockets left out of the counts (exclude_loopback)
 
     @property
     def total(self) -> int:
@@ -174,8 +175,13 @@ class SocketCensus:
         tags: dict[str, str] | None = None,
         auto_limit: int = AUTO_EXACT_LIMIT,
         diag: sd.InetDiag | None = None,
+        exclude_loopback: bool = False,
     ) -> None:
+        """``exclude_loopback``: leave out sockets whose local address is 127.0.0.0/8, e.g.
+        the load generator's own control connections (Locust's master and workers talk
+        over 127.0.0.1 in the client namespace); they are counted in ``loopback``."""
         self.ns = ns
+        self.exclude_loopback = exclude_loopback
         self.netns = ns.label
         self.mode: Mode = mode
         self.auto_limit = auto_limit
@@ -242,6 +248,18 @@ class SocketCensus:
             states = run.view[sd.OFF_STATE :: size].tobytes()
             counts.update(zip(fams, states, strict=True))
 
+    def _loopback(self) -> Counter[tuple[int, int]]:
+        """(family, state) counts of the sockets on 127.0.0.0/8: one filtered walk."""
+        counts: Counter[tuple[int, int]] = Counter()
+        wanted = sd.states_mask(sd.ALL_STATES - {sd.LISTEN})
+        loopback = sd.bc_source_net(socket.AF_INET, "127.0.0.0", 8)
+        for run in self.diag.dump(socket.AF_INET, wanted, bytecode=loopback):
+            size = run.size
+            fams = run.view[sd.OFF_STATE - 1 :: size].tobytes()
+            states = run.view[sd.OFF_STATE :: size].tobytes()
+            counts.update(zip(fams, states, strict=True))
+        return counts
+
     def take(self, now: float | None = None) -> CensusResult:
         now = time.time() if now is None else now
         costs: dict[str, float] = {}
@@ -287,6 +305,20 @@ class SocketCensus:
                 states["established"] = max(0, curr - states["close_wait"])
             for per in by_family.values():  # not dumped, so not split by family
                 del per["established"], per["time_wait"]
+        if self.exclude_loopback:
+            loopback = 0
+            for (family, state), n in self._loopback().items():
+                name = sd.STATE_NAMES.get(sd.SYN_RECV if state == sd.NEW_SYN_RECV else state)
+                if name is None:
+                    continue
+                loopback += n
+                states[name] = max(0, states[name] - n)
+                per = by_family.get(FAMILY_NAMES.get(family, ""), {})
+                if name in per:
+                    per[name] = max(0, per[name] - n)
+            states_loopback = loopback
+        else:
+            states_loopback = None
 
         costs["total"] = (clock() - t0) * 1000
         return CensusResult(
@@ -298,6 +330,7 @@ class SocketCensus:
             teardown=teardown,
             orphans=orphans,
             costs_ms=costs,
+            loopback=states_loopback,
         )
 
     def sample(self, now: float) -> list[Sample]:
@@ -310,6 +343,8 @@ def census_samples(result: CensusResult, tags: dict[str, str]) -> list[Sample]:
     states: dict[str, int | float | bool] = dict(result.states)
     states["total"] = result.total
     states["exact"] = result.mode == "exact"  # False: no per-family split of EST/TW
+    if result.loopback is not None:
+        states["loopback"] = result.loopback  # left out of every state above
     out.append(Sample(TCP_STATES, {**tags, "family": FAMILY_ALL}, states, stamp))
     for fam, counts in sorted(result.by_family.items()):
         fields: dict[str, int | float] = dict(counts)

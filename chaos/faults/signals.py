@@ -89,14 +89,34 @@ class _SignalFault(Fault):
                 f"fault {self.kind} on {self.target.name}: the lab recorded no process there",
                 "aim it at proxy, origin, workers, ROLE:PATTERN (e.g. client:locust) or pid:N",
             )
+        # the processes there now: an agent's pattern matches a running container's
+        self._refuse_init(self._matching() if self.target.pattern else list(self.target.pids))
+
+    def _matching(self) -> list[int]:
+        assert self.target.netns is not None and self.target.pattern is not None
+        pattern = CommandPattern(self.target.pattern)  # checked when the target resolved
+        return [p for p in netns.pids_in(self.target.netns) if pattern.search(cmdline(p))]
+
+    def _refuse_init(self, pids: list[int]) -> None:
+        """PID 1 of our PID namespace (a container's main process, when the agent shares its
+        namespace; the host's init otherwise): the kernel drops SIGSTOP and SIGKILL sent to
+        it from inside, so the fault would do nothing (or, on the host, everything)."""
+        if 1 in pids:
+            raise FaultError(
+                f"fault {self.kind} on {self.target.name}: process 1 ({cmdline(1)[:80]!r}) "
+                "is the init of its PID namespace, which ignores SIGSTOP and SIGKILL sent "
+                "from inside it",
+                "run the program under an init (compose: `init: true`, docker run --init) "
+                "and aim at the program, not the init: anchor ROLE:PATTERN, e.g. "
+                "'origin:^\\S*python3? -m chaos[.]lab[.]origin'",
+            )
 
     def _select(self) -> list[int]:
         if self.target.pattern is not None:
-            assert self.target.netns is not None
-            pattern = CommandPattern(self.target.pattern)  # checked when the target resolved
-            pids = [p for p in netns.pids_in(self.target.netns) if pattern.search(cmdline(p))]
+            pids = self._matching()
         else:
             pids = [p for p in self.target.pids if state_of(p) not in GONE]
+        self._refuse_init(pids)
         if self.params.children:
             pids = _with_descendants(pids)
         return [p for p in pids if p != os.getpid() and state_of(p) not in GONE]

@@ -308,12 +308,22 @@ def check_sysctl_key(key: str) -> None:
         )
 
 
+#: per-namespace sysctls that older kernels lack: a missing one is a capability, not a typo
+SYSCTL_SINCE = {"net.ipv4.tcp_rto_max_ms": "6.15"}
+
+
 def _read(key: str) -> str:
     path = sysctl_path(key)
     try:
         with open(path) as fh:
             return fh.read().strip()
     except FileNotFoundError:
+        if key in SYSCTL_SINCE:
+            raise CapabilityError(
+                f"sysctl {key!r} needs Linux {SYSCTL_SINCE[key]} or later; this kernel "
+                f"({os.uname().release}) does not have it",
+                "run this scenario or variant on a newer kernel, or leave the sysctl out",
+            ) from None
         raise SysctlError(
             f"unknown sysctl {key!r}: the kernel does not expose {path} in this namespace",
             "check the spelling (`sysctl -a | grep NAME`); some need a module (e.g. nf_conntrack)",

@@ -61,6 +61,7 @@ BC_S_GE = 2
 BC_S_LE = 3
 BC_D_GE = 4
 BC_D_LE = 5
+BC_S_COND = 7
 BC_S_EQ = 11
 BC_D_EQ = 12
 
@@ -152,6 +153,14 @@ def _op(code: int, yes: int, no: int) -> bytes:
 def bc_port(code: int, port: int) -> bytes:
     """A port comparison (BC_S_GE, BC_S_LE, BC_D_GE, BC_D_LE, BC_S_EQ, BC_D_EQ)."""
     return _op(code, 8, 12) + _op(0, 0, port)
+
+
+def bc_source_net(family: int, network: str, prefix_len: int) -> bytes:
+    """Local address inside ``network/prefix_len`` (BC_S_COND with an inet_diag_hostcond:
+    family u8, prefix_len u8, pad, port int (-1: any), the address)."""
+    cond = struct.pack("=BBxxi", family, prefix_len, -1) + socket.inet_pton(family, network)
+    size = 4 + len(cond)
+    return _op(BC_S_COND, size, size + 4) + cond
 
 
 def _patch_false(block: bytes, reloc: int) -> bytes:

@@ -41,6 +41,9 @@ FIRST_CLIENT_HOST = 10
 LAB_TABLE = "chaos_lab"
 TPROXY_MARK = 1
 TPROXY_TABLE = 100
+#: the separate_isn offset: XOR of the top bit is adding 2^31 modulo 2^32, exactly, so the
+#: sequence arithmetic of every connection stays consistent; no offset is further away
+ISN_OFFSET = 0x80000000
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,21 @@ LAB_COUNTERS: dict[str, LabCounterSpec] = {
     # packets from the clients' own addresses that bypassed the proxy (seeds 000 and 003)
     "lab_escapes": LabCounterSpec(
         "origin", "escaped", f"ip saddr {CLIENT_NET}.0/24", "prerouting priority raw"
+    ),
+    # segments the proxy namespace forwards (not proxies) between clients and origin: what
+    # escaped a proxy socket that is gone (seed 000: the late FIN after FIN_WAIT2 expired,
+    # and the ACKs it draws), counted at the topology level whatever the endpoints do
+    "lab_forwarded_to_origin": LabCounterSpec(
+        "proxy",
+        "forwarded_to_origin",
+        f"ip saddr {CLIENT_NET}.0/24 ip daddr {ORIGIN_NET}.0/24",
+        "forward priority filter",
+    ),
+    "lab_forwarded_to_clients": LabCounterSpec(
+        "proxy",
+        "forwarded_to_clients",
+        f"ip saddr {ORIGIN_NET}.0/24 ip daddr {CLIENT_NET}.0/24",
+        "forward priority filter",
     ),
     # resets forwarded toward the clients (seed 004: the proxy resets after the handshake)
     "lab_resets": LabCounterSpec(
@@ -283,11 +301,13 @@ class Plan:
                 f"dnat to {self.proxy_address}:{self.proxy_port}\n"
                 "  }\n}\n"
             )
+        if self.spec.separate_isn:
+            rulesets["proxy"] = rulesets.get("proxy", "") + self.isn_offset_table()
         if self.spec.proxy.transparent:
             # SYNs to the origin go to HAProxy's transparent listener; packets of existing
             # transparent sockets (both legs) are delivered locally by mark. Anything else,
             # e.g. a late FIN whose proxy socket is gone, is forwarded as it is (seed 000).
-            rulesets["proxy"] = (
+            rulesets["proxy"] = rulesets.get("proxy", "") + (
                 f"table inet {LAB_TABLE} {{\n"
                 "  chain divert {\n"
                 "    type filter hook prerouting priority mangle; policy accept;\n"
@@ -298,6 +318,35 @@ class Plan:
                 "  }\n}\n"
             )
         return rulesets
+
+    def isn_offset_table(self) -> str:
+        """``separate_isn``: the proxy namespace sees the client side's and the origin side's
+        sequence numbers offset by :data:`ISN_OFFSET`, as if each were a host with its own
+        ISN secret.
+
+        Namespaces share one kernel, so one ISN secret: a transparent proxy's two legs carry
+        the same 4-tuple and get ISNs a clock tick apart, and a segment that escapes from one
+        leg lands inside the other's window (seed 000's ACKs then draw RFC 5961 challenge
+        ACKs, which separate hosts would not). Every segment coming in from either side gets
+        ``seq + 2^31`` (before anything else, priority raw), every segment going out to
+        either side ``ack - 2^31`` (last, after routing): connections the proxy terminates
+        see one consistent space, and a segment *forwarded* from one side to the other
+        (an escape) arrives offset by 2^31 in both numbers. SACK blocks are not rewritten
+        (the lab loses nothing, so they are rare).
+        """
+        sides = '{ "eth0", "to-origin" }'
+        return (
+            "table inet chaos_isn {\n"
+            "  chain inbound {\n"
+            "    type filter hook prerouting priority raw - 10; policy accept;\n"
+            f"    iifname {sides} tcp sequence set tcp sequence ^ {ISN_OFFSET:#x}\n"
+            "  }\n"
+            "  chain outbound {\n"
+            "    type filter hook postrouting priority srcnat + 10; policy accept;\n"
+            f"    oifname {sides} tcp flags & ack == ack "
+            f"tcp ackseq set tcp ackseq ^ {ISN_OFFSET:#x}\n"
+            "  }\n}\n"
+        )
 
     def sysctls(self) -> dict[str, dict[str, object]]:
         """Per-role sysctls: the lab's own routing needs, then the scenario's."""

@@ -24,6 +24,8 @@ __all__ = [
     "FAMILY_ALL",
     "HOST_CPU",
     "LAB_ESCAPES",
+    "LAB_FORWARDED_TO_CLIENTS",
+    "LAB_FORWARDED_TO_ORIGIN",
     "LAB_RESETS",
     "LOAD",
     "LOAD_FAILURES",
@@ -31,6 +33,7 @@ __all__ = [
     "PORT_BUDGET",
     "PORT_BUDGET_SUMMARY",
     "PROCESS",
+    "PROXY_ERRORS",
     "PROXY_GENERATIONS",
     "SOCKSTAT",
     "TCP_COUNTERS",
@@ -38,6 +41,7 @@ __all__ = [
     "TCP_TEARDOWN",
     "TCP_ZOMBIES",
     "TCP_ZOMBIES_PEER",
+    "TIME_WAIT_TIMERS",
     "Measurement",
     "is_family_total",
     "measurement",
@@ -59,6 +63,10 @@ HOST_CPU = "host_cpu"
 PROXY_GENERATIONS = "proxy_generations"
 LAB_ESCAPES = "lab_escapes"
 LAB_RESETS = "lab_resets"
+LAB_FORWARDED_TO_ORIGIN = "lab_forwarded_to_origin"
+LAB_FORWARDED_TO_CLIENTS = "lab_forwarded_to_clients"
+TIME_WAIT_TIMERS = "time_wait_timers"
+PROXY_ERRORS = "proxy_errors"
 CHAOS_EVENT = "chaos_event"
 #: the per-second load series (one point a second of load; see docs/metrics.md)
 LOAD = "load"
@@ -139,7 +147,7 @@ _TEARDOWN_STATES = (
 MEASUREMENTS: dict[str, Measurement] = {
     m.name: m
     for m in (
-        _m(TCP_STATES, [*SOCKET_STATES, "total", "exact"], ["family"]),
+        _m(TCP_STATES, [*SOCKET_STATES, "total", "exact", "loopback"], ["family"]),
         _m(
             TCP_TEARDOWN,
             [*_TEARDOWN_STATES, "orphans"],
@@ -199,6 +207,11 @@ MEASUREMENTS: dict[str, Measurement] = {
         ),
         _m(LAB_ESCAPES, ["packets", "bytes", "packets_delta"]),
         _m(LAB_RESETS, ["packets", "bytes", "packets_delta"]),
+        _m(LAB_FORWARDED_TO_ORIGIN, ["packets", "bytes", "packets_delta"]),
+        _m(LAB_FORWARDED_TO_CLIENTS, ["packets", "bytes", "packets_delta"]),
+        _m(TIME_WAIT_TIMERS, ["sockets", "max_remaining_s", "rescheduled"]),
+        # the proxy log's connect() failures, all and by errno name
+        _m(PROXY_ERRORS, ["connect_failed"], patterns=[r"connect_failed_E[A-Z0-9]+"]),
         _m(
             CHAOS_EVENT,
             # the annotation's text, the guard's error, the sink's delivery figures; action, id,

@@ -308,31 +308,36 @@ def parse(
         problems += _problems(exc, root)
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ScenarioError(label, _unique(problems)) from None
-    for index, variant in enumerate(scenario.variants):
-        try:
-            varied = with_variant(scenario, variant.name)
-        except ValidationError as exc:
-            line = _variant_line(root, index)
+    base = {message for _, message in checks.plan_problems(data)}
+    for key, variants in (("variants", scenario.variants), ("controls", scenario.controls)):
+        for index, variant in enumerate(variants):
+            where, line = f"{key}[{index}].patch", _line_at(root, (key, index))
+            try:
+                varied = with_variant(scenario, variant.name)
+            except ValidationError as exc:
+                problems += [
+                    Problem(f"{where} -> {_format_path(err['loc'])}", line,
+                            _message(err))  # type: ignore[arg-type]
+                    for err in exc.errors()
+                ]
+                continue
+            if "faults" in variant.patch:
+                problems += [
+                    Problem(f"{where} -> {path}", line, message)
+                    for _, path, message in _fault_problems(varied.faults, "faults")
+                ]
             problems += [
-                Problem(f"variants[{index}].patch -> {_format_path(err['loc'])}", line,
-                        _message(err))  # type: ignore[arg-type]
-                for err in exc.errors()
+                Problem(f"{where} -> {_format_path(loc)}", line, message)
+                for loc, message in checks.plan_problems(
+                    varied.model_dump(mode="json", by_alias=True)
+                )
+                if message not in base
             ]
-            continue
-        if "faults" in variant.patch:
-            problems += [
-                Problem(f"variants[{index}].patch -> {path}", _variant_line(root, index), message)
-                for _, path, message in _fault_problems(varied.faults, "faults")
-            ]
-        base = {message for _, message in checks.plan_problems(data)}
-        line = _variant_line(root, index)
-        problems += [
-            Problem(f"variants[{index}].patch -> {_format_path(loc)}", line, message)
-            for loc, message in checks.plan_problems(varied.model_dump(mode="json", by_alias=True))
-            if message not in base
-        ]
-    if len({v.name for v in scenario.variants}) != len(scenario.variants):
-        problems.append(Problem("variants", _variant_line(root, 0), "variant names repeat"))
+    names = [v.name for v in (*scenario.variants, *scenario.controls)]
+    if len(set(names)) != len(names):
+        problems.append(
+            Problem("variants", _line_at(root, ("variants", 0)), "variant and control names repeat")
+        )
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ScenarioError(label, _unique(problems))
@@ -399,19 +404,21 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_variant(scenario: Scenario, name: str) -> Scenario:
-    """The scenario with variant ``name``'s patch merged in (raises ValidationError)."""
-    variant = next((v for v in scenario.variants if v.name == name), None)
+    """The scenario with variant (or control) ``name``'s patch merged in (raises
+    ValidationError)."""
+    variant = next((v for v in (*scenario.variants, *scenario.controls) if v.name == name), None)
     if variant is None:
-        known = ", ".join(v.name for v in scenario.variants) or "none"
+        variants = ", ".join(v.name for v in scenario.variants) or "none"
+        controls = ", ".join(v.name for v in scenario.controls) or "none"
         raise ChaosError(
-            f"scenario {scenario.name} has no variant {name!r}",
-            f"its variants: {known}",
+            f"scenario {scenario.name} has no variant or control {name!r}",
+            f"its variants: {variants}; its controls: {controls}",
         )
     # only what the file set: a key the file left out stays unset (the model checks some keys
     # only when they are set, e.g. what an external proxy would ignore)
     given = scenario.model_dump(mode="json", by_alias=True, exclude_unset=True)
     data = _merge(given, variant.patch)
-    data.update(variants=[], variant=name)
+    data.update(variants=[], controls=[], variant=name)
     return Scenario.model_validate(data)
 
 
@@ -510,12 +517,29 @@ def headline(description: str) -> str:
     return re.split(r"[:;]\s|\.\s|\.$", text, maxsplit=1)[0] if text else ""
 
 
-def describe_builtins() -> list[tuple[str, str]]:
-    """(name, one-line description) of each builtin scenario."""
+@dataclass(frozen=True)
+class BuiltinSummary:
+    """One line of `chaos scenarios`."""
+
+    name: str
+    headline: str
+    variants: tuple[str, ...]
+    controls: tuple[str, ...]
+
+
+def describe_builtins() -> list[BuiltinSummary]:
+    """Name, one-line description, variant and control names of each builtin scenario."""
     out = []
     for name in builtin_names():
         scenario = load(name)
-        out.append((name, headline(scenario.description)))
+        out.append(
+            BuiltinSummary(
+                name,
+                headline(scenario.description),
+                tuple(v.name for v in scenario.variants),
+                tuple(c.name for c in scenario.controls),
+            )
+        )
     return out
 
 

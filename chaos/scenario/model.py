@@ -358,6 +358,21 @@ class LabSpec(Strict):
             "disk, rotated parts included (e.g. 64MiB); the oldest lines go first"
         ),
     )
+    separate_isn: bool = Field(
+        default=False,
+        description=(
+            "emulate separate hosts: every namespace shares one kernel and so one ISN secret, "
+            "which makes the ISNs of connections with the same 4-tuple (a transparent proxy's "
+            "two legs) nearly equal; with this, the proxy offsets by 2^31 the sequence space "
+            "of everything it receives from the client side and from the origin side"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _separate_isn_needs_a_proxy(self) -> LabSpec:
+        if self.separate_isn and self.proxy.kind == "external":
+            raise ValueError("separate_isn needs the lab's own proxy namespace")
+        return self
 
 
 # --- load --------------------------------------------------------------------------------
@@ -457,6 +472,16 @@ class CollectorsSpec(Strict):
         default_factory=lambda: ["client", "gateway", "proxy", "origin"]
     )
     zombie_idle: Duration = Field(default=30.0, description="zombie candidate threshold")
+    zombie_period: Duration = Field(
+        default=10.0, description="seconds between zombie scans (each walks every socket)"
+    )
+    time_wait_timers: list[Literal["client", "gateway", "proxy", "origin"]] = Field(
+        default_factory=list,
+        description=(
+            "roles whose TIME_WAIT timers are followed socket by socket (time_wait_timers: "
+            "how many were rescheduled by a late segment); costly with many TIME_WAIT sockets"
+        ),
+    )
     budget_period: Duration = Field(
         default=0.0,
         description=(
@@ -566,6 +591,27 @@ class Variant(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
     description: str = ""
     patch: dict[str, object] = Field(default_factory=dict)
+    mitigation: bool = Field(
+        default=True,
+        description=(
+            "false: not a fix but another form of the pathology (another proxy, kernel "
+            "defaults, a setting it follows); the plain signature need not fail on it"
+        ),
+    )
+
+
+class Control(Variant):
+    """The scenario with its causal ingredient removed or replaced (a negative control).
+
+    A signature proves its mechanism only if it fails when the cause is gone: a control is
+    run like a variant (``--variant NAME``) but keeps the plain expectations, and ``fails``
+    names the clauses (by label) that must fail on it. ``chaos run`` of a control therefore
+    exits 10; CI requires exactly that.
+    """
+
+    fails: list[str] = Field(
+        min_length=1, description="labels of the plain expectations that must fail on it"
+    )
 
 
 # --- remote: run against a compose stack or real hosts -----------------------------------
@@ -607,6 +653,13 @@ class RemoteSpec(Strict):
     workers: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=1, description="Locust workers that join the run's master (other processes)"
     )
+    workers_from: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="a host name with one address per worker (compose's service name, e.g. "
+        "`worker`): the run waits for as many workers as it resolves to, so `docker compose "
+        "up --scale worker=N` needs no other change; replaces `workers`",
+    )
     master_bind: HostPort = Field(
         default="0.0.0.0:5557", description="where the Locust master listens for workers"
     )
@@ -632,6 +685,10 @@ class Scenario(Strict):
         default=None, description="capacity criteria and default steps for `chaos sweep`"
     )
     variants: list[Variant] = Field(default_factory=list)
+    controls: list[Control] = Field(
+        default_factory=list,
+        description="negative controls: the cause removed, on which the signature must fail",
+    )
     variant: str = Field(default="", description="set by --variant: the variant applied")
     remote: RemoteSpec | None = Field(
         default=None, description="run against existing hosts (agents, a proxy) instead of a lab"
@@ -659,6 +716,23 @@ class Scenario(Strict):
         if self.lab.gateway.intercept and proxy.kind == "external":
             raise ValueError("lab.gateway.intercept needs the lab's own proxy (no gateway with "
                              "proxy.kind external)")
+        return self
+
+    @model_validator(mode="after")
+    def _controls_name_clauses(self) -> Scenario:
+        labels = {exp.label for exp in self.expect if exp.label}
+        for i, control in enumerate(self.controls):
+            if "expect" in control.patch:
+                raise ValueError(
+                    f"controls[{i}] ({control.name}) patches expect: a control is judged by "
+                    "the plain expectations; put the clause in variants instead"
+                )
+            unknown = [label for label in control.fails if label not in labels]
+            if unknown:
+                raise ValueError(
+                    f"controls[{i}] ({control.name}).fails names {unknown[0]!r}, which is "
+                    "not the label of any expectation"
+                )
         return self
 
     @model_validator(mode="after")

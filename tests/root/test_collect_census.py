@@ -170,6 +170,37 @@ def test_census_counts_exactly_n_time_wait_and_established(lab, family):
     assert port in result.listen_ports
 
 
+def test_census_can_leave_the_load_generators_loopback_sockets_out(lab):
+    """Locust's master and workers talk over 127.0.0.1 in the client namespace: the client
+    role's census leaves those out (``loopback`` counts them), in both modes."""
+    name = lab.namespace()
+    lab_address = "198.18.77.1"
+    with netns.ipr(name) as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=lab_address, prefixlen=32)
+
+    def build() -> None:
+        for address, pairs, tw in (("127.0.0.1", 5, 3), (lab_address, 7, 4)):
+            lsock = listener(socket.AF_INET, address)
+            lab.sockets.append(lsock)
+            make_time_wait(lab, lsock, tw)
+            connect_pairs(lab, lsock, pairs)
+
+    lab.run(name, build)
+    wait_for(lambda: sockstat_tw(name) == 7)
+    ns = lab.ref(name)
+    for mode in ("exact", "derive"):
+        every = lab.keep(SocketCensus(ns, mode=mode)).take()  # type: ignore[attr-defined]
+        assert (every.states["established"], every.states["time_wait"]) == (24, 7)
+        assert every.loopback is None
+        census = lab.keep(SocketCensus(ns, mode=mode, exclude_loopback=True))
+        result = census.take()  # type: ignore[attr-defined]
+        assert result.states["established"] == 14, mode
+        assert result.states["time_wait"] == 4, mode
+        assert result.loopback == 13, mode
+        [states] = [s for s in census.sample(time.time()) if s.tags.get("family") == "all"]  # type: ignore[attr-defined]
+        assert states.fields["loopback"] == 13
+
+
 def test_port_budget_utilisation_and_forecast_in_a_tiny_range(lab):
     name = lab.namespace(ip_local_port_range="40000 40009", ip_local_reserved_ports="40009")
     ns = lab.ref(name)

@@ -167,7 +167,7 @@ faults:
 """)
     runs_dir = tmp_path / "runs"
     result = chaos_cli("run", str(scenario), "--duration", "8s", "--workers", "1",
-                       "--name", lab_name, "--runs-dir", str(runs_dir))  # fmt: skip
+                       "--name", lab_name, "--runs-dir", str(runs_dir), timeout=300)  # fmt: skip
     assert result.returncode == 7, result.stderr
     assert "no live process matches" in result.stderr and "Traceback" not in result.stderr
     (run,) = run_dirs(runs_dir)

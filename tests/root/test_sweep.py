@@ -57,8 +57,9 @@ def test_proxy_ports_finds_its_knee_with_ports_first(chaos_cli, tmp_path: Path,
         assert steps[rate]["failures"] == 0
         assert steps[rate]["achieved"] >= 0.9 * rate
         assert steps[rate]["p99_us"] > 0
-        # the signature is reported per step, not deciding: TIME_WAIT >= 1500 fails early on
-        assert [e["passed"] for e in steps[rate]["signature"]] == [False, False]
+    # the signature (TIME_WAIT >= 1500, ports used up) is reported per step, not deciding:
+    # it fails at 50/s, which held
+    assert [e["passed"] for e in steps[50]["signature"]] == [False, False]
     broke = steps[400]
     assert not broke["passed"] and broke["failures"] > 0
     assert broke["ports"] >= 0.95 and broke["ports_role"] == "proxy"

@@ -5,6 +5,7 @@ remote scenario model. tests/root/test_compose_stack.py runs the services' comma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from deploy_checks import (
     check_query,
     compose_config,
     dashboard_queries,
+    documented_tags,
     known_fields,
     query_refs,
 )
@@ -35,7 +37,7 @@ def test_compose_file_is_valid_and_complete() -> None:
     config = compose_config()
     services = config["services"]
     assert set(services) == SERVICES
-    for role, owner in (("proxy", "haproxy"), ("origin", "origin")):
+    for role, owner in (("proxy", "proxy"), ("origin", "origin")):
         for kind in ("agent", "collector"):
             service = services[f"{role}-{kind}"]
             assert service["network_mode"] == f"service:{owner}"
@@ -46,9 +48,23 @@ def test_compose_file_is_valid_and_complete() -> None:
     assert set(services["proxy-agent"]["cap_add"]) == {"NET_ADMIN"}
     assert set(services["origin-agent"]["cap_add"]) == {"NET_ADMIN", "KILL", "SYS_PTRACE"}
     # the rest runs unprivileged
-    for name in ("origin", "haproxy", "controller", "worker"):
+    for name in ("origin", "proxy", "haproxy", "controller", "worker"):
         assert services[name]["user"] == "chaos"
         assert "cap_add" not in services[name]
+    # HAProxy joins the proxy's namespaces like its sidecars: its restart leaves them alone
+    assert services["haproxy"]["network_mode"] == "service:proxy"
+    assert services["haproxy"]["pid"] == "service:proxy"
+    # whoever owns a PID namespace runs under an init: no program of ours is PID 1
+    owners = [n for n, svc in services.items() if "pid" not in svc and n != "grafana"]
+    assert sorted(n for n in owners if services[n].get("init")) == sorted(
+        n for n in owners if services[n].get("image", "").startswith("chaos")
+    )
+    # published ports bind loopback unless BIND_ADDRESS opts in
+    for name in ("influxdb", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    # `--scale worker=N` alone: the controller counts the workers, which start first
+    assert "--workers" not in services["controller"]["command"]
+    assert "worker" in services["controller"]["depends_on"]
     # `--scale worker=N` needs a worker without a fixed name or published port
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     influx_env = services["influxdb"]["environment"]
@@ -73,7 +89,11 @@ def test_compose_scenario_is_valid_and_remote() -> None:
     scenario = loader.load(str(DEPLOY / "scenarios" / "compose.yaml"))
     assert scenario.remote is not None
     targets = [spec.target for spec in remote_faults(scenario)]
-    assert targets == ["http://haproxy:7700/proxy", "http://origin:7700/origin:chaos[.]lab[.]origin"]
+    assert targets == [
+        "http://proxy:7700/proxy",
+        "http://origin:7700/origin:^\\S*python3? -m chaos[.]lab[.]origin",
+    ]
+    assert scenario.remote.workers_from == "worker"
 
 
 def test_haproxy_config_is_what_the_lab_renders() -> None:
@@ -86,25 +106,64 @@ def test_haproxy_config_is_what_the_lab_renders() -> None:
 # --- the dashboard ---------------------------------------------------------------------------
 
 
-def test_dashboard_queries_reference_written_measurements_and_fields() -> None:
-    known = known_fields()
-    problems = [p for q in dashboard_queries() for p in check_query(q, known)]
+def test_dashboard_queries_reference_written_measurements_fields_and_tags() -> None:
+    known, tags = known_fields(), documented_tags()
+    problems = [p for q in dashboard_queries() for p in check_query(q, known, tags)]
     assert problems == []
-    board = json.loads(DASHBOARD.read_text())
     used = {query_refs(q)[0][0] for q in dashboard_queries()}
-    # what the dashboard promises: states, TIME_WAIT, port budget, zombies, conntrack, rate,
-    # errors, and faults as annotations
+    # what the dashboard promises: states, TIME_WAIT, port budget, zombies, conntrack, the
+    # load and its failures, kernel counters, and faults as annotations
     assert {"tcp_states", "port_budget_summary", "tcp_zombies", "conntrack", "load",
-            "tcp_counters", "chaos_event"} <= used  # fmt: skip
-    assert board["annotations"]["list"][0]["enable"] is True
+            "load_failures", "tcp_counters", "chaos_event"} <= used  # fmt: skip
+
+
+def test_dashboard_is_what_a_grafana_user_expects() -> None:
+    spec = importlib.util.spec_from_file_location("build", DEPLOY / "grafana/build_dashboard.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    board = json.loads(DASHBOARD.read_text())
+    assert board == json.loads(builder.render()), "run deploy/grafana/build_dashboard.py"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert set(variables) == {"bucket", "run", "host", "role"}
+    for name in ("run", "host", "role"):
+        assert variables[name]["multi"] and variables[name]["includeAll"]
+    for item in board["panels"]:
+        assert item["fieldConfig"]["defaults"]["unit"], item["title"]
+        for target in item["targets"]:
+            q = target["query"]
+            # the bucket from its variable, every bucket's length from Grafana's interval
+            assert '"$bucket"."autogen".' in q and "GROUP BY time($__interval)" in q, q
+            assert "mean(" not in q, q  # peaks and utilisation are never averaged away
+            # counters: per-second rates that do not depend on the bucket's length
+            if "sum(" in q:
+                assert '/ sum("interval_s")' in q or "/ ($__interval_ms / 1000)" in q, q
+    annotation = board["annotations"]["list"][0]
+    assert annotation["enable"] and '"chaos_event"' in annotation["query"]
+    # the datasource speaks InfluxQL to the bucket of .env, with the token
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/influxdb.yaml").read_text()
+    )["datasources"][0]
+    assert datasource["jsonData"]["version"] == "InfluxQL"
+    assert datasource["jsonData"]["dbName"] == "$INFLUXDB_BUCKET"
+    assert datasource["secureJsonData"]["httpHeaderValue1"] == "Token $INFLUXDB_TOKEN"
 
 
 def test_dashboard_check_rejects_unknown_names() -> None:
-    known = known_fields()
-    bad = 'filter(fn: (r) => r._measurement == "tcp_states") |> filter(fn: (r) => r._field == "x")'
-    assert check_query(bad, known) == ["tcp_states.x is not written by the collectors"]
-    assert check_query(bad.replace("tcp_states", "nope"), known) == ["unknown measurement 'nope'"]
+    known, tags = known_fields(), documented_tags()
+    bad = (
+        'SELECT max("x") FROM "$bucket"."autogen"."tcp_states" WHERE $timeFilter '
+        'AND "colour" = \'red\' GROUP BY time($__interval), "role"'
+    )
+    assert check_query(bad, known, tags) == [
+        "tcp_states.x is not written by the collectors",
+        "tcp_states has no tag 'colour'",
+    ]
+    assert check_query(bad.replace("tcp_states", "nope"), known, tags) == [
+        "unknown measurement 'nope'"
+    ]
     assert "tcp_states" in known and "time_wait" in known["tcp_states"]
+    assert "family" in tags["tcp_states"]
 
 
 # --- the remote scenario model and the agent's ROLE=PATH --------------------------------------

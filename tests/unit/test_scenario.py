@@ -149,11 +149,59 @@ def test_bad_durations(bad):
 
 
 def test_builtins_are_valid_and_described():
-    described = dict(loader.describe_builtins())
+    described = {item.name: item for item in loader.describe_builtins()}
     assert "smoke" in described
-    for name, description in described.items():
-        assert description, f"builtin {name} needs a description"
-        assert isinstance(loader.load(name), Scenario)
+    for name, item in described.items():
+        assert item.headline, f"builtin {name} needs a description"
+        scenario = loader.load(name)
+        assert isinstance(scenario, Scenario)
+        assert item.controls == tuple(c.name for c in scenario.controls)
+
+
+CONTROLLED = """
+name: c
+faults: [{type: stop, target: origin, at: 1s, for: 5s}]
+expect:
+  - {label: stopped, metric: tcp_states.close_wait, role: client, when: during, op: ">=", value: 1}
+controls:
+  - name: short-stop
+    patch: {faults: [{type: stop, target: origin, at: 1s, for: 1s}]}
+    fails: [stopped]
+"""
+
+
+def test_a_control_runs_like_a_variant_and_keeps_the_plain_signature():
+    scenario = loader.parse(CONTROLLED, "c.yaml")
+    control = loader.with_variant(scenario, "short-stop")
+    assert control.variant == "short-stop" and control.controls == []
+    assert control.faults[0].duration == 1.0
+    assert control.expect == scenario.expect
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("fails: [stopped]", "fails: [no-such-clause]"), "not the label of any expectation"),
+        (("fails: [stopped]", "fails: []"), "at least 1 item"),
+        (("patch: {", "patch: {expect: [], "), "judged by the plain expectations"),
+        (("short-stop", "x"), None),  # a valid name still
+    ],
+)
+def test_bad_controls_are_named(change, message):
+    text = CONTROLLED.replace(*change)
+    if message is None:
+        loader.parse(text, "c.yaml")
+        return
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse(text, "c.yaml")
+    assert message in str(caught.value.problems), caught.value.problems
+
+
+def test_variant_and_control_names_must_differ():
+    text = CONTROLLED + "variants: [{name: short-stop}]\n"
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse(text, "c.yaml")
+    assert "names repeat" in str(caught.value.problems)
 
 
 def test_unknown_scenario_name_lists_builtins():
@@ -214,3 +262,16 @@ def test_unknown_variant_lists_the_known_ones():
     with pytest.raises(ChaosError) as err:
         with_variant(loader.parse(VARIANTS, "<t>"), "nope")
     assert "its variants: reuse" in err.value.hint
+
+
+def test_a_sysctl_newer_than_the_kernel_is_a_capability_not_a_typo(monkeypatch):
+    from chaos.errors import CapabilityError, SysctlError
+    from chaos.kernel import netns
+
+    monkeypatch.setitem(netns.SYSCTL_SINCE, "net.ipv4.tcp_from_the_future", "99.1")
+    with pytest.raises(CapabilityError) as caught:
+        netns.sysctl_get(None, "net.ipv4.tcp_from_the_future")
+    assert "needs Linux 99.1 or later" in caught.value.message
+    assert caught.value.exit_code == 4
+    with pytest.raises(SysctlError, match="unknown sysctl"):
+        netns.sysctl_get(None, "net.ipv4.tcp_no_such_knob")
