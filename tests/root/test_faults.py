@@ -3,6 +3,7 @@ processes, target resolution, the guard, and the `chaos faults` / `revert-all` c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from fault_contract import Case, run_contract
 from fault_lab import (
     ORIGIN_IP,
+    ORIGIN_PORT,
     MiniLab,
     http_get,
     mini_lab,
@@ -38,6 +40,7 @@ from chaos.faults.engine.targets import resolve
 from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
+from chaos.kernel.proctree import children
 from chaos.record.journal import Journal, read_journal
 
 SYSCTLS = {
@@ -175,11 +178,79 @@ def make_case(kind: str, lab: MiniLab, sleepers: Callable[[str], subprocess.Pope
     raise LookupError(kind)
 
 
+PROXY_PORT = 9091
+
+
+@pytest.fixture
+def haproxy(lab: MiniLab, tmp_path: Path) -> Iterator[Callable[[], int]]:
+    """A real HAProxy in master-worker mode (as the lab runs it) in the origin namespace,
+    forwarding :9091 to the origin. Yields a function giving its current master's pid (a
+    restart replaces it); every master it had is gone at the end."""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "global\n  maxconn 100\n"
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 5s\n"
+        "  timeout server 5s\n"
+        f"listen fwd\n  bind {ORIGIN_IP}:{PROXY_PORT}\n  server o {ORIGIN_IP}:{ORIGIN_PORT}\n"
+    )
+    log = (tmp_path / "haproxy.log").open("ab")  # a file: a restart reopens its stdout
+    proc = netns.popen(lab.origin, ["haproxy", "-W", "-db", "-f", str(cfg)],
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def master() -> int:
+        found = subprocess.run(["pgrep", "-o", "-f", f"haproxy -W -db -f {cfg}"],
+                               capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert found, "the test's haproxy is gone"
+        return int(found[0])
+
+    deadline = time.monotonic() + 10
+    while http_get(lab.client, port=PROXY_PORT, timeout=0.5) != "ok":
+        assert time.monotonic() < deadline and proc.poll() is None, "haproxy did not start"
+        time.sleep(0.05)
+    try:
+        yield master
+    finally:
+        for _ in range(3):  # the first master, then any a restart started
+            found = subprocess.run(["pgrep", "-f", f"haproxy -W -db -f {cfg}"],
+                                   capture_output=True, text=True).stdout.split()  # fmt: skip
+            for pid in map(int, found):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        proc.wait(timeout=10)
+        log.close()
+
+
+def proxy_case(kind: str, lab: MiniLab, master: Callable[[], int]) -> Case:
+    """reload and restart are one-shot: visible as a new worker (reload) or a new master
+    (restart) that serves again; their revert is a harmless no-op."""
+
+    def serves(_target: Target) -> bool:
+        return http_get(lab.client, port=PROXY_PORT) == "ok"
+
+    def reloaded(handle: Handle) -> bool:
+        return bool(set(children(handle.data["pid"])) - set(handle.data["workers"]))
+
+    def restarted(handle: Handle) -> bool:
+        return state_of(handle.data["pid"]) in (None, "Z") and master() != handle.data["pid"]
+
+    return Case(
+        kind,
+        {"settle": 10},
+        lambda: resolve(f"pid:{master()}", lab.state),
+        serves,
+        reloaded if kind == "reload" else restarted,
+    )
+
+
 @pytest.mark.parametrize("kind", sorted(fault_types()))
-def test_contract(kind, lab, sleepers, ledger_dir):
+def test_contract(kind, lab, sleepers, ledger_dir, request):
     cls = fault_type(kind)
     try:
-        case = make_case(kind, lab, sleepers)
+        if kind in ("reload", "restart"):
+            case = proxy_case(kind, lab, request.getfixturevalue("haproxy"))
+        else:
+            case = make_case(kind, lab, sleepers)
     except LookupError:
         # A type without a case here must need a kernel feature this host lacks (netem: the
         # VM suite covers it); anything else is an untested fault type.
