@@ -170,8 +170,9 @@ MEASUREMENTS: dict[str, Measurement] = {
             ["peer"],
         ),
         _m(TCP_ZOMBIES_PEER, ["candidates", "confirmed"], ["peer"]),
-        # every counter of /proc/net/netstat and /proc/net/snmp, by the kernel's own name
-        _m(TCP_COUNTERS, [], ["group"], [r"[A-Z][A-Za-z0-9]*"]),
+        # every counter of /proc/net/netstat and /proc/net/snmp, by the kernel's own name,
+        # and interval_s, the seconds their deltas cover
+        _m(TCP_COUNTERS, ["interval_s"], ["group"], [r"[A-Z][A-Za-z0-9]*"]),
         # every line of /proc/net/sockstat{,6}: <protocol>_<key> (tcp_mem as tcp_mem_pages)
         _m(
             SOCKSTAT,
