@@ -329,6 +329,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         interval = parse_duration(args.interval)
     except ValueError as exc:
         raise ChaosError(f"--interval {args.interval!r}: {exc}") from None
+    try:
+        zombie_idle = parse_duration(args.zombie_idle)
+    except ValueError as exc:
+        raise UsageError(f"--zombie-idle {args.zombie_idle!r}: {exc}", "e.g. 60 or 5m") from None
+    if zombie_idle <= 0:
+        raise UsageError(f"--zombie-idle {args.zombie_idle!r}: must be above 0", "e.g. 60")
     from chaos.sink import InfluxFlags
 
     influx = InfluxFlags(
@@ -345,6 +351,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         args.role,
         influx,
         container=args.container,
+        zombie_idle_s=zombie_idle,
     )
 
 
@@ -700,6 +707,13 @@ def build_parser() -> argparse.ArgumentParser:
         "TOKEN, or the flags below) until SIGTERM, instead of printing",
     )
     p.add_argument("--role", default=None, help="a role tag on every sample, e.g. proxy")
+    p.add_argument(
+        "--zombie-idle",
+        default="60",
+        metavar="SECONDS",
+        help="silence after which an ESTABLISHED socket without keepalive is a zombie "
+        "candidate (default 60; also 30s, 5m)",
+    )
     add_influx_flags(p)
 
     faults = sub.add_parser("faults", help="faults: what is active, what types exist")

@@ -73,6 +73,7 @@ def collectors_for(
     budget_period: float = 0.0,
     zombie_peer: NetnsRef | None = None,
     zombie_peers: Sequence[ZombiePeer] = (),
+    zombie_host_peers: bool = False,
     cumulative_counters: bool = False,
     exclude_loopback: bool = False,
 ) -> list[Collector]:
@@ -80,7 +81,8 @@ def collectors_for(
 
     ``tags`` (e.g. ``{"role": "proxy"}``) go on every sample next to ``netns``. Zombie
     candidates are confirmed against ``zombie_peers`` (chosen per connection by its remote
-    address) and/or ``zombie_peer`` (every connection). ``exclude_loopback`` leaves sockets
+    address) and/or ``zombie_peer`` (every connection); with ``zombie_host_peers`` the rest
+    are looked for in every namespace of this host. ``exclude_loopback`` leaves sockets
     on 127.0.0.0/8 out of the census (the load generator's own). The caller owns the result:
     ``close()`` each collector (or :meth:`Sampler.close_collectors`).
     """
@@ -104,6 +106,7 @@ def collectors_for(
                 period=zombie_period,
                 peer=zombie_peer,
                 peers=zombie_peers,
+                host_peers=zombie_host_peers,
                 tags=tags,
                 diag=diag,
             )

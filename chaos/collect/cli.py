@@ -47,13 +47,25 @@ def collect_main(
     role: str | None = None,
     influx: InfluxFlags | None = None,
     container: str | None = None,
+    zombie_idle_s: float = 60.0,
 ) -> int:
     """Sample one namespace (name, pid's, container's, or the host's) and print, or, with
     ``sink_dir``, write to a sink (``samples.lp`` there, and InfluxDB when configured) until
-    SIGTERM or Ctrl-C; returns the exit code."""
+    SIGTERM or Ctrl-C; returns the exit code.
+
+    Zombie candidates (silent for ``zombie_idle_s``, no keepalive) are confirmed against
+    every namespace of this host that owns their remote address: no lab plan says where
+    the peers are."""
     ns = NetnsRef.resolve(netns, pid, container)
     tags = {"role": role} if role else None
-    collectors = collectors_for(ns, tags=tags, census_mode="auto", cumulative_counters=once)
+    collectors = collectors_for(
+        ns,
+        tags=tags,
+        census_mode="auto",
+        cumulative_counters=once,
+        zombie_idle_s=zombie_idle_s,
+        zombie_host_peers=True,
+    )
     console = Console()
     try:
         if sink_dir is not None:
@@ -226,6 +238,9 @@ def render(samples: list[Sample], once: bool) -> Group:
             zf = zombies.fields
             label = f"zombies (idle > {_fmt_s(zf.get('threshold_s'))}, no keepalive)"
             table.add_row(label, _num(zf.get("candidates", 0)), _fmt_s(zf.get("oldest_idle_s")), "")
+            if "confirmed" in zf:
+                table.add_row("  confirmed (peer socket gone)", _num(zf["confirmed"]), "", "")
+                table.add_row("  unchecked (peer not on this host)", _num(zf["unmatched"]), "", "")
         parts.append(table)
 
     summary = next(iter(_by(samples, "port_budget_summary")), None)

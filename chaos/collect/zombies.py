@@ -16,6 +16,13 @@ connections to a remote network lives (and how a NAT on the way rewrote the tupl
 address. :func:`peers_from_rules` builds them from the lab's addressing
 (:meth:`chaos.lab.topology.Plan.peer_rules`).
 
+Outside a lab (standalone ``chaos collect``) nobody knows the routes, so ``host_peers``
+looks for the peer on this host: :func:`confirm_on_host` finds every namespace this
+process can see (named ones and those of running processes) that owns the candidate's
+remote address, and confirms the candidate when none of them holds the mirrored 4-tuple.
+A peer on another host (no namespace here owns its address) cannot be checked: the
+candidate stays *unmatched*, never confirmed.
+
 Cost: the scan asks for ``tcp_info`` of every ESTABLISHED socket (~400-byte records; ~1.3 us
 per socket in the kernel here), so it is a separate collector with its own period (default
 10 s) rather than part of the per-second census.
@@ -32,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chaos.collect.census import info_offset, record_format
+from chaos.errors import ChaosError
+from chaos.kernel import netns as netns_mod
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
 from chaos.record.point import Sample, time_ns_of
@@ -251,12 +260,79 @@ def peers_from_rules(
     return peers
 
 
+@dataclass
+class HostCheck:
+    """What :func:`confirm_on_host` found: the confirmed candidates, how many had no peer
+    namespace on this host, and per peer namespace (candidates checked, confirmed)."""
+
+    confirmed: list[Conn] = field(default_factory=list)
+    unmatched: int = 0
+    by_peer: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def confirm_on_host(conns: Sequence[Conn], own: NetnsRef) -> HostCheck:
+    """Confirm ``conns`` (candidates of namespace ``own``) against every namespace of this
+    host that owns their remote address.
+
+    A remote address ``own`` owns itself (loopback included) is delivered locally, so only
+    ``own`` is checked for it. Namespaces are enumerated, opened and censused once per call,
+    and closed before it returns. A DNAT on the way (a published container port) gives the
+    peer's socket another 4-tuple: such a candidate is confirmed wrongly; ``chaos run``
+    knows its lab's NAT, standalone collect does not.
+    """
+    check = HostCheck()
+    refs: list[NetnsRef] = []
+    diags: dict[str, sd.InetDiag] = {}
+    censuses: dict[str, SocketTuples] = {}
+    try:
+        owners: dict[str, list[NetnsRef]] = {}  # address -> the namespaces owning it
+        own_addresses: set[str] = set()
+        for label, path in netns_mod.visible_namespaces():
+            try:
+                ref = NetnsRef.of_path(path, label)
+            except ChaosError:  # its process exited since
+                continue
+            refs.append(ref)
+            addresses = ref.run(netns_mod.local_addresses)
+            if ref.inode == own.inode:
+                own_addresses = addresses
+            for address in addresses:
+                owners.setdefault(address, []).append(ref)
+        own_ref = next((r for r in refs if r.inode == own.inode), own)
+        for conn in conns:
+            remote = ipaddress.ip_address(conn.dst)
+            if remote.is_loopback or conn.dst in own_addresses:
+                places = [own_ref]
+            else:
+                places = [r for r in owners.get(conn.dst, []) if r.inode != own.inode]
+            if not places:
+                check.unmatched += 1
+                continue
+            for ref in places:
+                if ref.label not in censuses:
+                    diags[ref.label] = sd.InetDiag.open_in(ref)
+                    censuses[ref.label] = socket_tuples(diags[ref.label], ref.label)
+            key = (conn.family, conn.reversed_tuple())
+            gone = all(key not in censuses[ref.label] for ref in places)
+            if gone:
+                check.confirmed.append(conn)
+            seen, confirmed = check.by_peer.get(places[0].label, (0, 0))
+            check.by_peer[places[0].label] = (seen + 1, confirmed + gone)
+    finally:
+        for diag in diags.values():
+            diag.close()
+        for ref in refs:
+            ref.close()
+    return check
+
+
 class ZombieScan:
     """``tcp_zombies`` for one namespace; optionally confirmed against peer namespaces.
 
     ``peers``: where the other end of each connection lives, chosen per candidate by its
     remote address (the first peer that covers it). ``peer`` (+ ``translate``) is the
-    one-peer shorthand: every connection's other end is there.
+    one-peer shorthand: every connection's other end is there. ``host_peers``: candidates
+    no peer covers are looked for on this whole host (:func:`confirm_on_host`).
     """
 
     name = "zombies"
@@ -270,6 +346,7 @@ class ZombieScan:
         peer: NetnsRef | None = None,
         translate: Translate | None = None,
         peers: Sequence[ZombiePeer] = (),
+        host_peers: bool = False,
         tags: dict[str, str] | None = None,
         diag: sd.InetDiag | None = None,
     ) -> None:
@@ -279,6 +356,7 @@ class ZombieScan:
         self.period = period
         self.tags = {"netns": ns.label, **(tags or {})}
         self.peers = list(peers)
+        self.host_peers = host_peers
         if peer is not None:
             self.peers.append(ZombiePeer(None, peer, translate))
         # one sock_diag socket per namespace when given one (collectors_for shares it)
@@ -303,16 +381,21 @@ class ZombieScan:
             self._routes[address] = next((p for p in self.peers if p.covers(address)), None)
         return self._routes[address]
 
+    @property
+    def checks_peers(self) -> bool:
+        return bool(self.peers) or self.host_peers
+
     def take(self) -> ZombieReport:
         report = scan(self.diag, self.threshold_s, self.netns)
         self.confirmed = []
         self.unmatched = 0
         self.by_peer = dict.fromkeys(self._peer_diags, (0, 0))
         routed: dict[int, tuple[ZombiePeer, list[Conn]]] = {}
-        for conn in report.candidates if self.peers else ():
+        elsewhere: list[Conn] = []  # candidates no peer covers, for the host-wide check
+        for conn in report.candidates if self.checks_peers else ():
             peer = self._route(conn)
             if peer is None:
-                self.unmatched += 1
+                elsewhere.append(conn)
             else:
                 routed.setdefault(id(peer), (peer, []))[1].append(conn)
         censuses: dict[str, SocketTuples] = {}  # one census per peer namespace and scan
@@ -324,6 +407,15 @@ class ZombieScan:
             self.confirmed += gone
             seen, confirmed = self.by_peer[label]
             self.by_peer[label] = (seen + len(conns), confirmed + len(gone))
+        if elsewhere and self.host_peers:
+            check = confirm_on_host(elsewhere, self.ns)
+            self.confirmed += check.confirmed
+            self.unmatched = check.unmatched
+            for label, (seen, confirmed) in check.by_peer.items():
+                before = self.by_peer.get(label, (0, 0))
+                self.by_peer[label] = (before[0] + seen, before[1] + confirmed)
+        else:
+            self.unmatched = len(elsewhere)
         self.last = report
         return report
 
@@ -340,10 +432,10 @@ class ZombieScan:
         tags = dict(self.tags)
         stamp = time_ns_of(now)
         per_peer = []
-        if self.peers:
+        if self.checks_peers:
             fields["confirmed"] = len(self.confirmed)
             fields["unmatched"] = self.unmatched
-            if len(self.by_peer) == 1:
+            if len(self.by_peer) == 1 and not self.host_peers:
                 tags["peer"] = next(iter(self.by_peer))
             per_peer = [
                 Sample(

@@ -62,6 +62,34 @@ def list_namespaces() -> list[str]:
         return []
 
 
+def visible_namespaces() -> list[tuple[str, str]]:
+    """Every network namespace this process can see, once each, as (label, path): its own
+    (``host``), the named ones under /run/netns, then those of running processes
+    (``pid:N``). A namespace held only by a socket or a file descriptor is not seen."""
+    places = [("host", "/proc/thread-self/ns/net")]
+    places += [(name, path_of(name)) for name in list_namespaces()]
+    places += [(f"pid:{e}", f"/proc/{e}/ns/net") for e in os.listdir("/proc") if e.isdigit()]
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for label, path in places:
+        try:
+            st = os.stat(path)
+        except OSError:  # a process that just exited, or one we may not look into
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            found.append((label, path))
+    return found
+
+
+def local_addresses() -> set[str]:
+    """Every address configured in the calling thread's namespace (call through run_in)."""
+    with IPRoute() as handle:
+        return {
+            a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS") for a in handle.get_addr()
+        }
+
+
 def exists(name: str) -> bool:
     return os.path.exists(path_of(name))
 

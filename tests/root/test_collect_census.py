@@ -11,8 +11,11 @@ import json
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sockets
@@ -394,6 +397,82 @@ def test_confirmed_zombie_across_two_namespaces(lab):
     point = zombies.sample(time.time())[0]
     assert point.fields["candidates"] == 2 and point.fields["confirmed"] == 1
     assert point.tags["peer"] == b
+
+
+CHAOS = str(Path(sys.executable).parent / "chaos")
+DROP_FIN_RST = (
+    "table inet ctest {\n chain out {\n  type filter hook output priority 0;\n"
+    "  tcp flags & (fin | rst) != 0 drop\n }\n}\n"
+)
+
+
+def established_count(name: str) -> int:
+    """ESTABLISHED TCP sockets in a namespace, as `ss` (iproute2) counts them."""
+    out = netns.run(name, ["ss", "-Htn", "state", "established"]).stdout
+    return len(out.splitlines())
+
+
+def collected_zombies(name: str, *flags: str) -> tuple[dict, list[dict]]:
+    """`chaos collect --netns NAME --once --json FLAGS`: its tcp_zombies point and its
+    tcp_zombies_peer points."""
+    done = subprocess.run(
+        [CHAOS, "collect", "--netns", name, "--once", "--json", *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    points = [json.loads(line) for line in done.stdout.splitlines()]
+    [zombies] = [p for p in points if p["measurement"] == "tcp_zombies"]
+    return zombies, [p for p in points if p["measurement"] == "tcp_zombies_peer"]
+
+
+def test_standalone_collect_confirms_zombies_whose_peer_is_on_this_host(lab):
+    """11 silent connections from A to B; B closes 5 of its ends while its nft drops its
+    own FIN and RST, so A never hears: 5 real zombies, 6 healthy idle connections."""
+    a, b = lab.namespace(), lab.namespace()
+    _veth_pair(lab, a, b)
+    assert netns.nft(b, DROP_FIN_RST).returncode == 0
+    lsock = lab.run(b, listener, socket.AF_INET, "198.18.0.2", 8080)
+    lab.sockets.append(lsock)
+
+    def connect(n: int) -> list[socket.socket]:
+        return [socket.create_connection(("198.18.0.2", 8080), timeout=5) for _ in range(n)]
+
+    lab.sockets += lab.run(a, connect, 11)  # type: ignore[arg-type]
+    servers = [lsock.accept()[0] for _ in range(11)]
+    lab.sockets += servers
+    for doomed in servers[:5]:  # abortive close: the socket is freed at once, its RST dropped
+        doomed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        doomed.close()
+    # independent truth: ss sees all 11 alive in A, only 6 ends left in B
+    assert (established_count(a), established_count(b)) == (11, 6)
+    time.sleep(1.2)
+
+    zombies, peers = collected_zombies(a, "--zombie-idle", "1")
+    fields = zombies["fields"]
+    assert (fields["candidates"], fields["confirmed"], fields["unmatched"]) == (11, 5, 0)
+    assert fields["threshold_s"] == 1.0
+    assert [(p["tags"]["peer"], p["fields"]) for p in peers] == [
+        (b, {"candidates": 11, "confirmed": 5})
+    ]
+
+    # control: at the default threshold (60 s) nothing is silent long enough
+    fields = collected_zombies(a)[0]["fields"]
+    assert (fields["candidates"], fields["confirmed"], fields["threshold_s"]) == (0, 0, 60.0)
+
+    # B without its name, held by a process: found through the process
+    holder = netns.popen(b, ["sleep", "60"])
+    lab.closers.append(lambda: (holder.kill(), holder.wait()))
+    netns.remove(b)
+    zombies, peers = collected_zombies(a, "--zombie-idle", "1")
+    assert (zombies["fields"]["candidates"], zombies["fields"]["confirmed"]) == (11, 5)
+    assert [p["tags"]["peer"] for p in peers] == [f"pid:{holder.pid}"]
+
+    # control: B seen by nobody (only this test's sockets hold it) is "not on this host":
+    # nothing confirmed, every candidate unchecked
+    holder.kill()
+    holder.wait()
+    fields = collected_zombies(a, "--zombie-idle", "1")[0]["fields"]
+    assert (fields["candidates"], fields["confirmed"], fields["unmatched"]) == (11, 0, 11)
 
 
 # --- conntrack and the CLI ----------------------------------------------------------------------
