@@ -260,6 +260,24 @@ def peers_from_rules(
     return peers
 
 
+_V4_PAD = bytes(12)  # sock_diag's AF_INET address: 4 bytes, then 12 zeros
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
+
+
+def mirrored_keys(conn: Conn) -> list[Key]:
+    """The keys the peer's socket may have: the mirror image, and for IPv4 the same
+    connection as a dual-stack (``[::]``) socket sees it, with IPv4-mapped addresses (and
+    the other way round)."""
+    m = conn.reversed_tuple()
+    keys: list[Key] = [(conn.family, m)]
+    ports, src, dst = m[:4], m[4:20], m[20:36]
+    if conn.family == socket.AF_INET:
+        keys.append((socket.AF_INET6, ports + _MAPPED + src[:4] + _MAPPED + dst[:4]))
+    elif src.startswith(_MAPPED) and dst.startswith(_MAPPED):
+        keys.append((socket.AF_INET, ports + src[12:] + _V4_PAD + dst[12:] + _V4_PAD))
+    return keys
+
+
 @dataclass
 class HostCheck:
     """What :func:`confirm_on_host` found: the confirmed candidates, how many had no peer
@@ -301,10 +319,13 @@ def confirm_on_host(conns: Sequence[Conn], own: NetnsRef) -> HostCheck:
         own_ref = next((r for r in refs if r.inode == own.inode), own)
         for conn in conns:
             remote = ipaddress.ip_address(conn.dst)
-            if remote.is_loopback or conn.dst in own_addresses:
+            if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped:
+                remote = remote.ipv4_mapped
+            address = str(remote)
+            if remote.is_loopback or address in own_addresses:
                 places = [own_ref]
             else:
-                places = [r for r in owners.get(conn.dst, []) if r.inode != own.inode]
+                places = [r for r in owners.get(address, []) if r.inode != own.inode]
             if not places:
                 check.unmatched += 1
                 continue
@@ -312,8 +333,8 @@ def confirm_on_host(conns: Sequence[Conn], own: NetnsRef) -> HostCheck:
                 if ref.label not in censuses:
                     diags[ref.label] = sd.InetDiag.open_in(ref)
                     censuses[ref.label] = socket_tuples(diags[ref.label], ref.label)
-            key = (conn.family, conn.reversed_tuple())
-            gone = all(key not in censuses[ref.label] for ref in places)
+            keys = mirrored_keys(conn)
+            gone = not any(key in censuses[ref.label] for ref in places for key in keys)
             if gone:
                 check.confirmed.append(conn)
             seen, confirmed = check.by_peer.get(places[0].label, (0, 0))

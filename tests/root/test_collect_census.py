@@ -425,22 +425,33 @@ def collected_zombies(name: str, *flags: str) -> tuple[dict, list[dict]]:
     return zombies, [p for p in points if p["measurement"] == "tcp_zombies_peer"]
 
 
+def dual_stack_listener(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    sock.listen(16)
+    return sock
+
+
 def test_standalone_collect_confirms_zombies_whose_peer_is_on_this_host(lab):
     """11 silent connections from A to B; B closes 5 of its ends while its nft drops its
     own FIN and RST, so A never hears: 5 real zombies, 6 healthy idle connections."""
     a, b = lab.namespace(), lab.namespace()
     _veth_pair(lab, a, b)
     assert netns.nft(b, DROP_FIN_RST).returncode == 0
-    lsock = lab.run(b, listener, socket.AF_INET, "198.18.0.2", 8080)
-    lab.sockets.append(lsock)
+    # B's ends of 6 connections are IPv4 sockets, of 5 dual-stack ones (IPv4-mapped)
+    v4 = lab.run(b, listener, socket.AF_INET, "198.18.0.2", 8080)
+    dual = lab.run(b, dual_stack_listener, 8081)
+    lab.sockets += [v4, dual]
 
-    def connect(n: int) -> list[socket.socket]:
-        return [socket.create_connection(("198.18.0.2", 8080), timeout=5) for _ in range(n)]
+    def connect(port: int, n: int) -> list[socket.socket]:
+        return [socket.create_connection(("198.18.0.2", port), timeout=5) for _ in range(n)]
 
-    lab.sockets += lab.run(a, connect, 11)  # type: ignore[arg-type]
-    servers = [lsock.accept()[0] for _ in range(11)]
+    lab.sockets += lab.run(a, connect, 8080, 6) + lab.run(a, connect, 8081, 5)  # type: ignore
+    servers = [v4.accept()[0] for _ in range(6)] + [dual.accept()[0] for _ in range(5)]
     lab.sockets += servers
-    for doomed in servers[:5]:  # abortive close: the socket is freed at once, its RST dropped
+    assert {s.family for s in servers[-5:]} == {socket.AF_INET6}
+    for doomed in servers[:3] + servers[-2:]:  # abortive close: freed at once, its RST dropped
         doomed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         doomed.close()
     # independent truth: ss sees all 11 alive in A, only 6 ends left in B
