@@ -294,38 +294,40 @@ def confirm_on_host(conns: Sequence[Conn], own: NetnsRef) -> HostCheck:
 
     A remote address ``own`` owns itself (loopback included) is delivered locally, so only
     ``own`` is checked for it. Namespaces are enumerated, opened and censused once per call,
-    and closed before it returns. A DNAT on the way (a published container port) gives the
-    peer's socket another 4-tuple: such a candidate is confirmed wrongly; ``chaos run``
-    knows its lab's NAT, standalone collect does not.
+    and closed before it returns; one that cannot be entered owns nothing. A DNAT on the
+    way (a published container port) gives the peer's socket another 4-tuple: such a
+    candidate is confirmed wrongly; ``chaos run`` knows its lab's NAT, standalone collect
+    does not.
     """
     check = HostCheck()
     refs: list[NetnsRef] = []
     diags: dict[str, sd.InetDiag] = {}
     censuses: dict[str, SocketTuples] = {}
     try:
-        owners: dict[str, list[NetnsRef]] = {}  # address -> the namespaces owning it
-        own_addresses: set[str] = set()
+        owners: dict[str, list[NetnsRef]] = {}  # address -> the other namespaces owning it
+        own_addresses = own.run(netns_mod.local_addresses)
         for label, path in netns_mod.visible_namespaces():
             try:
                 ref = NetnsRef.of_path(path, label)
             except ChaosError:  # its process exited since
                 continue
-            refs.append(ref)
-            addresses = ref.run(netns_mod.local_addresses)
             if ref.inode == own.inode:
-                own_addresses = addresses
+                ref.close()
+                continue
+            refs.append(ref)
+            try:
+                addresses = ref.run(netns_mod.local_addresses)
+            except (ChaosError, OSError):  # one we may not enter (a container without
+                continue  # CAP_SYS_ADMIN): its peers count as elsewhere
             for address in addresses:
                 owners.setdefault(address, []).append(ref)
-        own_ref = next((r for r in refs if r.inode == own.inode), own)
         for conn in conns:
             remote = ipaddress.ip_address(conn.dst)
             if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped:
                 remote = remote.ipv4_mapped
             address = str(remote)
-            if remote.is_loopback or address in own_addresses:
-                places = [own_ref]
-            else:
-                places = [r for r in owners.get(address, []) if r.inode != own.inode]
+            local = remote.is_loopback or address in own_addresses
+            places = [own] if local else owners.get(address, [])
             if not places:
                 check.unmatched += 1
                 continue

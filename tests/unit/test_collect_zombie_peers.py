@@ -7,7 +7,14 @@ import textwrap
 
 import pytest
 
-from chaos.collect.zombies import Conn, SocketTuples, confirm_zombies, nat, peers_from_rules
+from chaos.collect.zombies import (
+    Conn,
+    SocketTuples,
+    confirm_zombies,
+    mirrored_keys,
+    nat,
+    peers_from_rules,
+)
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
 from chaos.lab.topology import Plan
@@ -98,3 +105,23 @@ def test_confirm_with_nat_keys(peer_has_it):
     # untouched connections are mirrored as usual
     other = conn("198.18.1.10", 40001, "198.18.2.2", 8080)
     assert translate(other) == key("198.18.2.2", 8080, "198.18.1.10", 40001)
+
+
+def test_mirrored_keys_include_the_dual_stack_view_both_ways():
+    """An IPv4 connection's peer may be a dual-stack socket (IPv4-mapped addresses), and a
+    dual-stack candidate's peer a plain IPv4 socket."""
+    v4 = conn("198.18.0.1", 40000, "198.18.0.2", 8080)
+    mapped = Conn(
+        socket.AF_INET6,
+        (8080).to_bytes(2, "big")
+        + (40000).to_bytes(2, "big")
+        + sd.addr_bytes(socket.AF_INET6, "::ffff:198.18.0.2")
+        + sd.addr_bytes(socket.AF_INET6, "::ffff:198.18.0.1"),
+    )
+    assert mirrored_keys(v4) == [
+        (socket.AF_INET, v4.reversed_tuple()),
+        (socket.AF_INET6, mapped.tuple36),
+    ]
+    assert mirrored_keys(mapped)[1] == key("198.18.0.1", 40000, "198.18.0.2", 8080)
+    plain6 = Conn(socket.AF_INET6, bytes(4) + sd.addr_bytes(socket.AF_INET6, "fd00::1") * 2)
+    assert len(mirrored_keys(plain6)) == 1
