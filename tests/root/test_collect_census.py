@@ -8,6 +8,7 @@ closed by the fixture, and the timewait sockets die with their namespace.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import struct
@@ -465,6 +466,17 @@ def test_standalone_collect_confirms_zombies_whose_peer_is_on_this_host(lab):
     assert [(p["tags"]["peer"], p["fields"]) for p in peers] == [
         (b, {"candidates": 11, "confirmed": 5})
     ]
+
+    text = subprocess.run(
+        [CHAOS, "collect", "--netns", a, "--once", "--zombie-idle", "1"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+    rows = dict(re.findall(r"^\s*((?:zombies|confirmed|unchecked) \(.*?\))\s+(\d+)", text, re.M))
+    assert rows == {
+        "zombies (idle > 1.0 s, no keepalive)": "11",
+        "confirmed (peer socket gone)": "5",
+        "unchecked (peer not on this host)": "0",
+    }
 
     # control: at the default threshold (60 s) nothing is silent long enough
     fields = collected_zombies(a)[0]["fields"]
