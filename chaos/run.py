@@ -381,11 +381,12 @@ def sampling(scenario: Scenario, state: LabState, run: RunDir, sink: Sink) -> It
             if role in spec.time_wait_timers:
                 collectors.append(TimeWaitTimers(ref, tags={"role": role}))
             # the lab's own packet counters in this role (escapes at the origin, resets
-            # toward the clients at the gateway)
+            # toward the clients at the gateway), where the lab made the namespace (an
+            # external proxy's has no lab table)
             collectors += [
                 LabCounter(ref.label, measurement, tags={"role": role})
                 for measurement, counter in LAB_COUNTERS.items()
-                if counter.role == role
+                if counter.role == role and role in state.namespaces
             ]
         # the series file the Locust master of our locustfiles writes
         collectors += load_collectors(run.path, state.namespaces["client"])
