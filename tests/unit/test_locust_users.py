@@ -335,7 +335,9 @@ def test_locustrun_master_two_workers_aggregates(tmp_path: Path, origin: Any) ->
     targets = [row["target_rate"] for row in result.rate_series]
     assert targets[0] == 60 and 140 in targets
     assert sum(row["achieved_rate"] for row in result.rate_series) == result.total_requests
-    assert result.history and result.history[-1].total_requests == result.total_requests
+    # Locust's own rolling history is flushed on its own clock and may miss the last
+    # reports (the series above is the exact count): it only never runs ahead
+    assert result.history and result.history[-1].total_requests <= result.total_requests
     for index in range(2):
         log = (tmp_path / "run" / "logs" / f"locust-worker-{index}.log").read_text()
         assert "Got quit message from master" in log
