@@ -40,8 +40,12 @@ Who closes (``close``) -- the close mode, not the request, decides, because it i
 variable under test:
     ``server``: every response carries ``Connection: close`` (http) and the socket is
     closed as soon as it is fully written: the origin is the active closer and holds
-    TIME_WAIT. Pipelined requests after the first are dropped (and, being unread, make
-    the kernel send RST instead of FIN).
+    TIME_WAIT. The sockets are corked (``TCP_CORK``), so the FIN rides on the segment that
+    carries the response's last byte: a peer that closes the moment it has the whole
+    response (nginx, HAProxy) has already received the FIN and cannot win the race to
+    close first, however late the origin is scheduled between ``send`` and ``close``.
+    Pipelined requests after the first are dropped (and, being unread, make the kernel
+    send RST instead of FIN).
     ``client``: keep-alive; the server never closes first. It closes only after reading
     EOF (so TIME_WAIT lands on the client). A request carrying ``Connection: close`` gets
     ``Connection: close`` echoed in its response (HTTP/1.1: "I will not serve more", so
@@ -863,6 +867,10 @@ def _listeners(cfg: OriginConfig, n: int) -> tuple[list[socket.socket], int]:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
             if cfg.linger_zero:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if cfg.close == "server":
+                # Inherited by accepted sockets: the last partial segment waits for close(),
+                # which tacks the FIN onto it (see "Who closes").
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             s.bind((cfg.host, port))
             port = s.getsockname()[1]
             s.listen(cfg.backlog)

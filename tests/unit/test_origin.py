@@ -353,6 +353,24 @@ def test_http_close_server(origin: Callable[..., Origin]) -> None:
     assert (s["accepted"], s["requests"], s["responses"], s["closed_by_server"]) == (1, 1, 1, 1)
 
 
+TCP_CLOSE_WAIT = 8  # include/net/tcp_states.h
+
+
+def test_close_server_fin_rides_on_the_last_byte(origin: Callable[..., Origin]) -> None:
+    """A peer that closes the moment it holds the whole response (nginx's upstream side)
+    must find the origin's FIN already there, or it closes first and the TIME_WAIT lands
+    on the proxy: the socket is CLOSE_WAIT as soon as the response is readable at all."""
+    o = origin(response_bytes=100, close="server")
+    states = []
+    for _ in range(40):
+        with connect(o.port) as c:
+            c.sendall(GET)
+            select.select([c], [], [], 5.0)
+            states.append(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0])
+            read_http(c)
+    assert states == [TCP_CLOSE_WAIT] * 40
+
+
 def test_http_close_client_keeps_alive(origin: Callable[..., Origin]) -> None:
     o = origin(close="client", response_bytes=10)
     overflows = tw_overflows()
