@@ -18,12 +18,13 @@ load series) >= 4x FastHttpUser and >= 0.5x wrk. Port ranges are widened in the 
 proxy namespaces so a run never reuses a 4-tuple the server still holds in TIME_WAIT.
 
 Per process: besides the rate (``conn/s``), the tool process's own CPU (user+sys from its
-rusage, over the whole run) gives ``conn/CPU-s``, connections per second of CPU it used. On
+rusage, over the whole run) gives ``conn/CPU-s``: the connections the tool counted (wrk's
+"N requests", Locust's ``connection`` requests) per second of CPU it used. On
 2 shared cores the client, HAProxy and the origin compete for CPU, so a faster client takes
 cycles from the server side it is measured against; ``--pin`` puts the tool on CPU 0 and
 HAProxy and the origin on CPU 1 (the kernel still runs the veth receive path on the sending
-CPU). Locust's import and start-up (~0.6 CPU-s) are in its CPU figure: it understates
-Locust's conn/CPU-s a little for short runs.
+CPU). Locust's import and start-up (~1 CPU-s on the shared 2-core machine) are in its CPU
+figure: it understates Locust's conn/CPU-s for short runs (use ``--seconds 20``).
 
 ``--profile`` runs the raw user once more through HAProxy under cProfile and prints where its
 time goes (for native frames: ``py-spy record --native --pid PID``, py-spy is not installed by
@@ -67,13 +68,16 @@ TARGET_VS_WRK = 0.5
 @dataclass(frozen=True)
 class Sample:
     rate: float  # new connections/s, as the tool reports it
+    connections: int  # connections made, as the tool counts them
     cpu_s: float  # user+sys seconds of the tool's process
     wall_s: float  # the run's wall time, start-up included
     failures: int
 
     @property
     def per_cpu_s(self) -> float:
-        return self.rate * self.wall_s / self.cpu_s if self.cpu_s else 0.0
+        # Connections made, not rate x wall: Locust's rate is over its run time only, so
+        # rate x wall would count connections for the start-up seconds too.
+        return self.connections / self.cpu_s if self.cpu_s else 0.0
 
 
 def scenario_text(opts: argparse.Namespace) -> str:
@@ -144,11 +148,12 @@ def run_wrk(state: LabState, url: str, opts: argparse.Namespace) -> Sample:
     out, err = proc.communicate(timeout=opts.seconds + 30)
     wall, cpu = time.monotonic() - t0, children_cpu() - c0
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if proc.returncode != 0 or not rate:
+    count = re.search(r"(\d+) requests in ", out)
+    if proc.returncode != 0 or not rate or not count:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}\n{err}")
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failures = sum(int(n) for n in errors.groups()) if errors else 0
-    return Sample(float(rate.group(1)), cpu, wall, failures)
+    return Sample(float(rate.group(1)), int(count.group(1)), cpu, wall, failures)
 
 
 def run_locust(
@@ -174,7 +179,7 @@ def run_locust(
     t0, c0 = time.monotonic(), children_cpu()
     result = locust.run()
     wall, cpu = time.monotonic() - t0, children_cpu() - c0
-    return Sample(result.achieved_rate, cpu, wall, result.total_failures)
+    return Sample(result.achieved_rate, result.total_requests, cpu, wall, result.total_failures)
 
 
 RAW_ARGS = ["--protocol", "http", "--teardown", "wait-server-fin"]

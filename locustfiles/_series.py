@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,20 +48,17 @@ FLUSH_MARGIN_S = 0.02  # wake this long after the wall-clock second ended
 class _Pending:
     """A second being filled from the hot path's stamps (values in microseconds)."""
 
-    __slots__ = ("completed", "failed", "failures", "started", "values")
+    __slots__ = ("completed", "failed", "failures", "started", *series.PHASES)
 
     def __init__(self) -> None:
         self.started = 0
         self.completed = 0
         self.failed = 0
         self.failures: dict[str, int] = {}
-        self.values: dict[str, list[int]] = {}
-
-    def add(self, phase: str, seconds: float) -> None:
-        values = self.values.get(phase)
-        if values is None:
-            values = self.values[phase] = []
-        values.append(int(seconds * 1_000_000))
+        self.connect: list[int] = []
+        self.first_byte: list[int] = []
+        self.total: list[int] = []
+        self.close: list[int] = []
 
 
 class Recorder:
@@ -90,31 +88,46 @@ class Recorder:
     def now(self) -> float:
         return time.perf_counter() + self.offset
 
-    def _second(self, stamp: float) -> _Pending:
-        sec = int(stamp + self.offset)
+    def _second(self, sec: int) -> _Pending:
         found = self.pending.get(sec)
         if found is None:
             found = self.pending[sec] = _Pending()
         return found
 
     def _absorb(self) -> None:
+        # Once a second over a few thousand stamps: loops kept flat (no call per stamp), and
+        # the second's _Pending looked up only when the second changes (stamps come in order,
+        # nearly).
         starts, self.starts = self.starts, []
         connects, self.connects = self.connects, []
         ends, self.ends = self.ends, []
+        offset = self.offset
         second = self._second
-        for t0 in starts:
-            second(t0).started += 1
+        for sec, count in Counter([int(t0 + offset) for t0 in starts]).items():
+            second(sec).started += count
+        current = -1
+        values: list[int] = []
         for t0, t1 in connects:
-            second(t1).add("connect", t1 - t0)
+            sec = int(t1 + offset)
+            if sec != current:
+                current, values = sec, second(sec).connect
+            values.append(int((t1 - t0) * 1_000_000))
+        current = -1
+        pending = _Pending()
+        total, first_byte, close = pending.total, pending.first_byte, pending.close
         for t0, t2, tf, t3, t4, failure in ends:
-            pending = second(t4)
-            pending.add("total", t4 - t0)
+            sec = int(t4 + offset)
+            if sec != current:
+                current = sec
+                pending = second(sec)
+                total, first_byte, close = pending.total, pending.first_byte, pending.close
+            total.append(int((t4 - t0) * 1_000_000))
             if tf:
-                pending.add("first_byte", tf - t2)
+                first_byte.append(int((tf - t2) * 1_000_000))
             if failure is None:
                 pending.completed += 1
                 if t3:
-                    pending.add("close", t4 - t3)
+                    close.append(int((t4 - t3) * 1_000_000))
             else:
                 pending.failed += 1
                 name = str(failure)
@@ -141,8 +154,10 @@ class Recorder:
             second.completed = pending.completed
             second.failed = pending.failed
             second.failures = pending.failures
-            for phase, values in pending.values.items():
-                series.record_values(second.histogram(phase), values)
+            for phase in series.PHASES:
+                values = getattr(pending, phase)
+                if values:
+                    series.record_values(second.histogram(phase), values)
         return second
 
 

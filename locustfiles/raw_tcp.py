@@ -61,6 +61,7 @@ Rate control (``--rate``, ``--rate-mode``, ``--rate-steps``, ``--rate-csv``, ...
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import itertools
 import os
@@ -82,12 +83,14 @@ from _common import (
     TcpFailure,
     errno_failure,
     opt,
+    rate_control,
 )
 from _contract import contract, register_options
 from _series import RECORDER
 from gevent.socket import wait_read, wait_write
 from locust import User, events, task
 from locust.env import Environment
+from locust.user.users import LOCUST_STATE_STOPPING
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 # The C socket type with a non-blocking fd from socket(): see RawTcpUser.one_connection.
@@ -214,6 +217,13 @@ def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
     _Config.current = RawConfig(environment)
 
 
+def _drain_and_close(sock: Sock) -> None:
+    with contextlib.suppress(OSError):  # BlockingIOError: nothing more has arrived
+        while sock.recv(RECV_SIZE):
+            pass
+    sock.close()
+
+
 class _Expired(Exception):
     """Thrown into a user's greenlet by the watchdog when its deadline passed."""
 
@@ -269,6 +279,8 @@ class RawTcpUser(User):
         self._reaper: gevent.Greenlet | None = None
         self._deadline = 0.0  # perf_counter() deadline of the current blocking step, 0 = none
         self._glet: Any = None
+        self._waits = 0  # waits on the hub so far (see _connections_back_to_back)
+        self._back_to_back = False
 
     def wait_time(self) -> float:  # type: ignore[override]
         return self._pacer.delay()
@@ -284,6 +296,7 @@ class RawTcpUser(User):
         self._fire = self.environment.events.request.fire
         self._glet = gevent.getcurrent()
         WATCHDOG.add(self, cfg.watchdog_tick)
+        self._back_to_back = not rate_control(self.environment).paced
         delay = self._pacer.first_delay()
         if delay > 0:
             gevent.sleep(delay)
@@ -299,7 +312,27 @@ class RawTcpUser(User):
 
     @task
     def connection(self) -> None:
-        self.one_connection()
+        if self._back_to_back:
+            self._connections_back_to_back()
+        else:
+            self.one_connection()
+
+    def _connections_back_to_back(self) -> None:
+        """Unpaced: connection after connection within one task, until Locust stops the user.
+
+        Why: between tasks Locust's TaskSet picks the next task, asks ``wait_time`` and calls
+        ``gevent.sleep(0)`` even for a zero wait, about 10 us of a connection's CPU. Each
+        connection is still one Locust request. Stopping is unchanged: Locust kills the user
+        (stop timeout 0) or sets it STOPPING, checked after every connection. A connection that
+        never waited on the hub (e.g. EADDRNOTAVAIL straight from connect()) yields once, so
+        the loop cannot starve Locust's own greenlets.
+        """
+        one_connection = self.one_connection
+        while self._state != LOCUST_STATE_STOPPING:
+            waits = self._waits
+            one_connection()
+            if self._waits == waits:
+                gevent.sleep(0)
 
     # ------------------------------------------------------------------ one connection
     def one_connection(self) -> None:
@@ -330,15 +363,13 @@ class RawTcpUser(User):
             if err:
                 if err != errno.EINPROGRESS:
                     raise OSError(err, os.strerror(err))
-                wait_write(sock.fileno())
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, os.strerror(err))
+                self._wait_connected(sock)
             t1 = perf()
             recorder.connects.append((t0, t1))
             stage = 1
             if cfg.idle > 0:
                 self._deadline = 0.0
+                self._waits += 1
                 gevent.sleep(cfg.idle)
             self._deadline = perf() + cfg.read_timeout
             self._sendall(sock, self._request)
@@ -370,6 +401,11 @@ class RawTcpUser(User):
             failure = CONNECT_TIMEOUT if stage == 0 else READ_TIMEOUT
         except OSError as exc:
             failure = errno_failure(exc)
+        except gevent.GreenletExit:
+            # Locust killed the user mid-connection (not reported, see the module docstring):
+            # read what already arrived so that close() sends a FIN, not an RST for unread data.
+            _drain_and_close(sock)
+            raise
         self._deadline = 0.0
         t4 = perf()
         if failure is not None:
@@ -390,35 +426,57 @@ class RawTcpUser(User):
         )
 
     # ------------------------------------------------------------------ socket calls
-    @staticmethod
-    def _sendall(sock: Sock, data: bytes) -> None:
+    def _wait_connected(self, sock: Sock) -> None:
+        """After connect() said EINPROGRESS: return once established, raise its error.
+
+        Back to back (unpaced, where the user's CPU is the limit): on veth and loopback the
+        handshake has usually completed by the time connect() returns (the SYN-ACK is
+        processed when connect() releases the socket), and getpeername() succeeds only on an
+        established socket; that skips a trip through the hub (a watcher, an epoll_ctl and
+        two greenlet switches, ~20 us). Paced users always wait on the hub first: at the end
+        of a distributed run Locust kills users mid-connection, and a user killed before its
+        request went out leaves nothing served that Locust did not count (paced runs are the
+        ones compared with the origin's counts). Still connecting, or refused/reset
+        (ENOTCONN): wait for writability; SO_ERROR names the failure.
+        """
+        if self._back_to_back:
+            try:
+                sock.getpeername()
+                return
+            except OSError:
+                pass
+        self._waits += 1
+        wait_write(sock.fileno())
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def _sendall(self, sock: Sock, data: bytes) -> None:
         # A request fits an empty send buffer: one send() is the usual case.
         while data:
             try:
                 sent = sock.send(data)
             except BlockingIOError:
+                self._waits += 1
                 wait_write(sock.fileno())
                 continue
             data = data[sent:]
-
-    @staticmethod
-    def _recv_some(sock: Sock, size: int) -> bytes:
-        while True:
-            try:
-                return sock.recv(size)
-            except BlockingIOError:
-                wait_read(sock.fileno())
 
     # ------------------------------------------------------------------ reading
     def _recv(self, sock: Sock) -> bytes:
         """One read; the read timeout counts from here (no progress for --read-timeout)."""
         cfg = self._cfg
         self._deadline = time.perf_counter() + cfg.read_timeout
-        if cfg.read_rate <= 0:
-            return self._recv_some(sock, RECV_SIZE)
-        data = self._recv_some(sock, cfg.read_chunk)
-        if data:
+        while True:
+            try:
+                data = sock.recv(cfg.read_chunk)
+                break
+            except BlockingIOError:
+                self._waits += 1
+                wait_read(sock.fileno())
+        if data and cfg.read_rate > 0:
             self._deadline = 0.0  # the pause is ours, not the peer's
+            self._waits += 1
             gevent.sleep(len(data) / cfg.read_rate)
         return data
 

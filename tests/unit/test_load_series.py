@@ -198,3 +198,62 @@ def test_mean_of_is_hdrh_mean_in_one_pass_over_recorded_buckets():
     for _ in range(2000):
         histogram.record_value(int(rng.lognormvariate(7, 1.5)) + 1)
     assert mean_of(histogram) == histogram.get_mean_value()
+
+
+def test_record_values_in_buckets_equals_recording_every_value():
+    """record_values records each bucket once with its count: the histogram must be the one
+    hdrh builds from every value (counts, total, min, max, percentiles, encoding), including
+    values out of range (clamped)."""
+    from chaos.load.series import HIGHEST_US, bucket_floor, new_histogram
+
+    rng = random.Random(5)
+    values = [int(rng.lognormvariate(6, 1.2)) for _ in range(5000)]
+    values += [0, 1, 255, 256, 257, 511, 512, 1023, 1024, HIGHEST_US, HIGHEST_US + 10**6]
+    one_by_one, bucketed = new_histogram(), new_histogram()
+    for value in values:
+        one_by_one.record_value(min(max(value, 1), HIGHEST_US))
+    record_values(bucketed, values)
+
+    assert list(bucketed.counts) == list(one_by_one.counts)
+    assert bucketed.get_total_count() == one_by_one.get_total_count() == len(values)
+    assert bucketed.get_min_value() == one_by_one.get_min_value()
+    assert bucketed.get_max_value() == one_by_one.get_max_value()
+    pcts = [50.0, 90.0, 99.0, 99.9]
+    assert bucketed.get_percentile_to_value_dict(pcts) == one_by_one.get_percentile_to_value_dict(
+        pcts
+    )
+    assert bucketed.encode() == one_by_one.encode()
+    for value in [*range(1, 3000), *rng.sample(range(HIGHEST_US), 3000)]:
+        assert bucket_floor(bucketed, value) == bucketed.get_lowest_equivalent_value(value)
+
+
+def test_latency_summary_in_one_pass_is_hdrh_own_answer():
+    """LatencySummary.of walks the recorded buckets itself: it must give what hdrh's own
+    (slow) queries give, for recorded, decoded and merged histograms."""
+    from hdrh.histogram import HdrHistogram
+
+    from chaos.load.series import PERCENTILES, LatencySummary, new_histogram
+
+    rng = random.Random(11)
+    histograms = []
+    for spread in (0.3, 1.0, 2.5):
+        histogram = new_histogram()
+        record_values(histogram, [int(rng.lognormvariate(6, spread)) for _ in range(3000)])
+        histograms.append(histogram)
+    single = new_histogram()
+    single.record_value(7)
+    histograms += [single, HdrHistogram.decode(histograms[1].encode())]
+    merged = HdrHistogram.decode(histograms[0].encode())
+    merged.add(histograms[2])
+    histograms.append(merged)
+
+    for histogram in histograms:
+        summary = LatencySummary.of(histogram)
+        expected = histogram.get_percentile_to_value_dict(list(PERCENTILES))
+        assert (summary.p50_us, summary.p90_us, summary.p99_us) == tuple(
+            expected[pct] for pct in PERCENTILES
+        )
+        assert summary.count == histogram.get_total_count()
+        assert summary.max_us == histogram.get_max_value()
+        assert summary.min_us == histogram.get_min_value()
+        assert summary.mean_us == histogram.get_mean_value()
