@@ -56,6 +56,9 @@ Source addresses: ``--source-addresses 198.18.1.10,198.18.1.11`` spreads connect
 bind((addr, 0)), so the kernel picks the port per 4-tuple at connect time.
 
 Rate control (``--rate``, ``--rate-mode``, ``--rate-steps``, ``--rate-csv``, ...): see _common.py.
+Unpaced (neither ``--rate`` nor ``--rate-steps``), each user makes its connections back to back
+inside one Locust task, still one request event per connection (see
+``RawTcpUser._connections_back_to_back``).
 """
 
 from __future__ import annotations
