@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from chaos.agent.client import DEFAULT_TOKEN_ENV, AgentClient, AgentTarget, AgentUnreachable
+from chaos.agent.client import AgentUnreachable, agent_clients
 from chaos.collect import Collector, NetnsRef, Sampler, collectors_for
 from chaos.collect.generations import ProxyGenerations
 from chaos.collect.labcounters import LabCounter
@@ -49,7 +49,6 @@ from chaos.endings import Terminated, ending_for, held_signals, signals_raise
 from chaos.errors import ChaosError
 from chaos.expect import Verdict, evaluate, run_timeline
 from chaos.faults.engine.schedule import FaultSchedule
-from chaos.faults.engine.targets import is_agent_url
 from chaos.kernel import netns
 from chaos.kernel.processes import die_with_parent
 from chaos.lab import lab, proxies
@@ -701,19 +700,10 @@ def wait_ready(
         deadline,
         "is the proxy up and remote.target right (HOST:PORT from this host)?",
     )
-    agents: dict[str, tuple[str, str | None]] = {}  # base URL -> (token_env, ca_file)
-    for spec in faults:
-        if is_agent_url(spec.target):
-            token_env = str(spec.params.get("token_env", DEFAULT_TOKEN_ENV))
-            ca_file = spec.params.get("ca_file")
-            agents.setdefault(
-                AgentTarget.parse(spec.target).base,
-                (token_env, None if ca_file is None else str(ca_file)),
-            )
-    for base, (token_env, ca_file) in agents.items():
-        client = AgentClient(base, os.environ.get(token_env, ""), ca_file)
+    agents = agent_clients(faults)
+    for client in agents:
         _wait_for(
-            f"agent {base}",
+            f"agent {client.base}",
             lambda client=client: client.expect("GET", "/health"),  # type: ignore[misc]
             deadline,
             "is `chaos agent` running there with --listen on an address this host reaches?",

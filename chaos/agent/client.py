@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
@@ -51,8 +51,8 @@ from urllib.parse import quote, unquote
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, Target
-from chaos.scenario.model import Duration
+from chaos.faults.base import Fault, Handle, Params, RemoteTarget, Target
+from chaos.scenario.model import Duration, FaultSpec
 
 KIND = "remote"
 API = "/v1"
@@ -68,25 +68,26 @@ class AgentUnreachable(FaultError):
     """No HTTP answer from the agent (refused, timed out, network cut)."""
 
 
-@dataclass(frozen=True)
-class AgentTarget:
-    """``http://HOST:PORT/TARGET`` split into the agent's base URL and its target."""
+def is_agent_url(text: str) -> bool:
+    """Whether a fault target names a target on an agent (``http(s)://...``): the one test."""
+    return text.strip().startswith(("http://", "https://"))
 
-    base: str
-    target: str
 
-    @classmethod
-    def parse(cls, text: str) -> AgentTarget:
-        scheme, sep, rest = text.strip().partition("://")
-        netloc, _, target = rest.partition("/")
-        target = unquote(target)
-        if scheme not in ("http", "https") or not sep or not netloc or not target:
-            raise FaultError(
-                f"agent target {text!r}: expected http://HOST:PORT/TARGET (or https://)",
-                "e.g. http://198.18.3.2:7700/origin (TARGET is on the agent's --allow list; "
-                "https:// when the agent runs with --tls-cert)",
-            )
-        return cls(f"{scheme}://{netloc}", target)
+def remote_target(text: str) -> RemoteTarget | None:
+    """``http://HOST:PORT/TARGET`` split into the agent's base URL and its target; None for
+    a target in the local lab. FaultError when an agent URL lacks a part."""
+    if not is_agent_url(text):
+        return None
+    scheme, _, rest = text.strip().partition("://")
+    netloc, _, target = rest.partition("/")
+    target = unquote(target)
+    if not netloc or not target:
+        raise FaultError(
+            f"agent target {text!r}: expected http://HOST:PORT/TARGET (or https://)",
+            "e.g. http://198.18.3.2:7700/origin (TARGET is on the agent's --allow list; "
+            "https:// when the agent runs with --tls-cert)",
+        )
+    return RemoteTarget(f"{scheme}://{netloc}", target)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -299,9 +300,9 @@ class RemoteFault(Fault):
         self.on_lost: Callable[[str], None] | None = None
 
     @classmethod
-    def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
+    def validate(cls, target: Target | RemoteTarget, raw: dict[str, Any]) -> Fault:
         # Only validate_remote builds these: `type: remote` in a scenario is a mistake.
-        if target.netns is not None or not target.name.startswith(("http://", "https://")):
+        if not isinstance(target, RemoteTarget):
             raise FaultError(
                 f"{KIND} is not a fault type of its own",
                 "give the fault's real type and an agent URL as its target, e.g. "
@@ -366,17 +367,20 @@ def split_params(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def validate_remote(
-    kind: str, url: str, raw: dict[str, Any], on_lost: Callable[[str], None] | None = None
+    kind: str,
+    where: RemoteTarget,
+    raw: dict[str, Any],
+    on_lost: Callable[[str], None] | None = None,
 ) -> RemoteFault:
     """Check a fault on an agent before the run (the agent validates it; nothing changes)."""
-    where = AgentTarget.parse(url)
     mine, fault_params = split_params(raw)
     fault = RemoteFault.validate(
-        Target(f"{where.base}/{where.target}", None),
-        {"agent": where.base, "target": where.target, "type": kind, "params": fault_params, **mine},
+        where,
+        {"agent": where.agent, "target": where.target, "type": kind, "params": fault_params}
+        | mine,
     )
     assert isinstance(fault, RemoteFault)
-    client = AgentClient(where.base, _token(fault.params.token_env), fault.params.ca_file)
+    client = AgentClient(where.agent, _token(fault.params.token_env), fault.params.ca_file)
     answer = client.expect(
         "POST",
         "/validate",
@@ -392,3 +396,18 @@ def validate_remote(
         fault = _IrreversibleRemoteFault(fault.target, fault.params)
     fault.on_lost = on_lost
     return fault
+
+
+def agent_clients(specs: Iterable[FaultSpec]) -> list[AgentClient]:
+    """One client for each agent that ``specs`` aim a fault at, to wait for its ``/health``
+    (the token from ``params.token_env``, empty when unset)."""
+    clients: dict[str, AgentClient] = {}
+    for spec in specs:
+        where = remote_target(spec.target)
+        if where is not None and where.agent not in clients:
+            token_env = str(spec.params.get("token_env", DEFAULT_TOKEN_ENV))
+            ca_file = spec.params.get("ca_file")
+            token = os.environ.get(token_env, "")
+            ca = None if ca_file is None else str(ca_file)
+            clients[where.agent] = AgentClient(where.agent, token, ca)
+    return list(clients.values())

@@ -80,7 +80,7 @@ from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import Fault, Handle, Target
 from chaos.faults.engine.guard import FaultGuard, revert_recorded
 from chaos.faults.engine.ledger import Ledger
-from chaos.faults.engine.targets import links_of, resolve
+from chaos.faults.engine.targets import links_of, resolve_local
 from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
@@ -312,7 +312,7 @@ class Scope:
                 f"target {text!r} is not on this agent's allow-list ({', '.join(self.allow)})",
                 "restart the agent with --allow for it, or aim the fault at an allowed target",
             )
-        # One LabState over exactly the allowed namespaces: targets.resolve then handles
+        # One LabState over exactly the allowed namespaces: targets.resolve_local then handles
         # roles, workers, NS:PATTERN and pid:N as in a local run, and nothing else exists.
         lab = self._lab_state() if self.lab else None
         state = LabState(
@@ -321,7 +321,7 @@ class Scope:
             processes=[p for p in (lab.processes if lab else []) if p.role in self.roles],
         )
         try:
-            return resolve(text, state)
+            return resolve_local(text, state)
         except FaultError as exc:
             if base == "pid" and rest.isdigit() and processes.state_of(int(rest)) is not None:
                 raise ApiError(

@@ -53,6 +53,21 @@ class Target:
     pattern: str | None = None
 
 
+@dataclass(frozen=True)
+class RemoteTarget:
+    """Where a fault on another host acts: the agent's base URL (``http(s)://HOST:PORT``)
+    and the target there (on the agent's allow-list). Target resolution
+    (:mod:`chaos.faults.engine.targets`) makes one from ``http://HOST:PORT/TARGET``; the
+    remote fault (:mod:`chaos.agent.client`) consumes it."""
+
+    agent: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.agent}/{self.target}"
+
+
 @dataclass
 class Handle:
     """Everything needed to revert one applied fault, as JSON-serialisable data."""

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from chaos.agent.client import is_agent_url
 from chaos.record import schema
 
 Location = tuple[Any, ...]
@@ -48,7 +49,7 @@ def _local_faults(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     for index, fault in enumerate(_list(data.get("faults"))):
         target = _dict(fault).get("target")
-        if isinstance(target, str) and not target.strip().startswith(("http://", "https://")):
+        if isinstance(target, str) and not is_agent_url(target):
             yield index, fault
 
 

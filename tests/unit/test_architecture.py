@@ -194,3 +194,60 @@ def test_the_walk_sees_lazy_imports_but_not_type_checking_ones():
     finally:
         del MODULES["chaos.tc_probe"]
     assert set(probe) == {"chaos.errors"}
+
+
+#: The only modules that tell a target on an agent from one in the lab: target resolution,
+#: and the remote fault (which owns the URL form). Besides them, the scenario's offline
+#: checks (no lab, no engine): the model, that a remote run's targets are agent URLs or
+#: roles with an agent; ``checks``, which skips agent URLs when it checks lab targets.
+DECIDES_REMOTE = {
+    "chaos.faults.engine.targets",
+    "chaos.agent.client",
+    "chaos.scenario.model",
+    "chaos.scenario.checks",
+}
+#: where fault targets travel (the sink's InfluxDB URL has a scheme of its own)
+FAULT_ROOMS = ("chaos.faults", "chaos.agent", "chaos.scenario", "chaos.run", "chaos.cli")
+
+
+def remote_decisions(tree: ast.AST) -> list[int]:
+    """Lines that test for a remote target: a URL scheme compared or prefix-tested, an
+    ``isinstance(..., RemoteTarget)``, or a call of the tests the remote fault offers."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            name = node.func.id if isinstance(node.func, ast.Name) else name
+            args = [c for a in node.args for c in ast.walk(a) if isinstance(c, ast.Constant)]
+            schemes = any(str(c.value).startswith(("http:", "https:")) for c in args)
+            if (
+                (name == "startswith" and schemes)
+                or name in ("is_agent_url", "remote_target")
+                or (name == "isinstance" and "RemoteTarget" in ast.unparse(node))
+            ):
+                found.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            constants = [c.value for s in sides for c in ast.walk(s) if isinstance(c, ast.Constant)]
+            if "http" in constants and "https" in constants:
+                found.append(node.lineno)
+    return found
+
+
+def test_remote_is_decided_in_one_place():
+    wrong = [
+        f"{MODULES[m].relative_to(ROOT)}:{line}"
+        for m in MODULES
+        if m.startswith(FAULT_ROOMS) and m not in DECIDES_REMOTE
+        for line in remote_decisions(ast.parse(MODULES[m].read_text()))
+    ]
+    assert not wrong, "tests for a remote target outside target resolution:\n" + "\n".join(wrong)
+
+
+def test_the_remote_check_sees_each_form():
+    source = (
+        "t.startswith(('http://', 'https://'))\nisinstance(t, RemoteTarget)\n"
+        "role in ('http', 'https')\nis_agent_url(t)\n"
+        "t.startswith('pid:')\nscheme = 'http' if t == 'http' else ''\n"
+    )
+    assert remote_decisions(ast.parse(source)) == [1, 2, 3, 4]
