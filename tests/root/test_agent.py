@@ -703,7 +703,7 @@ def test_idle_connections_cannot_hold_the_agent(lab, start_agent):
     """500 connections that send nothing: the agent serves at most MAX_CONNECTIONS at once
     (the rest are refused at accept, without a thread), drops the idle ones after its read
     timeout, and answers again while they are still open."""
-    from chaos.agent.service import MAX_CONNECTIONS, READ_TIMEOUT
+    from chaos.agent.server import MAX_CONNECTIONS, READ_TIMEOUT
 
     agent = start_agent()
     held: list[socket.socket] = []
