@@ -51,7 +51,7 @@ from urllib.parse import quote, unquote
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, RemoteTarget, Target
+from chaos.faults.base import Fault, Handle, HandleData, Params, RemoteTarget, Target
 from chaos.scenario.model import Duration, FaultSpec
 
 KIND = "remote"
@@ -288,11 +288,24 @@ class RemoteParams(Params):
     lease: Duration = Field(default=10.0, gt=0, le=3600, description="lease, renewed by us")
 
 
+class RemoteHandle(HandleData):
+    """What the controller needs to revert a fault on an agent (the id is the handle's):
+    the agent, the fault there, and where the token is (never the token itself)."""
+
+    agent: str
+    remote_target: str
+    type: str
+    token_env: str
+    ca_file: str | None
+    lease_s: float
+
+
 class RemoteFault(Fault):
     """A fault applied, renewed and reverted by an agent; built by :func:`validate_remote`."""
 
     kind = KIND
     params_model = RemoteParams
+    handle_model = RemoteHandle
     params: RemoteParams
 
     def __init__(self, target: Target, params: Params) -> None:
@@ -313,12 +326,14 @@ class RemoteFault(Fault):
     def prepare(self) -> Handle:
         p = self.params
         return self.handle(
-            agent=p.agent,
-            remote_target=p.target,
-            type=p.type,
-            token_env=p.token_env,
-            ca_file=p.ca_file,
-            lease_s=p.lease,
+            RemoteHandle(
+                agent=p.agent,
+                remote_target=p.target,
+                type=p.type,
+                token_env=p.token_env,
+                ca_file=p.ca_file,
+                lease_s=p.lease,
+            )
         )
 
     def apply(self, handle: Handle) -> None:
@@ -339,8 +354,8 @@ class RemoteFault(Fault):
     @classmethod
     def revert(cls, handle: Handle) -> None:
         LEASES.drop(handle.id)  # first: a renewal must not race the DELETE
-        data = handle.data
-        client = AgentClient(data["agent"], _token(data["token_env"]), data.get("ca_file"))
+        data = RemoteHandle.of(handle)
+        client = AgentClient(data.agent, _token(data.token_env), data.ca_file)
         try:
             # 404: the agent holds no such fault: reverted by its lease, or never applied.
             client.expect(
@@ -348,9 +363,9 @@ class RemoteFault(Fault):
             )
         except AgentUnreachable as exc:
             raise FaultError(
-                f"{exc.message}; the fault {handle.id} ({data['type']} on "
-                f"{data['remote_target']}) is reverted by the agent when its lease "
-                f"({data['lease_s']:g} s) lapses",
+                f"{exc.message}; the fault {handle.id} ({data.type} on "
+                f"{data.remote_target}) is reverted by the agent when its lease "
+                f"({data.lease_s:g} s) lapses",
                 "if the agent's host also crashed, run `chaos revert-all` there (with the "
                 "agent's CHAOS_LEDGER_DIR); then `chaos revert-all` here to clear the entry",
             ) from None
