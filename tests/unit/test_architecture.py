@@ -194,3 +194,79 @@ def test_the_walk_sees_lazy_imports_but_not_type_checking_ones():
     finally:
         del MODULES["chaos.tc_probe"]
     assert set(probe) == {"chaos.errors"}
+
+
+# --- hand-offs: subscriptions, never patches ------------------------------------------------
+
+
+def method_names() -> set[str]:
+    """The names that are only ever methods in the package: defined with ``def`` in a class
+    body, never a property, a class-level field or an attribute set on ``self``."""
+    methods, data = set(), set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        decorators = {ast.unparse(d) for d in item.decorator_list}
+                        is_property = any("property" in d or ".setter" in d for d in decorators)
+                        (data if is_property else methods).add(item.name)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        data.add(item.target.id)
+                    elif isinstance(item, ast.Assign):
+                        data |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                data.add(node.attr)
+    return {name for name in methods - data if not name.startswith("__")}
+
+
+def method_patches(tree: ast.AST, methods: set[str]) -> list[tuple[int, str]]:
+    """Assignments (and ``setattr``) to a method name on an object other than ``self``:
+    one stage patching another's method, a hand-off the imports do not show."""
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr in methods
+                and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))
+            ):
+                found.append((node.lineno, ast.unparse(target)))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in methods
+        ):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_module_patches_another_objects_method():
+    """Stages hand data on by subscribing (e.g. to the sampler's ``SampleHook``), so the
+    order of two ``with`` blocks never decides who sees what."""
+    methods = method_names()
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {text}"
+        for path in MODULES.values()
+        for line, text in method_patches(ast.parse(path.read_text()), methods)
+    ]
+    assert not wrong, "assignments to another object's method:\n" + "\n".join(wrong)
+
+
+def test_the_patch_finder_finds_patches():
+    tree = ast.parse("sink.write = tap\nself.write = tap\nsetattr(sink, 'write', tap)\n")
+    found = method_patches(tree, {"write"})
+    assert found == [(1, "sink.write"), (3, "setattr(sink, 'write', tap)")]
