@@ -51,9 +51,9 @@ from chaos.faults.engine.schedule import FaultSchedule
 from chaos.faults.engine.targets import is_agent_url
 from chaos.kernel import netns
 from chaos.kernel.processes import die_with_parent
-from chaos.lab import lab, proxies
+from chaos.lab import certs, lab, proxies
 from chaos.lab.topology import LAB_COUNTERS, LabState
-from chaos.load.options import locustfile_for, user_options
+from chaos.load.options import LoadTlsTarget, locustfile_for, user_options
 from chaos.load.runner import LoadResult, LocustRun
 from chaos.load.seconds import issuing_window, load_seconds, window_latency_us
 from chaos.load.series import series_path
@@ -131,13 +131,6 @@ def run_scenario(
     steps); ``on_done(run_dir, exit_code)`` sees the finished run and returns the exit code;
     ``stop_early(run_dir)`` may end the load before its duration (a sweep past its knee)."""
     scenario = scenario or resolve(options)
-    if scenario.lab.proxy.tls:
-        raise ChaosError(
-            "lab.proxy.tls: the load does not speak TLS yet, so a run through a TLS proxy "
-            "would only count failed handshakes",
-            "bring the lab up with `chaos lab up` and send TLS from your own client (the "
-            "run's CA is <run>/proxy/tls/ca.crt)",
-        )
     if scenario.remote is not None:  # existing hosts instead of a lab: see run_remote
         return run_remote(options, scenario, console)
     influx = resolve_influx(scenario.sink.influxdb, options.influx)  # config errors: now
@@ -512,7 +505,10 @@ def drive_load(
     target = state.target or state.proxy
     scheme = "http" if load.user == "http" else "tcp"
     host = f"{scheme}://{target['host']}:{target['port']}"
-    args = user_options(load, str(state.origin["protocol"]), state.client_addresses, workers)
+    args = user_options(
+        load, str(state.origin["protocol"]), state.client_addresses, workers,
+        lab_tls(scenario, state, run),
+    )  # fmt: skip
     stopped = longest_stop_of_workers(scenario)
     if stopped:
         # A SIGSTOPped worker misses heartbeats; the master must keep counting it.
@@ -533,6 +529,25 @@ def drive_load(
     return load_with_faults(
         locust, schedule, run, wait=locust.start_timeout, stop_early=stop_early
     )
+
+
+def lab_tls(scenario: Scenario, state: LabState, run: RunDir) -> LoadTlsTarget | None:
+    """The load's TLS through the lab: the run's CA when the lab made one (else the file
+    the scenario names, or the system's), and the proxy's own address as the name its
+    certificate carries (an intercepting gateway's clients connect to another)."""
+    settings = scenario.load_tls
+    if settings is None:
+        return None
+    ca = settings.ca or ""
+    run_ca = certs.files_in(run.path / "proxy" / "tls").ca
+    if not ca and run_ca.exists():
+        ca = str(run_ca)
+    return LoadTlsTarget(settings, ca, str(state.proxy["host"]))
+
+
+def remote_tls(scenario: Scenario) -> LoadTlsTarget | None:
+    settings = scenario.load_tls
+    return None if settings is None else LoadTlsTarget(settings, settings.ca or "")
 
 
 def load_with_faults(
@@ -758,7 +773,7 @@ def drive_remote_load(
         master_port=int(bind_port),
         start_timeout=remote.wait,
         run_dir=run.path,
-        user_args=user_options(load, remote.protocol, [], workers),
+        user_args=user_options(load, remote.protocol, [], workers, remote_tls(scenario)),
     )
     run.journal.event("load.start", workers=workers, users=load.users, host=locust.host)
     console.print(f"waiting up to {remote.wait:g}s for {workers} worker(s) to join")
