@@ -36,6 +36,7 @@ from chaos.scenario.model import LoadTls, Scenario
 pytestmark = pytest.mark.root
 
 USERS = 4
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 RATE = 40
 #: TIME_WAIT a load may leave beyond its promise: a user Locust stopped between its connect()
 #: and its ClientHello closes a plain TCP connection (one per user at most)
@@ -71,7 +72,6 @@ def tls_lab(
 class Flow:
     """One connection as tcpdump saw it in the client namespace."""
 
-    opened: bool = False  # its SYN is in the capture
     client_payloads: list[int] = field(default_factory=list)  # bytes per client segment
     first_fin: str = ""  # "client" or "proxy"
     rst_from: set[str] = field(default_factory=set)
@@ -83,21 +83,27 @@ TLS13_ALERT_RECORD = 24
 
 
 def flows(pcap: Path, proxy: str, port: int) -> list[Flow]:
-    """The TLS connections the capture saw open, from tcpdump's own reading of it."""
+    """The TLS connections the capture saw open, from tcpdump's own reading of it (a client
+    SYN starts a new one: without TIME_WAIT a 4-tuple comes back at once)."""
     text = subprocess.run(
         ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
     ).stdout
-    out: dict[int, Flow] = {}
+    current: dict[tuple[str, int], Flow] = {}
+    seen: list[Flow] = []
     for line in text.splitlines():
         match = _LINE.search(line)
         if not match:
             continue
-        _, sport, dst, dport, flags, length = match.groups()
+        src, sport, dst, dport, flags, length = match.groups()
         from_client = dst == proxy and int(dport) == port
-        flow = out.setdefault(int(sport) if from_client else int(dport), Flow())
+        key = (src, int(sport)) if from_client else (dst, int(dport))
+        if from_client and flags == "S":
+            current[key] = Flow()
+            seen.append(current[key])
+        flow = current.get(key)
+        if flow is None:  # a connection from before the capture
+            continue
         side = "client" if from_client else "proxy"
-        if "S" in flags:
-            flow.opened = True
         if from_client and int(length):
             flow.client_payloads.append(int(length))
         if "F" in flags and not flow.first_fin:
@@ -105,7 +111,7 @@ def flows(pcap: Path, proxy: str, port: int) -> list[Flow]:
         if "R" in flags:
             flow.rst_from.add(side)
     # Locust may stop a user between its connect() and its ClientHello: not a TLS connection
-    return [flow for flow in out.values() if flow.opened and flow.client_payloads]
+    return [flow for flow in seen if flow.client_payloads]
 
 
 @contextlib.contextmanager
@@ -134,7 +140,9 @@ def tls_load(
     ``load``; returns its run directory (series, Locust CSVs)."""
     varied = scenario.model_copy(update={"load": scenario.load.model_copy(update=load)})
     base = lab_tls(varied, state, run)
-    assert base is not None and base.ca.endswith("ca.crt")
+    assert base is not None
+    if base.settings.ca is None:  # the run's own CA by default
+        assert base.ca == f"{run.path}/proxy/tls/ca.crt"
     out = run.path / name
     out.mkdir()
     locust = LocustRun(
@@ -225,6 +233,16 @@ def test_tls_endings_leave_the_states_they_promise(lab_name, tmp_path):
                 after[1] - before[1],  # ... and in the proxy
                 completed,
             )
+        # control: a load that trusts other CAs than the run's completes no handshake
+        time.sleep(0.3)
+        logged = len(parse_log(run.path / "logs" / "proxy.log"))
+        untrusted = tls_load(scenario, state, run, "untrusted", 1, tls=LoadTls(ca=SYSTEM_CAS))
+        time.sleep(0.3)
+        logged_untrusted = len(parse_log(run.path / "logs" / "proxy.log")) - logged
+    completed, failed, handshakes, classes = series_counts(untrusted)
+    assert completed == 0 and handshakes == 0 and failed >= 10
+    assert classes == {"TLS_CERTIFICATE_VERIFY_FAILED": failed}
+    assert logged_untrusted == 0  # the proxy passed none of them on
 
     # close_notify then FIN: the client's last record is its close_notify; HAProxy answers
     # with its own and closes first, so the proxy holds the TIME_WAIT
