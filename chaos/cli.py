@@ -499,7 +499,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
-    print_summary(out, report)
+    print_summary(out, report.run.summary, report)
     failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 

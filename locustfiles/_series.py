@@ -70,13 +70,16 @@ class Recorder:
     when it succeeded and ``ends.append((t0, t2, tf, t3, t4, failure))`` when the connection
     is over (``perf_counter()`` values; 0 for a phase that did not happen: t2 request sent, tf
     first byte, t3 response complete, t4 closed; ``failure`` None or an exception whose
-    ``str`` is its class). The lists are swapped out whole by :meth:`take`, so the users must
-    look them up on the recorder each time (``RECORDER.ends.append``), not keep them.
+    ``str`` is its class); with TLS, ``handshakes.append((th, tt))`` when a TLS handshake
+    began and completed (phase ``tls``). The lists are swapped out whole by :meth:`take`, so
+    the users must look them up on the recorder each time (``RECORDER.ends.append``), not
+    keep them.
     """
 
     def __init__(self) -> None:
         self.starts: list[float] = []
         self.connects: list[tuple[float, float]] = []
+        self.handshakes: list[tuple[float, float]] = []
         self.ends: list[tuple[float, float, float, float, float, Any]] = []
         self.offset = time.time() - time.perf_counter()  # wall = perf + offset
         self.pending: dict[int, _Pending] = {}
@@ -100,12 +103,15 @@ class Recorder:
     def _absorb(self) -> None:
         starts, self.starts = self.starts, []
         connects, self.connects = self.connects, []
+        handshakes, self.handshakes = self.handshakes, []
         ends, self.ends = self.ends, []
         second = self._second
         for t0 in starts:
             second(t0).started += 1
         for t0, t1 in connects:
             second(t1).add("connect", t1 - t0)
+        for th, tt in handshakes:
+            second(tt).add("tls", tt - th)
         for t0, t2, tf, t3, t4, failure in ends:
             pending = second(t4)
             pending.add("total", t4 - t0)

@@ -85,6 +85,7 @@ from _common import (
 )
 from _contract import contract, register_options
 from _series import RECORDER
+from _tls import TlsClient, TlsSocket, TlsStream
 from gevent.socket import wait_read, wait_write
 from locust import User, events, task
 from locust.env import Environment
@@ -92,6 +93,8 @@ from locust.env import Environment
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 # The C socket type with a non-blocking fd from socket(): see RawTcpUser.one_connection.
 Sock = _socket.socket
+#: what the reads and writes take: the socket, or its TLS layer (same send/recv)
+Stream = Sock | TlsStream
 NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 LINGER_RST = struct.pack("ii", 1, 0)
 REQUEST_TYPE = "TCP"
@@ -179,6 +182,16 @@ class RawConfig:
                 (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(g("keepcnt"))),
             ]
         self.pre_opts = tuple(pre)
+        self.tls: TlsClient | None = None
+        self.socket_type: type[Sock] = Sock
+        if g("tls"):
+            self.socket_type = TlsSocket
+            self.tls = TlsClient(
+                str(g("tls_ca") or ""),
+                str(g("tls_server_name") or ""),
+                bool(g("tls_resumption")),
+                not g("tls_no_close_notify"),
+            )
         sources = [a.strip() for a in str(g("source_addresses") or "").split(",") if a.strip()]
         self.sources: Iterator[str] | None = None
         if sources:
@@ -269,6 +282,7 @@ class RawTcpUser(User):
         self._reaper: gevent.Greenlet | None = None
         self._deadline = 0.0  # perf_counter() deadline of the current blocking step, 0 = none
         self._glet: Any = None
+        self._session: Any = None  # TLS: the session of this user's last connection
 
     def wait_time(self) -> float:  # type: ignore[override]
         return self._pacer.delay()
@@ -281,6 +295,7 @@ class RawTcpUser(User):
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         self._family, self._addr = info[0], info[4]
         self._request = cfg.request_bytes(host, port)
+        self._server_name = (cfg.tls.server_name or host) if cfg.tls is not None else ""
         self._fire = self.environment.events.request.fire
         self._glet = gevent.getcurrent()
         WATCHDOG.add(self, cfg.watchdog_tick)
@@ -318,7 +333,7 @@ class RawTcpUser(User):
         # Here the fd is non-blocking from socket(), and the greenlet waits on the hub only
         # when the kernel says EINPROGRESS/EAGAIN (wait_read/wait_write: gevent's own, and
         # the watchdog's throw() interrupts them like any gevent wait).
-        sock = Sock(self._family, NONBLOCK_STREAM)
+        sock = cfg.socket_type(self._family, NONBLOCK_STREAM)
         self._deadline = t0 + cfg.connect_timeout
         try:
             for level, name, value in cfg.pre_opts:
@@ -341,19 +356,24 @@ class RawTcpUser(User):
                 self._deadline = 0.0
                 gevent.sleep(cfg.idle)
             self._deadline = perf() + cfg.read_timeout
-            self._sendall(sock, self._request)
+            stream: Any = sock
+            if cfg.tls is not None:
+                stream = self._handshake(sock)
+            self._sendall(stream, self._request)
             if cfg.half_close:
                 sock.shutdown(socket.SHUT_WR)
             t2 = perf()
             if cfg.protocol == "raw":
-                tf, nbytes = self._read_raw(sock)
+                tf, nbytes = self._read_raw(stream)
                 eof = False
             else:
-                tf, nbytes, eof = self._read_http(sock)
+                tf, nbytes, eof = self._read_http(stream)
             t3 = perf()
             stage = 2
             if cfg.wait_fin and not eof:
-                nbytes += self._read_to_eof(sock)
+                nbytes += self._read_to_eof(stream)
+            if stream is not sock:
+                self._end_tls(stream, eof)
             self._deadline = 0.0
             if cfg.hold:
                 if not self._hold(sock):
@@ -389,9 +409,34 @@ class RawTcpUser(User):
             context=_NO_CONTEXT,
         )
 
+    # ------------------------------------------------------------------ TLS (--tls)
+    def _handshake(self, sock: Sock) -> TlsStream:
+        """The TLS handshake, timed as the phase ``tls`` (see _tls.py)."""
+        tls = self._cfg.tls
+        assert tls is not None
+        started = time.perf_counter()
+        stream = tls.connect(sock, self._server_name, self._session)
+        RECORDER.handshakes.append((started, time.perf_counter()))
+        return stream
+
+    def _end_tls(self, stream: TlsStream, eof: bool) -> None:
+        """After the response: keep the session to resume, then the TLS side of the mode's
+        ending (see _tls.py); the TCP side is the plain path's."""
+        cfg = self._cfg
+        tls = cfg.tls
+        assert tls is not None
+        if tls.resumption:
+            self._session = stream.session
+        if tls.close_notify and not (cfg.wait_fin or eof or cfg.abort):
+            self._deadline = time.perf_counter() + cfg.read_timeout
+            stream.close_notify()
+            self._read_to_eof(stream.sock)  # the proxy's FIN behind its close_notify
+        elif cfg.wait_fin or eof:
+            self._read_to_eof(stream.sock)  # the server's FIN behind its close_notify
+
     # ------------------------------------------------------------------ socket calls
     @staticmethod
-    def _sendall(sock: Sock, data: bytes) -> None:
+    def _sendall(sock: Stream, data: bytes) -> None:
         # A request fits an empty send buffer: one send() is the usual case.
         while data:
             try:
@@ -402,7 +447,7 @@ class RawTcpUser(User):
             data = data[sent:]
 
     @staticmethod
-    def _recv_some(sock: Sock, size: int) -> bytes:
+    def _recv_some(sock: Stream, size: int) -> bytes:
         while True:
             try:
                 return sock.recv(size)
@@ -410,7 +455,7 @@ class RawTcpUser(User):
                 wait_read(sock.fileno())
 
     # ------------------------------------------------------------------ reading
-    def _recv(self, sock: Sock) -> bytes:
+    def _recv(self, sock: Stream) -> bytes:
         """One read; the read timeout counts from here (no progress for --read-timeout)."""
         cfg = self._cfg
         self._deadline = time.perf_counter() + cfg.read_timeout
@@ -422,7 +467,7 @@ class RawTcpUser(User):
             gevent.sleep(len(data) / cfg.read_rate)
         return data
 
-    def _read_raw(self, sock: Sock) -> tuple[float, int]:
+    def _read_raw(self, sock: Stream) -> tuple[float, int]:
         """Read up to a chunk ending in a newline. Returns (first-byte time, bytes)."""
         recv = self._recv
         data = recv(sock)
@@ -437,7 +482,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total
 
-    def _read_http(self, sock: Sock) -> tuple[float, int, bool]:
+    def _read_http(self, sock: Stream) -> tuple[float, int, bool]:
         data = self._recv(sock)
         if not data:
             raise INCOMPLETE
@@ -471,7 +516,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total, False
 
-    def _read_to_eof(self, sock: Sock) -> int:
+    def _read_to_eof(self, sock: Stream) -> int:
         total = 0
         while True:
             data = self._recv(sock)

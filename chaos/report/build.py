@@ -454,7 +454,9 @@ def _fault_json(fault: Fault) -> dict[str, Any]:
         "target": fault.target,
         "start_s": round(fault.start, 3),
         "end_s": None if fault.end is None else round(fault.end, 3),
-        "reverted": fault.end is not None,
+        "reverted": fault.end is not None and not fault.instant,
+        "instant": fault.instant,  # irreversible (kill): nothing to revert
+        "steps": fault.steps,  # a ramp's steps, one window
     }
 
 

@@ -75,7 +75,10 @@ def start_faulted_run(tmp_path: Path, lab_name: str) -> tuple[subprocess.Popen, 
     deadline = time.monotonic() + 90  # a lab takes long to build on a busy machine
     while time.monotonic() < deadline and proc.poll() is None:
         runs = run_dirs(runs_dir) if runs_dir.exists() else []
-        events = [e["event"] for e in read_journal(runs[0] / "journal.jsonl")] if runs else []
+        journal = runs[0] / "journal.jsonl" if runs else None
+        # the run directory is made a moment before its journal
+        exists = journal is not None and journal.exists()
+        events = [e["event"] for e in read_journal(journal)] if exists else []  # type: ignore[arg-type]
         if "load.start" in events and "fault.apply" in events:
             return proc, runs_dir
         time.sleep(0.2)

@@ -77,10 +77,12 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
+TREES = {module: ast.parse(path.read_text(), str(path)) for module, path in MODULES.items()}
+
+
 def imports_of(module: str) -> dict[str, int]:
     """The chaos modules ``module`` imports, each with the line of its first import."""
-    path = MODULES[module]
-    return imports_of_tree(ast.parse(path.read_text(), str(path)), module)
+    return imports_of_tree(TREES[module], module)
 
 
 def imports_of_tree(tree: ast.AST, module: str) -> dict[str, int]:
@@ -251,3 +253,89 @@ def test_the_remote_check_sees_each_form():
         "t.startswith('pid:')\nscheme = 'http' if t == 'http' else ''\n"
     )
     assert remote_decisions(ast.parse(source)) == [1, 2, 3, 4]
+
+
+# --- hand-offs: subscriptions, never patches ------------------------------------------------
+
+
+_KINDS = (ast.ClassDef, ast.Attribute, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Call)
+
+
+def nodes_of(tree: ast.AST) -> list[ast.AST]:
+    """The nodes the two checks below look at, in one walk of the tree."""
+    return [node for node in ast.walk(tree) if isinstance(node, _KINDS)]
+
+
+def method_names(nodes: list[list[ast.AST]]) -> set[str]:
+    """The names that are only ever methods in the package: defined with ``def`` in a class
+    body, never a property, a class-level field or an attribute set on ``self``."""
+    methods, data = set(), set()
+    for module_nodes in nodes:
+        for node in module_nodes:
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        decorators = {ast.unparse(d) for d in item.decorator_list}
+                        is_property = any("property" in d or ".setter" in d for d in decorators)
+                        (data if is_property else methods).add(item.name)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        data.add(item.target.id)
+                    elif isinstance(item, ast.Assign):
+                        data |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                data.add(node.attr)
+    return {name for name in methods - data if not name.startswith("__")}
+
+
+def method_patches(nodes: list[ast.AST], methods: set[str]) -> list[tuple[int, str]]:
+    """Assignments (and ``setattr``) to a method name on an object other than ``self``:
+    one stage patching another's method, a hand-off the imports do not show."""
+    found = []
+    for node in nodes:
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr in methods
+                and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))
+            ):
+                found.append((node.lineno, ast.unparse(target)))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in methods
+        ):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_module_patches_another_objects_method():
+    """Stages hand data on by subscribing (e.g. to the sampler's ``SampleHook``), so the
+    order of two ``with`` blocks never decides who sees what."""
+    nodes = {module: nodes_of(tree) for module, tree in TREES.items()}
+    methods = method_names(list(nodes.values()))
+    assert {"write", "publish", "subscribe"} <= methods  # (it sees the methods)
+    wrong = [
+        f"{MODULES[module].relative_to(ROOT)}:{line}: {text}"
+        for module, module_nodes in nodes.items()
+        for line, text in method_patches(module_nodes, methods)
+    ]
+    assert not wrong, "assignments to another object's method:\n" + "\n".join(wrong)
+
+
+def test_the_patch_finder_finds_patches():
+    tree = ast.parse("sink.write = tap\nself.write = tap\nsetattr(sink, 'write', tap)\n")
+    found = method_patches(nodes_of(tree), {"write"})
+    assert found == [(1, "sink.write"), (3, "setattr(sink, 'write', tap)")]
