@@ -71,7 +71,7 @@ from chaos.agent.server import API, ApiError, Route, Server, parse_body, parse_l
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import Fault, Handle, Target
-from chaos.faults.engine.guard import FaultGuard, revert_recorded
+from chaos.faults.engine.guard import FaultGuard, revert_leftovers
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import links_of, resolve_local
 from chaos.faults.registry import fault_type, fault_types
@@ -473,16 +473,12 @@ class Agent:
 
     def revert_leftovers(self) -> None:
         """Revert what a dead agent (or controller) left in this ledger: its leases lapsed."""
-        ledger = self.guard.ledger
-        for entry in ledger.entries()[0]:
-            if entry.owner_alive():
-                continue
-            try:
-                revert_recorded(ledger, entry.handle)
-            except FaultError as exc:
-                self.log.event("agent.leftover.failed", id=entry.handle.id, error=exc.message)
-                continue
-            self.log.event("agent.leftover.reverted", id=entry.handle.id, kind=entry.handle.kind)
+        for done in revert_leftovers(self.guard.ledger):
+            handle = done.entry.handle
+            if done.outcome == "failed":
+                self.log.event("agent.leftover.failed", id=handle.id, error=done.error)
+            elif done.outcome != "left":
+                self.log.event("agent.leftover.reverted", id=handle.id, kind=handle.kind)
 
     def shutdown(self) -> None:
         """Stop reaping and revert everything still applied (newest first)."""

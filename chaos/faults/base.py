@@ -156,6 +156,25 @@ class Fault(ABC):
                 f"see `chaos faults types` for the parameters of {cls.kind}",
             ) from None
 
+    @classmethod
+    def param_rows(cls) -> list[tuple[str, str, str, str]]:
+        """(name, type, default, description) of each param (``chaos faults types``)."""
+        rows = []
+        for name, info in cls.params_model.model_fields.items():
+            default = (
+                "required"
+                if info.is_required()
+                else repr(info.get_default(call_default_factory=True))
+            )
+            annotation = info.annotation
+            type_text = (
+                annotation.__name__
+                if isinstance(annotation, type)
+                else str(annotation).replace("typing.", "")
+            )
+            rows.append((name, type_text, default, info.description or ""))
+        return rows
+
     def check_target(self) -> None:  # noqa: B027 - optional hook
         """Raise FaultError when the target cannot take this fault."""
 

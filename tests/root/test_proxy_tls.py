@@ -14,7 +14,7 @@ import pytest
 
 from chaos.kernel import netns
 from chaos.lab import lab, topology
-from chaos.lab.origin import read_access_log
+from chaos.lab.origin_log import read_access_log
 from chaos.load.series import read_series
 from chaos.record.rundir import RunDir
 from chaos.scenario import loader
