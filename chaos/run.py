@@ -112,7 +112,7 @@ def resolve(options: RunOptions) -> Scenario:
 
 
 class StopCheck(Protocol):
-    """Ends a run's load early: it sees every batch of samples on its way to the sink
+    """Ends a run's load early: it hears every batch of samples the sampler publishes
     (``observe``) and is asked once a second with the run directory; a reason ends it."""
 
     def observe(self, samples: list[Sample]) -> None: ...

@@ -73,15 +73,12 @@ def _print_report_head(console: Console, summary: dict[str, Any]) -> None:
     console.print(cards)
     for fault in summary["faults"]:
         if fault.get("instant"):
-            end = "an instant"
-        elif fault["reverted"]:
-            end = f"{fault['end_s']:.1f} s"
+            when = f"at {fault['start_s']:.1f} s (irreversible)"
         else:
-            end = "[red]not reverted[/]"
-        console.print(
-            f"  fault {fault['id']} {fault['kind']} → {fault['target']}: "
-            f"{fault['start_s']:.1f} s to {end}"
-        )
+            end = f"{fault['end_s']:.1f} s" if fault["reverted"] else "[red]not reverted[/]"
+            when = f"{fault['start_s']:.1f} s to {end}"
+        steps = f" ({fault['steps']} steps)" if fault.get("steps", 1) > 1 else ""
+        console.print(f"  fault {fault['id']} {fault['kind']} → {fault['target']}{steps}: {when}")
     roles = Table("role", "ESTAB peak", "TIME_WAIT peak", "CLOSE_WAIT peak", "port util peak",
                   "zombies peak", box=None, pad_edge=False)  # fmt: skip
 

@@ -213,7 +213,8 @@ WRITERS = sorted((ROOT / "chaos" / "collect").glob("*.py"))
 
 def written_in_source(path: Path) -> list[tuple[int, str, list[str]]]:
     """Every ``Sample(MEASUREMENT, tags, fields, ...)`` of a collector module: (line, the
-    measurement named, the keys of ``fields`` when it is a literal dict). A measurement is
+    measurement named, the keys of ``fields`` its function spells out: a literal dict, or a
+    variable given literal keys). A measurement is
     named by a schema constant (``schema.X``, or a name bound to one); a string literal comes
     back as ``"literal:<text>"``."""
     import importlib
@@ -221,8 +222,40 @@ def written_in_source(path: Path) -> list[tuple[int, str, list[str]]]:
     module = None
     if path.is_relative_to(ROOT):
         module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    found: dict[int, tuple[int, str, list[str]]] = {}
+    tree = ast.parse(path.read_text(), str(path))
+    for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))]:
+        keys = _literal_keys(scope)
+        for line, name, fields in _samples_in(scope, module, keys):
+            if line not in found or fields:  # the innermost scope knows the fields
+                found[line] = (line, name, fields)
+    return sorted(found.values())
+
+
+def _literal_keys(scope: ast.AST) -> dict[str, list[str]]:
+    """The keys a scope spells out for each dict variable: ``v = {"k": ...}`` and
+    ``v["k"] = ...``."""
+    keys: dict[str, list[str]] = {}
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and isinstance(node.value, ast.Dict):
+                    keys.setdefault(target.id, []).extend(_texts(node.value))
+                elif (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Name)
+                    and _text(target.slice) is not None
+                ):
+                    keys.setdefault(target.value.id, []).append(_text(target.slice))  # type: ignore[arg-type]
+    return keys
+
+
+def _samples_in(
+    scope: ast.AST, module: object, keys: dict[str, list[str]]
+) -> list[tuple[int, str, list[str]]]:
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(scope):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Sample"):
             continue
         first = node.args[0] if node.args else None
@@ -234,8 +267,14 @@ def written_in_source(path: Path) -> list[tuple[int, str, list[str]]]:
             name = getattr(module, first.id)
         else:
             continue  # not a name of its own (a sample re-tagged, a lab counter's name)
-        fields = _texts(node.args[2]) if len(node.args) > 2 else []
-        found.append((node.lineno, name, fields if isinstance(node.args[2], ast.Dict) else []))
+        given = node.args[2] if len(node.args) > 2 else None
+        if isinstance(given, ast.Dict):
+            fields = _texts(given)
+        elif isinstance(given, ast.Name):
+            fields = keys.get(given.id, [])
+        else:
+            fields = []
+        found.append((node.lineno, name, fields))
     return found
 
 
@@ -266,7 +305,15 @@ def test_the_writer_check_sees_a_literal_and_a_wrong_field(tmp_path):
         "from chaos.record import schema\n"
         "a = Sample('tcp_stats', {}, {}, 0)\n"
         "b = Sample(schema.TCP_STATES, {}, {'time_wiat': 1}, 0)\n"
+        "def sample():\n"
+        "    fields = {'total': 1}\n"
+        "    fields['clsoe_wait'] = 2\n"
+        "    return Sample(schema.TCP_STATES, {}, fields, 0)\n"
     )
     found = written_in_source(probe)
-    assert found == [(2, "literal:tcp_stats", []), (3, "tcp_states", ["time_wiat"])]
+    assert found == [
+        (2, "literal:tcp_stats", []),
+        (3, "tcp_states", ["time_wiat"]),
+        (7, "tcp_states", ["total", "clsoe_wait"]),
+    ]
     assert not schema.measurement("tcp_states").has_field("time_wiat")
