@@ -21,10 +21,17 @@ from rich.console import Console
 from rich.text import Text
 
 from chaos.collect.sampler import SampleHook
-from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
-from chaos.load.seconds import MEASUREMENT as LOAD
 from chaos.record.point import Sample
-from chaos.record.schema import TCP_STATES, is_family_total
+from chaos.record.schema import (
+    CONTROLLER,
+    LOAD,
+    LOAD_FAILURES,
+    PORT_BUDGET_SUMMARY,
+    PROCESS,
+    TCP_STATES,
+    TCP_ZOMBIES,
+    is_family_total,
+)
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
 
@@ -96,14 +103,14 @@ class Progress:
                     for state in ("time_wait", "close_wait", "established"):
                         if state in fields:
                             self.states[(role, state)] = float(fields[state])  # type: ignore[arg-type]
-                elif m == "tcp_zombies" and "candidates" in fields:
+                elif m == TCP_ZOMBIES and "candidates" in fields:
                     self.zombies[role] = float(fields["candidates"])  # type: ignore[arg-type]
-                elif m == "port_budget_summary" and "max_utilisation" in fields:
+                elif m == PORT_BUDGET_SUMMARY and "max_utilisation" in fields:
                     value = float(fields["max_utilisation"])  # type: ignore[arg-type]
                     ports = value if ports is None else max(ports, value)
-                elif m == "process" and role == "proxy" and "busy" in fields:
+                elif m == PROCESS and role == "proxy" and "busy" in fields:
                     self.proxy_busy = float(fields["busy"])  # type: ignore[arg-type]
-                elif m == "controller" and "rss_bytes" in fields:
+                elif m == CONTROLLER and "rss_bytes" in fields:
                     self.rss = float(fields["rss_bytes"])  # type: ignore[arg-type]
             if ports is not None:
                 self.ports = ports
