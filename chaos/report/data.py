@@ -318,7 +318,7 @@ def _faults_from_events(run: RunData) -> list[Fault]:
         if action not in ("apply", "revert"):
             continue
         event: dict[str, Any] = {"event": f"fault.{action}", "ts": run.seconds(point)}
-        for name in ("id", "kind", "target", "spec", "window"):
+        for name in ("id", "kind", "target", "spec", "window", "reversible"):
             value = point.tags.get(name, point.fields.get(name))
             if value is not None:
                 event[name] = value
