@@ -45,7 +45,7 @@ from chaos.collect.process import HostCpu, LoadGeneratorCpu, ProcessCpu
 from chaos.collect.proxylog import ProxyLogErrors
 from chaos.collect.timewait import TimeWaitTimers
 from chaos.endings import Terminated, ending_for, held_signals, signals_raise
-from chaos.errors import ChaosError
+from chaos.errors import ChaosError, LoadError
 from chaos.expect import Verdict, evaluate, run_timeline
 from chaos.faults.engine.schedule import FaultSchedule
 from chaos.kernel import netns
@@ -275,6 +275,19 @@ def conclude(
         console.print(Text(f"no report: {exc.message}", "yellow"))
     print_summary(console, summary, report)
     chown_to_invoker(run_path)
+    if result is not None and result.exceptions:
+        # a bug in the load's own code, not a failure of the system under test: the counts
+        # miss those connections, so no verdict on them stands
+        first, raised = next(iter(result.exceptions)), sum(result.exceptions.values())
+        console.print(
+            Text(
+                f"the load generator's own code raised {raised} exception(s), e.g. {first}: "
+                "those connections are in no count and the verdicts do not stand; "
+                f"see {result.csv_prefix}_exceptions.csv",
+                "bold red",
+            )
+        )
+        return LoadError.exit_code
     failed = any(not v.passed for v in verdicts) or drift_failed(summary)
     return EXIT_EXPECTATION_FAILED if failed else 0
 

@@ -28,6 +28,10 @@ Teardown modes (``--teardown``):
   ``slow-reader``       SO_RCVBUF ``--rcvbuf`` (4096 if 0) before connect, read at
                         ``--read-rate`` B/s (1024 if 0): the client advertises a zero window
 ``--idle-ms``, ``--rcvbuf`` and ``--read-rate`` also apply to every other mode when > 0.
+TLS (``--tls``, ``--tls-ca``, ``--tls-server-name``, ``--tls-resumption``,
+``--tls-no-close-notify``): the handshake follows the connect (and the idle), timed as the
+phase ``tls``; what each mode sends at the end with TLS, and why OpenSSL works on the fd, is in
+``_tls.py``. Without ``--tls`` nothing of it runs.
 Keepalive (any mode): ``--keepalive`` with ``--keepidle/--keepintvl/--keepcnt`` seconds/probes.
 
 Stats: exactly one Locust request event per connection attempt (request_type ``TCP``, name

@@ -298,6 +298,8 @@ def latency_plot(run: RunData) -> Plot:
     ]
     if run.load.connect_p99:
         lines.append(Line("connect p99", run.load.connect_p99, PALETTE[4], "5 3", step=1.0))
+    if run.load.tls_p99:
+        lines.append(Line("TLS handshake p99", run.load.tls_p99, PALETTE[6], "2 2", step=1.0))
     return Plot(
         "latency",
         "latency",
@@ -305,7 +307,7 @@ def latency_plot(run: RunData) -> Plot:
         _chart(run, lines, "milliseconds", empty_text="no latency in the load series"),
         note="whole connection (connect start to close done) of the connections that ended in "
         "each second, from the workers' microsecond histograms (a gap: none ended); dashed: "
-        "the connect phase's p99",
+        "the connect phase's p99 (dotted: the TLS handshake's, with TLS)",
         legend_stats=_legend(lines, run.load_window, "ms"),
     )
 

@@ -79,6 +79,7 @@ class LoadSeries:
     classes: dict[str, XY] = field(default_factory=dict)  # failures/s per error class
     percentiles: dict[str, XY] = field(default_factory=dict)  # "p50" -> ms (whole connection)
     connect_p99: XY = field(default_factory=list)  # ms
+    tls_p99: XY = field(default_factory=list)  # ms, TLS handshakes (load.tls)
     window: tuple[float, float] | None = None  # unix seconds: first start to the last one
     totals: LoadTotals | None = None  # connections started, completed, failed in the window
     users: XY = field(default_factory=list)
@@ -317,7 +318,7 @@ def _faults_from_events(run: RunData) -> list[Fault]:
         if action not in ("apply", "revert"):
             continue
         event: dict[str, Any] = {"event": f"fault.{action}", "ts": run.seconds(point)}
-        for name in ("id", "kind", "target", "spec", "window"):
+        for name in ("id", "kind", "target", "spec", "window", "reversible"):
             value = point.tags.get(name, point.fields.get(name))
             if value is not None:
                 event[name] = value
@@ -352,9 +353,10 @@ def _load_series(run: RunData) -> LoadSeries:
             value = row.percentile_us(LATENCY_PHASE, name)
             if value is not None:
                 load.percentiles.setdefault(name, []).append((t, value / 1000))
-        connect = row.percentile_us("connect", "p99")
-        if connect is not None:
-            load.connect_p99.append((t, connect / 1000))
+        for phase, xy in (("connect", load.connect_p99), ("tls", load.tls_p99)):
+            value = row.percentile_us(phase, "p99")
+            if value is not None:
+                xy.append((t, value / 1000))
     return load
 
 

@@ -104,5 +104,5 @@ def test_chaos_run_through_a_tls_proxy_reads_the_handshakes_from_the_series(
     # the verdict read the tls phase from the series like any other
     assert [e["passed"] for e in summary["expectations"]] == [True, True], summary
     assert summary["expectations"][0]["observed"] >= 5
-    assert (run_dir / "report.html").stat().st_size > 0
+    assert "TLS handshake p99" in (run_dir / "report.html").read_text()  # plotted
     assert not topology.orphan_namespaces(lab_name)

@@ -75,6 +75,12 @@ def test_the_report_reads_the_same_windows_from_the_sinks_events(tmp_path: Path)
             f"chaos_event,action={action},id={e['id']},kind=nft-loss,target=proxy "
             f'title="x"{spec} {int(e["ts"] * 1e9)}'
         )
+    kill = EVENTS[8]  # the guard marks an irreversible apply: an instant, not an open band
+    lines.append(
+        f"chaos_event,action=apply,id=k,kind=kill,target=origin "
+        f'title="x",spec=1i,window=0i,reversible=false {int(kill["ts"] * 1e9)}'
+    )
     (tmp_path / "samples.lp").write_text("\n".join(lines) + "\n")
-    (band,) = load_run(tmp_path).faults
-    assert (band.id, band.start, band.end, band.steps) == ("r0", 5.0, 14.0, 3)
+    ramp, killed = load_run(tmp_path).faults
+    assert (ramp.id, ramp.start, ramp.end, ramp.steps) == ("r0", 5.0, 14.0, 3)
+    assert (killed.id, killed.start, killed.end, killed.instant) == ("k", 20.0, 20.0, True)

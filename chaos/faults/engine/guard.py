@@ -207,7 +207,7 @@ class FaultGuard:
             params=fault.params.model_dump(),
             **fields,
         )
-        self._annotate("apply", **fields)
+        self._annotate("apply", reversible=reversible, **fields)  # a kill is an instant
         return handle
 
     def revert(self, handle: Handle) -> None:
