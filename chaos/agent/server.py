@@ -33,6 +33,19 @@ from pydantic import BaseModel, ValidationError
 
 from chaos.errors import ChaosError, FaultError
 
+__all__ = [
+    "API",
+    "MAX_CONNECTIONS",
+    "READ_TIMEOUT",
+    "ApiError",
+    "Route",
+    "Server",
+    "authorized",
+    "parse_body",
+    "parse_listen",
+    "server_tls",
+]
+
 API = "/v1"
 MAX_BODY = 64 * 1024
 #: JSON nesting a request may have (ours need 4): deeper is a 400, never a RecursionError

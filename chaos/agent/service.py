@@ -78,6 +78,8 @@ from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
+__all__ = ["Agent", "FaultRequest", "RenewRequest", "Scope", "read_token", "routes", "serve"]
+
 TOKEN_ENV = "CHAOS_AGENT_TOKEN"
 DEFAULT_PORT = 7700
 DEFAULT_LEASE = 10.0

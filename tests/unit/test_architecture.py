@@ -241,7 +241,7 @@ def test_remote_is_decided_in_one_place():
         f"{MODULES[m].relative_to(ROOT)}:{line}"
         for m in MODULES
         if m.startswith(FAULT_ROOMS) and m not in DECIDES_REMOTE
-        for line in remote_decisions(ast.parse(MODULES[m].read_text()))
+        for line in remote_decisions(TREES[m])
     ]
     assert not wrong, "tests for a remote target outside target resolution:\n" + "\n".join(wrong)
 
