@@ -26,6 +26,12 @@ HAProxy and the origin on CPU 1 (the kernel still runs the veth receive path on 
 CPU). Locust's import and start-up (~1 CPU-s on the shared 2-core machine) are in its CPU
 figure: it understates Locust's conn/CPU-s for short runs (use ``--seconds 20``).
 
+``--tls`` measures TLS instead: HAProxy (mode tcp) terminates TLS with the lab's certificate
+(``lab.proxy.tls``) and each tool makes a full TLS handshake per connection: wrk with an
+``https://`` URL against RawTcpUser with ``--tls`` (trusting the run's CA), and RawTcpUser
+with ``--tls-resumption`` (TLS 1.3 tickets; wrk has no resumption across connections). One lab
+per repeat, the tools interleaved in it; printed with the ratios against wrk.
+
 ``--profile`` runs the raw user once more through HAProxy under cProfile and prints where its
 time goes (for native frames: ``py-spy record --native --pid PID``, py-spy is not installed by
 scripts/setup). Locust is not imported here: every tool is a subprocess. Needs root.
@@ -80,7 +86,7 @@ class Sample:
         return self.connections / self.cpu_s if self.cpu_s else 0.0
 
 
-def scenario_text(opts: argparse.Namespace) -> str:
+def scenario_text(opts: argparse.Namespace, tls: bool = False) -> str:
     wide = "{net.ipv4.ip_local_port_range: [1024, 65535]}"
     return textwrap.dedent(f"""\
         name: load-churn
@@ -91,6 +97,7 @@ def scenario_text(opts: argparse.Namespace) -> str:
             mode: tcp
             threads: {opts.proxy_threads}
             maxconn: 8000
+            tls: {"true" if tls else "false"}
             sysctls: {wide}
           origin: {{protocol: http, close: server, workers: {opts.origin_workers}}}
         """)
@@ -109,8 +116,10 @@ def pin(pids: list[int], cpu: int) -> None:
 
 
 @contextlib.contextmanager
-def bench_lab(opts: argparse.Namespace, tmp: Path, index: int) -> Iterator[LabState]:
-    scenario = loader.parse(scenario_text(opts), "bench scenario")
+def bench_lab(
+    opts: argparse.Namespace, tmp: Path, index: int, tls: bool = False
+) -> Iterator[LabState]:
+    scenario = loader.parse(scenario_text(opts, tls), "bench scenario")
     run = RunDir.create("load-churn", tmp)
     name = f"bc{os.getpid() % 10000}x{index}"
     try:
@@ -220,6 +229,51 @@ def measure(opts: argparse.Namespace, tmp: Path) -> dict[str, dict[str, list[Sam
     return samples
 
 
+def tls_tools(
+    state: LabState, opts: argparse.Namespace, tmp: Path
+) -> dict[str, Callable[[], Sample]]:
+    host, port = state.proxy["host"], state.proxy["port"]
+    raw = [*RAW_ARGS, "--tls", "--tls-ca", f"{state.run_dir}/proxy/tls/ca.crt"]
+    resumed = [*raw, "--tls-resumption"]
+    target = f"tcp://{host}:{port}"
+    return {
+        "wrk https": lambda: run_wrk(state, f"https://{host}:{port}/", opts),
+        "RawTcpUser TLS": lambda: run_locust(state, target, "raw_tcp.py", raw, opts, tmp),
+        "RawTcpUser TLS resumed": lambda: run_locust(
+            state, target, "raw_tcp.py", resumed, opts, tmp
+        ),
+    }
+
+
+def measure_tls(opts: argparse.Namespace, tmp: Path) -> dict[str, list[Sample]]:
+    """samples[tool] through a TLS-terminating HAProxy: one lab per repeat, tools in turn."""
+    samples: dict[str, list[Sample]] = {}
+    for index in range(opts.repeat):
+        with bench_lab(opts, tmp, 100 + index, tls=True) as state:
+            for name, run in tls_tools(state, opts, tmp).items():
+                sample = run()
+                samples.setdefault(name, []).append(sample)
+                print(
+                    f"  TLS {name:<24} {sample.rate:>8,.0f} conn/s"
+                    f"  {sample.per_cpu_s:>8,.0f} conn/CPU-s  failures {sample.failures}",
+                    file=sys.stderr,
+                )
+    return samples
+
+
+def report_tls(by_tool: dict[str, list[Sample]]) -> None:
+    rate = {name: statistics.median(s.rate for s in ss) for name, ss in by_tool.items()}
+    eff = {name: statistics.median(s.per_cpu_s for s in ss) for name, ss in by_tool.items()}
+    print("\nTLS through HAProxy (a handshake per connection; one client process; medians)")
+    print(f"  {'':<24} {'conn/s':>8} {'conn/CPU-s':>10}   vs wrk: conn/s  per CPU-s")
+    for name in by_tool:
+        line = f"  {name:<24} {rate[name]:>8,.0f} {eff[name]:>10,.0f}"
+        if name != "wrk https":
+            line += f"   {rate[name] / rate['wrk https']:13.2f}x"
+            line += f" {eff[name] / eff['wrk https']:9.2f}x"
+        print(line)
+
+
 def report(where: str, by_tool: dict[str, list[Sample]]) -> None:
     rate = {name: statistics.median(s.rate for s in ss) for name, ss in by_tool.items()}
     eff = {name: statistics.median(s.per_cpu_s for s in ss) for name, ss in by_tool.items()}
@@ -270,6 +324,7 @@ def main() -> int:
     ap.add_argument("--origin-workers", type=int, default=1)
     ap.add_argument("--pin", action="store_true", help="tool on CPU 0, HAProxy+origin on CPU 1")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--tls", action="store_true", help="the TLS row instead (see above)")
     opts = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root: the lab is built in network namespaces", file=sys.stderr)
@@ -286,6 +341,9 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="load-churn-") as tmpdir:
         tmp = Path(tmpdir)
+        if opts.tls:
+            report_tls(measure_tls(opts, tmp))
+            return 0
         samples = measure(opts, tmp)
         for where, by_tool in samples.items():
             report(f"{where} to the origin" if where == "straight" else "through HAProxy", by_tool)

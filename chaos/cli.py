@@ -413,19 +413,8 @@ def cmd_faults_types(args: argparse.Namespace) -> int:
         out.print(f"[bold]{kind}[/]" + (f"  ({'; '.join(notes)})" if notes else ""))
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         table = Table("param", "type", "default", "description", box=None, pad_edge=True)
-        for name, info in cls.params_model.model_fields.items():
-            default = (
-                "required"
-                if info.is_required()
-                else repr(info.get_default(call_default_factory=True))
-            )
-            annotation = info.annotation
-            kind_text = (
-                annotation.__name__
-                if isinstance(annotation, type)
-                else str(annotation).replace("typing.", "")
-            )
-            table.add_row(name, kind_text, default, info.description or "")
+        for row in cls.param_rows():
+            table.add_row(*row)
         out.print(table)
         if doc and args.verbose:
             out.print("  " + doc[0])
@@ -440,7 +429,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
-    from chaos.faults.engine.guard import revert_recorded
+    from chaos.faults.engine.guard import revert_leftovers
     from chaos.faults.engine.ledger import Ledger
 
     if os.geteuid() != 0:
@@ -454,22 +443,19 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
         out.print(f"nothing to revert (ledger {ledger.dir} is empty)")
         return 0
     failed = len(bad)
-    for e in entries:  # newest first: the reverse of the order they were applied in
-        label = f"{e.handle.id} {e.handle.kind} on {e.handle.target}"
-        if e.owner_alive() and not args.force:
+    for done in revert_leftovers(ledger, force=args.force):
+        if done.outcome == "left":
             out.print(
-                Text.assemble(("left ", "yellow"), label, f": owner {e.owner.describe()} is "
-                              "running (--force reverts it)"),
+                Text.assemble(("left ", "yellow"), done.label, f": owner "
+                              f"{done.entry.owner.describe()} is running (--force reverts it)"),
                 soft_wrap=True,
             )  # fmt: skip
-            continue
-        try:
-            done = revert_recorded(ledger, e.handle)
-        except (FaultError, ChaosError) as exc:
+        elif done.outcome == "failed":
             failed += 1
-            err.print(Text.assemble(("failed ", "bold red"), label, f": {exc.message}"))
-            continue
-        out.print(Text.assemble(("reverted ", "green") if done else ("gone ", "dim"), label))
+            err.print(Text.assemble(("failed ", "bold red"), done.label, f": {done.error}"))
+        else:
+            style = "green" if done.outcome == "reverted" else "dim"
+            out.print(Text.assemble((f"{done.outcome} ", style), done.label))
     for b in bad:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
     if failed:
@@ -499,7 +485,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chaos.report import drift_failed, print_summary, write_report
 
     report = write_report(Path(args.run_dir))
-    print_summary(out, report)
+    print_summary(out, report.run.summary, report)
     failed = report.summary["verdict"] == "FAIL" or drift_failed(report.summary)
     return ExpectationFailed.exit_code if failed and args.check else 0
 

@@ -45,10 +45,12 @@ import math
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any, Protocol
 
 from chaos.load.seconds import issuing_window, load_seconds
+from chaos.record.journal import FaultWindow, fault_windows
 from chaos.record.schema import TCP_STATES, is_family_total
 from chaos.scenario.expression import evaluate_expression, uses_baseline
 from chaos.scenario.model import Expectation, Scenario
@@ -65,21 +67,12 @@ class Point(Protocol):
 
 
 @dataclass(frozen=True)
-class FaultWindow:
-    """One window of one scheduled fault (``spec``: its index in ``faults:``)."""
-
-    spec: int
-    applied: float
-    reverted: float
-
-
-@dataclass(frozen=True)
 class Timeline:
     """Wall-clock seconds of the load phase and of each fault window, in time order."""
 
     start: float
     end: float
-    faults: tuple[FaultWindow, ...] = ()
+    faults: tuple[FaultWindow, ...] = ()  # each with its ``reverted`` time
 
     @classmethod
     def from_journal(
@@ -87,15 +80,13 @@ class Timeline:
         events: Iterable[Mapping[str, Any]],
         issuing: tuple[float, float] | None = None,
     ) -> Timeline:
-        """Windows from ``fault.apply``/``fault.revert``: the steps of a ramp form one
-        window; an irreversible fault (kill) is an instant; one never reverted lasts to the
-        end of the load. ``issuing``: the seconds in which the load issued connections (see
-        the module docstring); the timeline keeps to them within the journal's window."""
+        """Windows from ``fault.apply``/``fault.revert`` (:func:`fault_windows`): the steps
+        of a ramp form one window; an irreversible fault (kill) is an instant; one never
+        reverted lasts to the end of the load. ``issuing``: the seconds in which the load
+        issued connections (see the module docstring); the timeline keeps to them within the
+        journal's window."""
+        events = list(events)
         start = end = None
-        applied: dict[tuple[int, int], float] = {}
-        reverted: dict[tuple[int, int], float] = {}
-        instant: set[tuple[int, int]] = set()
-        window_of: dict[str, tuple[int, int]] = {}
         for event in events:
             name, ts = event.get("event"), float(event.get("ts", 0.0))
             # load.ramp (the workers joined) is where the load really starts
@@ -103,26 +94,16 @@ class Timeline:
                 start = ts
             elif name == "load.end":
                 end = ts
-            elif name == "fault.apply":
-                key = (int(event.get("spec", 0)), int(event.get("window", 0)))
-                window_of[event["id"]] = key
-                began = ts - float(event.get("apply_ms", 0.0)) / 1000
-                applied[key] = min(applied.get(key, began), began)
-                if event.get("reversible") is False:
-                    instant.add(key)
-            elif name == "fault.revert" and event.get("id") in window_of:
-                key = window_of[event["id"]]
-                reverted[key] = max(reverted.get(key, ts), ts)
         if start is None:
             raise ValueError("the journal has no load.start event")
-        end = end if end is not None else max([start, *applied.values(), *reverted.values()])
+        windows = fault_windows(events)
+        if end is None:
+            reverts = [w.reverted for w in windows if w.reverted is not None]
+            end = max([start, *(w.applied for w in windows), *reverts])
         if issuing is not None and start < issuing[1] < end:
             start, end = max(start, issuing[0]), issuing[1]
-        windows = [
-            FaultWindow(key[0], at, at if key in instant else reverted.get(key, end))
-            for key, at in applied.items()
-        ]
-        return cls(start, end, tuple(sorted(windows, key=lambda w: w.applied)))
+        lasting = [replace(w, reverted=w.until(end)) for w in windows]
+        return cls(start, end, tuple(lasting))
 
 
 def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float]]:
@@ -139,8 +120,8 @@ def windows_for(exp: Expectation, timeline: Timeline) -> list[tuple[float, float
         start = timeline.start if exp.within is None else max(timeline.start, stop - exp.within)
         return [(start, stop)]
     if exp.when == "during":
-        return [(w.applied, min(w.reverted, end)) for w in faults if w.applied < end]
-    last = max(w.reverted for w in faults)
+        return [(w.applied, min(w.until(end), end)) for w in faults if w.applied < end]
+    last = max(w.until(end) for w in faults)
     stop = end if exp.within is None else min(end, last + exp.within)
     return [(last, stop)]
 
@@ -229,6 +210,17 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        """Back from :meth:`as_dict` (``summary.json``); a key an older run lacks is empty."""
+        known = {f.name for f in dataclass_fields(cls)}
+        values = {name: data.get(name) for name in known}
+        values["passed"] = data.get("passed") is True
+        values["label"] = data.get("label") or ""
+        values.update({k: str(data.get(k) or "") for k in ("metric", "op", "value", "when")})
+        values.update({k: str(data.get(k) or "") for k in ("agg", "detail")})
+        return cls(**values)
 
     def describe(self) -> str:
         where = f" at {self.role}" if self.role else ""

@@ -1,7 +1,8 @@
 """Live progress of a run: elapsed and remaining time, rate, errors and key socket counts.
 
-Fed by the samples that already flow into the sink (a tap on ``Sink.write``), so it adds no
-collector and no sampling cost. The rate, connections and errors come from the per-second
+Fed by the samples the sampler publishes anyway (a listener on its
+:class:`~chaos.collect.sampler.SampleHook`, beside the sink), so it adds no collector and no
+sampling cost. The rate, connections and errors come from the per-second
 ``load`` series (``load_failures`` for the classes), on the run's own clock, ~2 s behind.
 
 On a terminal it is one status line refreshed every second
@@ -11,20 +12,26 @@ every ``every`` seconds instead, so logs stay readable.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from chaos.load.seconds import FAILURES_MEASUREMENT as LOAD_FAILURES
-from chaos.load.seconds import MEASUREMENT as LOAD
+from chaos.collect.sampler import SampleHook
 from chaos.record.point import Sample
-from chaos.record.schema import TCP_STATES, is_family_total
+from chaos.record.schema import (
+    CONTROLLER,
+    LOAD,
+    LOAD_FAILURES,
+    PORT_BUDGET_SUMMARY,
+    PROCESS,
+    TCP_STATES,
+    TCP_ZOMBIES,
+    is_family_total,
+)
 
 ROLE_LETTERS = {"client": "c", "gateway": "g", "proxy": "p", "origin": "o"}
 
@@ -75,7 +82,7 @@ class Progress:
         self.proxy_busy: float | None = None
         self.rss: float | None = None
 
-    # --- fed by the sink tap (sampler thread) ----------------------------------------------
+    # --- a listener of the sampler (its thread) ----------------------------------------------
 
     def observe(self, samples: list[Sample]) -> None:
         with self._lock:
@@ -96,14 +103,14 @@ class Progress:
                     for state in ("time_wait", "close_wait", "established"):
                         if state in fields:
                             self.states[(role, state)] = float(fields[state])  # type: ignore[arg-type]
-                elif m == "tcp_zombies" and "candidates" in fields:
+                elif m == TCP_ZOMBIES and "candidates" in fields:
                     self.zombies[role] = float(fields["candidates"])  # type: ignore[arg-type]
-                elif m == "port_budget_summary" and "max_utilisation" in fields:
+                elif m == PORT_BUDGET_SUMMARY and "max_utilisation" in fields:
                     value = float(fields["max_utilisation"])  # type: ignore[arg-type]
                     ports = value if ports is None else max(ports, value)
-                elif m == "process" and role == "proxy" and "busy" in fields:
+                elif m == PROCESS and role == "proxy" and "busy" in fields:
                     self.proxy_busy = float(fields["busy"])  # type: ignore[arg-type]
-                elif m == "controller" and "rss_bytes" in fields:
+                elif m == CONTROLLER and "rss_bytes" in fields:
                     self.rss = float(fields["rss_bytes"])  # type: ignore[arg-type]
             if ports is not None:
                 self.ports = ports
@@ -156,46 +163,21 @@ class Progress:
 
 
 @contextmanager
-def sink_tap(sink: Any, observe: Callable[[list[Sample]], None]) -> Iterator[None]:
-    """Show every batch of samples the sink gets to ``observe`` too, while the body runs.
-
-    Enter it before the sampler is built (the sampler binds ``sink.write`` when it starts);
-    taps nest, and each puts back what it found. A failing observer never loses samples:
-    the sink gets them first."""
-    shadowed = vars(sink).get("write")  # an outer tap, or None
-    write = sink.write
-
-    def tap(samples: list[Sample]) -> None:
-        write(samples)
-        with contextlib.suppress(Exception):  # a display bug must not stop sampling
-            observe(samples)
-
-    sink.write = tap  # an instance attribute shadows the method until the finally below
-    try:
-        yield
-    finally:
-        if shadowed is None:
-            del sink.write
-        else:
-            sink.write = shadowed
-
-
-@contextmanager
 def live_progress(
-    sink: Any,
+    samples: SampleHook,
     console: Console,
     progress: Progress,
     *,
     every: float = 10.0,
     enabled: bool = True,
 ) -> Iterator[Progress]:
-    """Show ``progress`` while the body runs, fed by a tap on ``sink.write`` (enter it
-    before the sampler is built)."""
+    """Show ``progress`` while the body runs, fed by what the sampler publishes on
+    ``samples`` while it runs."""
     if not enabled:
         yield progress
         return
     stop = threading.Event()
-    with sink_tap(sink, progress.observe):
+    with samples.subscribed(progress.observe):
         if console.is_terminal:
             from rich.live import Live
 

@@ -56,6 +56,7 @@ class _Pending:
         self.failed = 0
         self.failures: dict[str, int] = {}
         self.connect: list[int] = []
+        self.tls: list[int] = []
         self.first_byte: list[int] = []
         self.total: list[int] = []
         self.close: list[int] = []
@@ -68,13 +69,16 @@ class Recorder:
     when it succeeded and ``ends.append((t0, t2, tf, t3, t4, failure))`` when the connection
     is over (``perf_counter()`` values; 0 for a phase that did not happen: t2 request sent, tf
     first byte, t3 response complete, t4 closed; ``failure`` None or an exception whose
-    ``str`` is its class). The lists are swapped out whole by :meth:`take`, so the users must
-    look them up on the recorder each time (``RECORDER.ends.append``), not keep them.
+    ``str`` is its class); with TLS, ``handshakes.append((th, tt))`` when a TLS handshake
+    began and completed (phase ``tls``). The lists are swapped out whole by :meth:`take`, so
+    the users must look them up on the recorder each time (``RECORDER.ends.append``), not
+    keep them.
     """
 
     def __init__(self) -> None:
         self.starts: list[float] = []
         self.connects: list[tuple[float, float]] = []
+        self.handshakes: list[tuple[float, float]] = []
         self.ends: list[tuple[float, float, float, float, float, Any]] = []
         self.offset = time.time() - time.perf_counter()  # wall = perf + offset
         self.pending: dict[int, _Pending] = {}
@@ -94,24 +98,31 @@ class Recorder:
             found = self.pending[sec] = _Pending()
         return found
 
+    def _add_phase(self, phase: str, stamps: list[tuple[float, float]]) -> None:
+        """``(start, end)`` stamps into ``phase``, each by the second it ended."""
+        offset = self.offset
+        current = -1
+        values: list[int] = []
+        for start, end in stamps:
+            sec = int(end + offset)
+            if sec != current:
+                current, values = sec, getattr(self._second(sec), phase)
+            values.append(int((end - start) * 1_000_000))
+
     def _absorb(self) -> None:
         # Once a second over a few thousand stamps: loops kept flat (no call per stamp), and
         # the second's _Pending looked up only when the second changes (stamps come in order,
         # nearly).
         starts, self.starts = self.starts, []
         connects, self.connects = self.connects, []
+        handshakes, self.handshakes = self.handshakes, []
         ends, self.ends = self.ends, []
         offset = self.offset
         second = self._second
         for sec, count in Counter([int(t0 + offset) for t0 in starts]).items():
             second(sec).started += count
-        current = -1
-        values: list[int] = []
-        for t0, t1 in connects:
-            sec = int(t1 + offset)
-            if sec != current:
-                current, values = sec, second(sec).connect
-            values.append(int((t1 - t0) * 1_000_000))
+        self._add_phase("connect", connects)
+        self._add_phase("tls", handshakes)
         current = -1
         pending = _Pending()
         total, first_byte, close = pending.total, pending.first_byte, pending.close

@@ -28,6 +28,10 @@ Teardown modes (``--teardown``):
   ``slow-reader``       SO_RCVBUF ``--rcvbuf`` (4096 if 0) before connect, read at
                         ``--read-rate`` B/s (1024 if 0): the client advertises a zero window
 ``--idle-ms``, ``--rcvbuf`` and ``--read-rate`` also apply to every other mode when > 0.
+TLS (``--tls``, ``--tls-ca``, ``--tls-server-name``, ``--tls-resumption``,
+``--tls-no-close-notify``): the handshake follows the connect (and the idle), timed as the
+phase ``tls``; what each mode sends at the end with TLS, and why OpenSSL works on the fd, is in
+``_tls.py``. Without ``--tls`` nothing of it runs.
 Keepalive (any mode): ``--keepalive`` with ``--keepidle/--keepintvl/--keepcnt`` seconds/probes.
 
 Stats: exactly one Locust request event per connection attempt (request_type ``TCP``, name
@@ -90,6 +94,7 @@ from _common import (
 )
 from _contract import contract, register_options
 from _series import RECORDER
+from _tls import TlsClient, TlsSocket, TlsStream
 from gevent.socket import wait_read, wait_write
 from locust import User, events, task
 from locust.env import Environment
@@ -98,6 +103,8 @@ from locust.user.users import LOCUST_STATE_STOPPING
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 # The C socket type with a non-blocking fd from socket(): see RawTcpUser.one_connection.
 Sock = _socket.socket
+#: what the reads and writes take: the socket, or its TLS layer (same send/recv)
+Stream = Sock | TlsStream
 NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 LINGER_RST = struct.pack("ii", 1, 0)
 REQUEST_TYPE = "TCP"
@@ -185,6 +192,16 @@ class RawConfig:
                 (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(g("keepcnt"))),
             ]
         self.pre_opts = tuple(pre)
+        self.tls: TlsClient | None = None
+        self.socket_type: type[Sock] = Sock
+        if g("tls"):
+            self.socket_type = TlsSocket
+            self.tls = TlsClient(
+                str(g("tls_ca") or ""),
+                str(g("tls_server_name") or ""),
+                bool(g("tls_resumption")),
+                not g("tls_no_close_notify"),
+            )
         sources = [a.strip() for a in str(g("source_addresses") or "").split(",") if a.strip()]
         self.sources: Iterator[str] | None = None
         if sources:
@@ -284,6 +301,7 @@ class RawTcpUser(User):
         self._glet: Any = None
         self._waits = 0  # waits on the hub so far (see _connections_back_to_back)
         self._back_to_back = False
+        self._session: Any = None  # TLS: the session of this user's last connection
 
     def wait_time(self) -> float:  # type: ignore[override]
         return self._pacer.delay()
@@ -296,6 +314,7 @@ class RawTcpUser(User):
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         self._family, self._addr = info[0], info[4]
         self._request = cfg.request_bytes(host, port)
+        self._server_name = (cfg.tls.server_name or host) if cfg.tls is not None else ""
         self._fire = self.environment.events.request.fire
         self._glet = gevent.getcurrent()
         WATCHDOG.add(self, cfg.watchdog_tick)
@@ -354,7 +373,7 @@ class RawTcpUser(User):
         # Here the fd is non-blocking from socket(), and the greenlet waits on the hub only
         # when the kernel says EINPROGRESS/EAGAIN (wait_read/wait_write: gevent's own, and
         # the watchdog's throw() interrupts them like any gevent wait).
-        sock = Sock(self._family, NONBLOCK_STREAM)
+        sock = cfg.socket_type(self._family, NONBLOCK_STREAM)
         self._deadline = t0 + cfg.connect_timeout
         try:
             for level, name, value in cfg.pre_opts:
@@ -375,19 +394,24 @@ class RawTcpUser(User):
                 self._waits += 1
                 gevent.sleep(cfg.idle)
             self._deadline = perf() + cfg.read_timeout
-            self._sendall(sock, self._request)
+            stream: Any = sock
+            if cfg.tls is not None:
+                stream = self._handshake(sock)
+            self._sendall(stream, self._request)
             if cfg.half_close:
                 sock.shutdown(socket.SHUT_WR)
             t2 = perf()
             if cfg.protocol == "raw":
-                tf, nbytes = self._read_raw(sock)
+                tf, nbytes = self._read_raw(stream)
                 eof = False
             else:
-                tf, nbytes, eof = self._read_http(sock)
+                tf, nbytes, eof = self._read_http(stream)
             t3 = perf()
             stage = 2
             if cfg.wait_fin and not eof:
-                nbytes += self._read_to_eof(sock)
+                nbytes += self._read_to_eof(stream)
+            if stream is not sock:
+                self._end_tls(stream, eof)
             self._deadline = 0.0
             if cfg.hold:
                 if not self._hold(sock):
@@ -428,6 +452,31 @@ class RawTcpUser(User):
             context=_NO_CONTEXT,
         )
 
+    # ------------------------------------------------------------------ TLS (--tls)
+    def _handshake(self, sock: Sock) -> TlsStream:
+        """The TLS handshake, timed as the phase ``tls`` (see _tls.py)."""
+        tls = self._cfg.tls
+        assert tls is not None
+        started = time.perf_counter()
+        stream = tls.connect(sock, self._server_name, self._session)
+        RECORDER.handshakes.append((started, time.perf_counter()))
+        return stream
+
+    def _end_tls(self, stream: TlsStream, eof: bool) -> None:
+        """After the response: keep the session to resume, then the TLS side of the mode's
+        ending (see _tls.py); the TCP side is the plain path's."""
+        cfg = self._cfg
+        tls = cfg.tls
+        assert tls is not None
+        if tls.resumption:
+            self._session = stream.session
+        if tls.close_notify and not (cfg.wait_fin or eof or cfg.abort):
+            self._deadline = time.perf_counter() + cfg.read_timeout
+            stream.close_notify()
+            self._read_to_eof(stream.sock)  # the proxy's FIN behind its close_notify
+        elif cfg.wait_fin or eof:
+            self._read_to_eof(stream.sock)  # the server's FIN behind its close_notify
+
     # ------------------------------------------------------------------ socket calls
     def _wait_connected(self, sock: Sock) -> None:
         """After connect() said EINPROGRESS: return once established, raise its error.
@@ -454,7 +503,7 @@ class RawTcpUser(User):
         if err:
             raise OSError(err, os.strerror(err))
 
-    def _sendall(self, sock: Sock, data: bytes) -> None:
+    def _sendall(self, sock: Stream, data: bytes) -> None:
         # A request fits an empty send buffer: one send() is the usual case.
         while data:
             try:
@@ -466,7 +515,7 @@ class RawTcpUser(User):
             data = data[sent:]
 
     # ------------------------------------------------------------------ reading
-    def _recv(self, sock: Sock) -> bytes:
+    def _recv(self, sock: Stream) -> bytes:
         """One read; the read timeout counts from here (no progress for --read-timeout)."""
         cfg = self._cfg
         self._deadline = time.perf_counter() + cfg.read_timeout
@@ -483,7 +532,7 @@ class RawTcpUser(User):
             gevent.sleep(len(data) / cfg.read_rate)
         return data
 
-    def _read_raw(self, sock: Sock) -> tuple[float, int]:
+    def _read_raw(self, sock: Stream) -> tuple[float, int]:
         """Read up to a chunk ending in a newline. Returns (first-byte time, bytes)."""
         recv = self._recv
         data = recv(sock)
@@ -498,7 +547,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total
 
-    def _read_http(self, sock: Sock) -> tuple[float, int, bool]:
+    def _read_http(self, sock: Stream) -> tuple[float, int, bool]:
         data = self._recv(sock)
         if not data:
             raise INCOMPLETE
@@ -532,7 +581,7 @@ class RawTcpUser(User):
             total += len(data)
         return first, total, False
 
-    def _read_to_eof(self, sock: Sock) -> int:
+    def _read_to_eof(self, sock: Stream) -> int:
         total = 0
         while True:
             data = self._recv(sock)

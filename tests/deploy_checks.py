@@ -37,15 +37,15 @@ def compose_config(*extra: str) -> dict:
     return yaml.safe_load(proc.stdout) if proc.stdout.strip() else {}
 
 
-
 def documented_fields() -> dict[str, set[str]]:
     """measurement -> field names (or regexes for `<state>` templates), from docs/metrics.md:
-    the backticked names in the first column of every `| field |` table of a section."""
+    the backticked names in the first column of every `| field |` table of a section (a
+    `##` or `###` heading names the measurements it is about in backticks)."""
     fields: dict[str, set[str]] = {}
     measurements: list[str] = []
     in_fields = False
     for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
-        if line.startswith("## "):
+        if line.startswith(("## ", "### ")):
             measurements = re.findall(r"`(\w+)`", line)
             in_fields = False
         elif line.startswith("| field |"):
@@ -120,7 +120,7 @@ def documented_tags() -> dict[str, set[str]]:
     measurements: list[str] = []
     in_tags = False
     for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
-        if line.startswith("## "):
+        if line.startswith(("## ", "### ")):
             measurements = re.findall(r"`(\w+)`", line)
             in_tags = False
         elif line.startswith("| tag |"):

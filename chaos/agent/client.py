@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
@@ -51,8 +51,8 @@ from urllib.parse import quote, unquote
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params, Target
-from chaos.scenario.model import Duration
+from chaos.faults.base import Fault, Handle, HandleData, Params, RemoteTarget, Target
+from chaos.scenario.model import Duration, FaultSpec
 
 KIND = "remote"
 API = "/v1"
@@ -68,25 +68,26 @@ class AgentUnreachable(FaultError):
     """No HTTP answer from the agent (refused, timed out, network cut)."""
 
 
-@dataclass(frozen=True)
-class AgentTarget:
-    """``http://HOST:PORT/TARGET`` split into the agent's base URL and its target."""
+def is_agent_url(text: str) -> bool:
+    """Whether a fault target names a target on an agent (``http(s)://...``): the one test."""
+    return text.strip().startswith(("http://", "https://"))
 
-    base: str
-    target: str
 
-    @classmethod
-    def parse(cls, text: str) -> AgentTarget:
-        scheme, sep, rest = text.strip().partition("://")
-        netloc, _, target = rest.partition("/")
-        target = unquote(target)
-        if scheme not in ("http", "https") or not sep or not netloc or not target:
-            raise FaultError(
-                f"agent target {text!r}: expected http://HOST:PORT/TARGET (or https://)",
-                "e.g. http://198.18.3.2:7700/origin (TARGET is on the agent's --allow list; "
-                "https:// when the agent runs with --tls-cert)",
-            )
-        return cls(f"{scheme}://{netloc}", target)
+def remote_target(text: str) -> RemoteTarget | None:
+    """``http://HOST:PORT/TARGET`` split into the agent's base URL and its target; None for
+    a target in the local lab. FaultError when an agent URL lacks a part."""
+    if not is_agent_url(text):
+        return None
+    scheme, _, rest = text.strip().partition("://")
+    netloc, _, target = rest.partition("/")
+    target = unquote(target)
+    if not netloc or not target:
+        raise FaultError(
+            f"agent target {text!r}: expected http://HOST:PORT/TARGET (or https://)",
+            "e.g. http://198.18.3.2:7700/origin (TARGET is on the agent's --allow list; "
+            "https:// when the agent runs with --tls-cert)",
+        )
+    return RemoteTarget(f"{scheme}://{netloc}", target)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -287,11 +288,24 @@ class RemoteParams(Params):
     lease: Duration = Field(default=10.0, gt=0, le=3600, description="lease, renewed by us")
 
 
+class RemoteHandle(HandleData):
+    """What the controller needs to revert a fault on an agent (the id is the handle's):
+    the agent, the fault there, and where the token is (never the token itself)."""
+
+    agent: str
+    remote_target: str
+    type: str
+    token_env: str
+    ca_file: str | None
+    lease_s: float
+
+
 class RemoteFault(Fault):
     """A fault applied, renewed and reverted by an agent; built by :func:`validate_remote`."""
 
     kind = KIND
     params_model = RemoteParams
+    handle_model = RemoteHandle
     params: RemoteParams
 
     def __init__(self, target: Target, params: Params) -> None:
@@ -299,9 +313,9 @@ class RemoteFault(Fault):
         self.on_lost: Callable[[str], None] | None = None
 
     @classmethod
-    def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
+    def validate(cls, target: Target | RemoteTarget, raw: dict[str, Any]) -> Fault:
         # Only validate_remote builds these: `type: remote` in a scenario is a mistake.
-        if target.netns is not None or not target.name.startswith(("http://", "https://")):
+        if not isinstance(target, RemoteTarget):
             raise FaultError(
                 f"{KIND} is not a fault type of its own",
                 "give the fault's real type and an agent URL as its target, e.g. "
@@ -312,12 +326,14 @@ class RemoteFault(Fault):
     def prepare(self) -> Handle:
         p = self.params
         return self.handle(
-            agent=p.agent,
-            remote_target=p.target,
-            type=p.type,
-            token_env=p.token_env,
-            ca_file=p.ca_file,
-            lease_s=p.lease,
+            RemoteHandle(
+                agent=p.agent,
+                remote_target=p.target,
+                type=p.type,
+                token_env=p.token_env,
+                ca_file=p.ca_file,
+                lease_s=p.lease,
+            )
         )
 
     def apply(self, handle: Handle) -> None:
@@ -338,8 +354,8 @@ class RemoteFault(Fault):
     @classmethod
     def revert(cls, handle: Handle) -> None:
         LEASES.drop(handle.id)  # first: a renewal must not race the DELETE
-        data = handle.data
-        client = AgentClient(data["agent"], _token(data["token_env"]), data.get("ca_file"))
+        data = RemoteHandle.of(handle)
+        client = AgentClient(data.agent, _token(data.token_env), data.ca_file)
         try:
             # 404: the agent holds no such fault: reverted by its lease, or never applied.
             client.expect(
@@ -347,9 +363,9 @@ class RemoteFault(Fault):
             )
         except AgentUnreachable as exc:
             raise FaultError(
-                f"{exc.message}; the fault {handle.id} ({data['type']} on "
-                f"{data['remote_target']}) is reverted by the agent when its lease "
-                f"({data['lease_s']:g} s) lapses",
+                f"{exc.message}; the fault {handle.id} ({data.type} on "
+                f"{data.remote_target}) is reverted by the agent when its lease "
+                f"({data.lease_s:g} s) lapses",
                 "if the agent's host also crashed, run `chaos revert-all` there (with the "
                 "agent's CHAOS_LEDGER_DIR); then `chaos revert-all` here to clear the entry",
             ) from None
@@ -366,17 +382,20 @@ def split_params(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def validate_remote(
-    kind: str, url: str, raw: dict[str, Any], on_lost: Callable[[str], None] | None = None
+    kind: str,
+    where: RemoteTarget,
+    raw: dict[str, Any],
+    on_lost: Callable[[str], None] | None = None,
 ) -> RemoteFault:
     """Check a fault on an agent before the run (the agent validates it; nothing changes)."""
-    where = AgentTarget.parse(url)
     mine, fault_params = split_params(raw)
     fault = RemoteFault.validate(
-        Target(f"{where.base}/{where.target}", None),
-        {"agent": where.base, "target": where.target, "type": kind, "params": fault_params, **mine},
+        where,
+        {"agent": where.agent, "target": where.target, "type": kind, "params": fault_params}
+        | mine,
     )
     assert isinstance(fault, RemoteFault)
-    client = AgentClient(where.base, _token(fault.params.token_env), fault.params.ca_file)
+    client = AgentClient(where.agent, _token(fault.params.token_env), fault.params.ca_file)
     answer = client.expect(
         "POST",
         "/validate",
@@ -392,3 +411,18 @@ def validate_remote(
         fault = _IrreversibleRemoteFault(fault.target, fault.params)
     fault.on_lost = on_lost
     return fault
+
+
+def agent_clients(specs: Iterable[FaultSpec]) -> list[AgentClient]:
+    """One client for each agent that ``specs`` aim a fault at, to wait for its ``/health``
+    (the token from ``params.token_env``, empty when unset)."""
+    clients: dict[str, AgentClient] = {}
+    for spec in specs:
+        where = remote_target(spec.target)
+        if where is not None and where.agent not in clients:
+            token_env = str(spec.params.get("token_env", DEFAULT_TOKEN_ENV))
+            ca_file = spec.params.get("ca_file")
+            token = os.environ.get(token_env, "")
+            ca = None if ca_file is None else str(ca_file)
+            clients[where.agent] = AgentClient(where.agent, token, ca)
+    return list(clients.values())

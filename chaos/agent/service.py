@@ -33,10 +33,9 @@ Targets. ``--allow`` (repeated) names what the agent may touch:
 no ``kill`` there); an entry without it takes every type. ``PATTERN`` is RE2 syntax
 (:class:`~chaos.kernel.processes.CommandPattern`): matched in linear time, whatever it is.
 
-Hostile clients. Connections beyond ``MAX_CONNECTIONS`` are refused at accept (503, no
-thread); each read waits at most ``READ_TIMEOUT`` and the whole request must arrive within
-``READ_DEADLINE`` of the connect; bodies need an exact ``Content-Length`` (digits, at most
-64 KiB; chunked is refused) and at most ``MAX_JSON_DEPTH`` levels of JSON. Requests are
+The HTTP plumbing (TLS, the token check, body and connection limits against hostile
+clients) is :mod:`chaos.agent.server`; this module is the agent's logic: what it may touch,
+the faults it holds and their leases, and the endpoints (:func:`routes`). Requests are
 checked (target resolved, params validated) outside the lock that orders applies, and a
 lapsing lease is reverted without waiting for that lock.
 
@@ -54,68 +53,41 @@ API (JSON in and out; errors are ``{"error": ..., "hint": ...}`` with a 4xx stat
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import json
 import os
 import re
 import signal
-import socket
-import ssl
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from chaos import capabilities
+from chaos.agent.server import API, ApiError, Route, Server, parse_body, parse_listen, server_tls
 from chaos.endings import ENDING_SIGNALS
 from chaos.errors import ChaosError, FaultError, NotRootError
 from chaos.faults.base import Fault, Handle, Target
-from chaos.faults.engine.guard import FaultGuard, revert_recorded
+from chaos.faults.engine.guard import FaultGuard, revert_leftovers
 from chaos.faults.engine.ledger import Ledger
-from chaos.faults.engine.targets import links_of, resolve
+from chaos.faults.engine.targets import links_of, resolve_local
 from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns, processes
 from chaos.lab.topology import LabState
 
-API = "/v1"
+__all__ = ["Agent", "FaultRequest", "RenewRequest", "Scope", "read_token", "routes", "serve"]
+
 TOKEN_ENV = "CHAOS_AGENT_TOKEN"
 DEFAULT_PORT = 7700
 DEFAULT_LEASE = 10.0
 MAX_LEASE = 3600.0
 MIN_TOKEN = 16
-MAX_BODY = 64 * 1024
-#: JSON nesting a request may have (ours need 4): deeper is a 400, never a RecursionError
-MAX_JSON_DEPTH = 16
-#: at most this many connections are served at once; more are refused (503) at accept
-MAX_CONNECTIONS = 32
-LISTEN_BACKLOG = 128
-#: seconds one read may wait (an idle connection is closed after this)...
-READ_TIMEOUT = 5.0
-#: ...and seconds a client has from connecting to having sent its whole request
-READ_DEADLINE = 10.0
 #: How often the reaper looks for lapsed leases: the revert comes at most this late.
 REAP_EVERY = 0.1
 TOKEN_HINT = "generate one with `openssl rand -hex 32` and pass --token-file FILE"
-
-
-class ApiError(Exception):
-    """A request the agent refuses: an HTTP status and a message with a fix."""
-
-    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.hint = status, message, hint
-
-    @classmethod
-    def of(cls, status: int, exc: ChaosError) -> ApiError:
-        return cls(status, exc.message, exc.hint)
 
 
 class FaultRequest(BaseModel):
@@ -135,19 +107,6 @@ class RenewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lease_s: float | None = Field(default=None, gt=0, le=MAX_LEASE)
-
-
-def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ApiError(
-            400, f"invalid request: {problems}", f"see {API}/types and the README"
-        ) from None
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -175,13 +134,6 @@ def read_token(token_file: str | None) -> str:
             TOKEN_HINT,
         )
     return token
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise FaultError(f"--listen {text!r}: expected HOST:PORT", "e.g. --listen 198.18.3.2:7700")
-    return host.strip("[]"), int(port)
 
 
 class Scope:
@@ -312,7 +264,7 @@ class Scope:
                 f"target {text!r} is not on this agent's allow-list ({', '.join(self.allow)})",
                 "restart the agent with --allow for it, or aim the fault at an allowed target",
             )
-        # One LabState over exactly the allowed namespaces: targets.resolve then handles
+        # One LabState over exactly the allowed namespaces: targets.resolve_local then handles
         # roles, workers, NS:PATTERN and pid:N as in a local run, and nothing else exists.
         lab = self._lab_state() if self.lab else None
         state = LabState(
@@ -321,7 +273,7 @@ class Scope:
             processes=[p for p in (lab.processes if lab else []) if p.role in self.roles],
         )
         try:
-            return resolve(text, state)
+            return resolve_local(text, state)
         except FaultError as exc:
             if base == "pid" and rest.isdigit() and processes.state_of(int(rest)) is not None:
                 raise ApiError(
@@ -367,8 +319,7 @@ class Lease:
 
 
 class Agent:
-    def __init__(self, token: str, scope: Scope, ledger: Ledger | None = None) -> None:
-        self.token = token.encode()
+    def __init__(self, scope: Scope, ledger: Ledger | None = None) -> None:
         self.scope = scope
         self.log = JsonLog()
         self.guard = FaultGuard(self.log, ledger)
@@ -381,12 +332,6 @@ class Agent:
         self.failed: list[str] = []
 
     # --- requests -------------------------------------------------------------------------
-    def authorized(self, header: str | None) -> bool:
-        scheme, _, given = (header or "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of the token matched.
-        given_token = given.strip().encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(given_token, self.token)
-
     def check(self, request: FaultRequest) -> Fault:
         """type → target → params → kernel features; every failure is an ApiError."""
         try:
@@ -506,6 +451,15 @@ class Agent:
             ]
         }
 
+    def validate(self, request: FaultRequest) -> dict[str, Any]:
+        fault = self.check(request)
+        return {
+            "ok": True,
+            "type": request.type,
+            "target": request.target,
+            "reversible": type(fault).reversible,
+        }
+
     # --- leases and lifetime --------------------------------------------------------------
     def reap(self) -> None:
         """Revert every fault whose lease lapsed, until stopped."""
@@ -521,16 +475,12 @@ class Agent:
 
     def revert_leftovers(self) -> None:
         """Revert what a dead agent (or controller) left in this ledger: its leases lapsed."""
-        ledger = self.guard.ledger
-        for entry in ledger.entries()[0]:
-            if entry.owner_alive():
-                continue
-            try:
-                revert_recorded(ledger, entry.handle)
-            except FaultError as exc:
-                self.log.event("agent.leftover.failed", id=entry.handle.id, error=exc.message)
-                continue
-            self.log.event("agent.leftover.reverted", id=entry.handle.id, kind=entry.handle.kind)
+        for done in revert_leftovers(self.guard.ledger):
+            handle = done.entry.handle
+            if done.outcome == "failed":
+                self.log.event("agent.leftover.failed", id=handle.id, error=done.error)
+            elif done.outcome != "left":
+                self.log.event("agent.leftover.reverted", id=handle.id, kind=handle.kind)
 
     def shutdown(self) -> None:
         """Stop reaping and revert everything still applied (newest first)."""
@@ -540,285 +490,29 @@ class Agent:
         self.guard.revert_all()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "chaos-agent/1"
-    server: _Server
-    timeout = READ_TIMEOUT  # applied to the socket by StreamRequestHandler.setup
+def routes(agent: Agent) -> tuple[Route, ...]:
+    """The API (see the module's docstring) on ``agent``."""
 
-    routes: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
-        (method, re.compile(f"^{API}{path}$"), name)
-        for method, path, name in (
-            ("GET", "/health", "health"),
-            ("GET", "/types", "types"),
-            ("GET", "/faults", "faults"),
-            ("POST", "/faults", "apply"),
-            ("POST", "/validate", "validate"),
-            ("GET", "/faults/(?P<id>[^/]+)", "show"),
-            ("POST", "/faults/(?P<id>[^/]+)/renew", "renew"),
-            ("DELETE", "/faults/(?P<id>[^/]+)", "revert"),
-        )
+    def fault_request(body: dict[str, Any] | None) -> FaultRequest:
+        return parse_body(FaultRequest, body or {})
+
+    return (
+        Route("GET", "/health", lambda _id, _body: (200, agent.health())),
+        Route("GET", "/types", lambda _id, _body: (200, agent.types())),
+        Route("GET", "/faults", lambda _id, _body: (200, agent.faults())),
+        Route("POST", "/faults", lambda _id, b: (201, agent.apply(fault_request(b))), body=True),
+        Route(
+            "POST", "/validate", lambda _id, b: (200, agent.validate(fault_request(b))), body=True
+        ),
+        Route("GET", "/faults/(?P<id>[^/]+)", lambda i, _body: (200, agent.show(str(i)))),
+        Route(
+            "POST",
+            "/faults/(?P<id>[^/]+)/renew",
+            lambda i, b: (200, agent.renew(str(i), parse_body(RenewRequest, b or {}))),
+            body=True,
+        ),
+        Route("DELETE", "/faults/(?P<id>[^/]+)", lambda i, _body: (200, agent.revert(str(i)))),
     )
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def _serve(self, method: str) -> None:
-        agent = self.server.agent
-        if method != "POST":
-            self.server.request_read()  # no body to come
-        try:
-            if not agent.authorized(self.headers.get("Authorization")):
-                raise ApiError(
-                    401,
-                    "missing or wrong token",
-                    "send `Authorization: Bearer <token>` with the agent's token",
-                )
-            status, body = self._route(method, agent)
-        except ApiError as exc:
-            status, body = exc.status, {"error": exc.message, "hint": exc.hint}
-        except Exception as exc:  # a bug: the log gets the traceback, the client a message
-            traceback.print_exc(file=sys.stderr)
-            status = 500
-            body = {
-                "error": f"internal error: {type(exc).__name__}: {exc}",
-                "hint": "see the agent's log",
-            }
-        self._send(status, body)
-
-    def _route(self, method: str, agent: Agent) -> tuple[int, dict[str, Any]]:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        matched = [(m, match, name) for m, rx, name in self.routes if (match := rx.match(path))]
-        if not matched:
-            raise ApiError(404, f"no endpoint {path}", f"the API is under {API}/ (see README)")
-        route = next(((match, name) for m, match, name in matched if m == method), None)
-        if route is None:
-            allowed = ", ".join(sorted({m for m, _, _ in matched}))
-            raise ApiError(
-                405, f"{method} is not allowed on {path}", f"use {allowed} (see the README)"
-            )
-        match, name = route
-        fault_id = match.groupdict().get("id")
-        if name == "health":
-            return 200, agent.health()
-        if name == "types":
-            return 200, agent.types()
-        if name == "faults":
-            return 200, agent.faults()
-        if name == "show":
-            return 200, agent.show(fault_id)
-        if name == "revert":
-            return 200, agent.revert(fault_id)
-        body = self._body()
-        if name == "renew":
-            return 200, agent.renew(fault_id, _parse(RenewRequest, body))
-        request: FaultRequest = _parse(FaultRequest, body)
-        if name == "validate":
-            fault = agent.check(request)
-            return 200, {
-                "ok": True,
-                "type": request.type,
-                "target": request.target,
-                "reversible": type(fault).reversible,
-            }
-        return 201, agent.apply(request)
-
-    def _body(self) -> dict[str, Any]:
-        self.close_connection = True  # whatever happens, this connection ends here
-        if self.headers.get("Transfer-Encoding"):
-            raise ApiError(411, "chunked bodies are not accepted", "send Content-Length")
-        lengths = self.headers.get_all("Content-Length") or ["0"]
-        text = lengths[0].strip()
-        # digits only: int() would take "-1", "+5" or " 1_0" (and -1 reads until EOF)
-        if len(lengths) > 1 or not text.isascii() or not text.isdigit() or len(text) > 9:
-            raise ApiError(
-                400, f"invalid Content-Length {lengths!r}", "send the body's length in bytes"
-            )
-        length = int(text)
-        if length > MAX_BODY:
-            raise ApiError(413, f"request body over {MAX_BODY} bytes", "send a smaller request")
-        raw = self.rfile.read(length) if length else b"{}"
-        if len(raw) != length:
-            raise ApiError(400, "the body ended before its Content-Length", "send all of it")
-        self.server.request_read()
-        try:
-            body = json.loads(raw)
-        except RecursionError:
-            body = None  # nested far too deep: refused below
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON: {exc}", "send a JSON object") from None
-        if body is None or _depth(body) > MAX_JSON_DEPTH:
-            raise ApiError(
-                400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "send a flat request"
-            )
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object", "send {...}")
-        return body
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body, default=str).encode()
-        self.send_response(status, HTTPStatus(status).phrase)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if status == 401:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        print(f"{self.address_string()} {format % args}", file=sys.stderr, flush=True)
-
-
-def _depth(value: Any) -> int:
-    """How deeply ``value`` nests lists and objects (iterative: no recursion to exhaust)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-#: seconds a client gets to finish the TLS handshake
-HANDSHAKE_TIMEOUT = 10.0
-BUSY = json.dumps(
-    {"error": "the agent is serving too many connections", "hint": "retry in a second"}
-).encode()
-
-
-class _Connection:
-    """One accepted connection: its socket (the TLS one once wrapped) and the time by which
-    its request must have been read; past it, the watchdog shuts the socket down."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline = time.monotonic() + READ_DEADLINE
-
-    def cut(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS of them, each on a deadline that
-    one watchdog thread enforces."""
-
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-
-    def __init__(
-        self, address: tuple[str, int], agent: Agent, tls: ssl.SSLContext | None = None
-    ) -> None:
-        self.agent = agent
-        self.tls = tls
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.local = threading.local()  # the _Connection of the thread serving it
-        self.reading: set[_Connection] = set()  # connections whose request is not read yet
-        self.reading_lock = threading.Lock()
-        super().__init__(address, _Handler)
-        threading.Thread(target=self._watchdog, name="read-deadlines", daemon=True).start()
-
-    def _watchdog(self) -> None:
-        while True:
-            time.sleep(0.25)
-            now = time.monotonic()
-            with self.reading_lock:
-                overdue = [c for c in self.reading if c.deadline <= now]
-                self.reading.difference_update(overdue)
-            for connection in overdue:
-                connection.cut()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self._refuse(request)
-            return
-        try:
-            super().process_request(request, client_address)  # starts the thread
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def _refuse(self, request: socket.socket) -> None:
-        """503 without a thread: written without waiting, then closed."""
-        if self.tls is None:
-            head = (
-                "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-            )
-            with contextlib.suppress(OSError):
-                request.send(head.encode() + BUSY, socket.MSG_DONTWAIT)
-        self.shutdown_request(request)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        connection = _Connection(request)
-        self.local.connection = connection
-        with self.reading_lock:
-            self.reading.add(connection)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.request_read()
-            self.slots.release()
-
-    def request_read(self) -> None:
-        """The request is read: its deadline no longer applies (applies may take time)."""
-        connection = getattr(self.local, "connection", None)
-        with self.reading_lock:
-            self.reading.discard(connection)  # type: ignore[arg-type]
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Runs in the request's thread: the handshake cannot stall the accept loop.
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        assert isinstance(request, socket.socket)
-        request.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            wrapped = self.tls.wrap_socket(request, server_side=True)  # detaches `request`
-        except (OSError, ssl.SSLError) as exc:
-            print(f"{client_address[0]} TLS handshake failed: {exc}", file=sys.stderr,
-                  flush=True)  # fmt: skip
-            return
-        self.local.connection.sock = wrapped  # the deadline now cuts the TLS socket
-        with wrapped:
-            wrapped.settimeout(None)
-            super().finish_request(wrapped, client_address)
-
-
-def server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """The agent's TLS context from ``--tls-cert``/``--tls-key``, or None for plain HTTP."""
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise FaultError(
-            "--tls-cert and --tls-key go together",
-            "give both PEM files, e.g. from `openssl req -x509 -newkey rsa:2048 -nodes "
-            "-keyout key.pem -out cert.pem -subj /CN=agent -addext subjectAltName=IP:ADDRESS`",
-        )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise FaultError(
-            f"TLS file not found: {exc.filename}", "check --tls-cert and --tls-key"
-        ) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise FaultError(
-            f"cannot load the TLS certificate {cert} with key {key}: {exc}",
-            "both must be PEM, and the key must be the certificate's",
-        ) from None
-    return context
 
 
 def serve(
@@ -840,10 +534,10 @@ def serve(
     token = read_token(token_file)
     tls = server_tls(tls_cert, tls_key)
     host, port = parse_listen(listen)
-    agent = Agent(token, Scope(allow, lab, allow_types))
+    agent = Agent(Scope(allow, lab, allow_types))
     agent.revert_leftovers()
     try:
-        server = _Server((host, port), agent, tls)
+        server = Server((host, port), token, routes(agent), tls)
     except OSError as exc:
         raise FaultError(
             f"the agent cannot listen on {host}:{port}: {exc.strerror}",

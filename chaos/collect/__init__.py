@@ -1,6 +1,6 @@
 """Collectors: socket and kernel state of every namespace involved, sampled into points.
 
-One module per source, all with the same interface (:class:`~chaos.record.point.Collector`:
+One module per source, all with the same interface (:class:`~chaos.collect.base.Collector`:
 ``name``, ``netns``, ``period``, ``sample(now) -> list[Sample]``, ``close()``):
 
 ==========================  ====================================================  ============
@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from chaos.collect.base import Collector
 from chaos.collect.budget import PortBudget
 from chaos.collect.census import SocketCensus
 from chaos.collect.conntrack import Conntrack
 from chaos.collect.kernel import KernelCounters
 from chaos.collect.load_series import LoadSeries
-from chaos.collect.sampler import Sampler
+from chaos.collect.sampler import SampleHook, Sampler
 from chaos.collect.zombies import (
     ZombiePeer,
     ZombieScan,
@@ -40,7 +41,7 @@ from chaos.collect.zombies import (
 )
 from chaos.kernel.nsref import NetnsRef
 from chaos.kernel.sockdiag import InetDiag
-from chaos.record.point import Collector, Sample, to_line, to_lines
+from chaos.record.point import Sample, to_line, to_lines
 
 __all__ = [
     "Collector",
@@ -50,6 +51,7 @@ __all__ = [
     "NetnsRef",
     "PortBudget",
     "Sample",
+    "SampleHook",
     "Sampler",
     "SocketCensus",
     "ZombiePeer",

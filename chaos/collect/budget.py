@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from chaos.collect.census import FAMILY_NAMES, listening, record_format
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef, ProcFiles
+from chaos.record import schema
 from chaos.record.point import Sample, time_ns_of
 
 PORT_HOLDING = frozenset(
@@ -297,7 +298,7 @@ def budget_samples(result: BudgetResult, tags: dict[str, str], top: int) -> list
     lefts = [g.seconds_left for g in result.groups if g.seconds_left is not None]
     if lefts:
         summary["min_seconds_left"] = round(min(lefts), 3)
-    out = [Sample("port_budget_summary", dict(tags), summary, stamp)]
+    out = [Sample(schema.PORT_BUDGET_SUMMARY, dict(tags), summary, stamp)]
     for use in top_groups(result.groups, top):
         fields: dict[str, int | float] = {
             "used": use.used,
@@ -317,5 +318,5 @@ def budget_samples(result: BudgetResult, tags: dict[str, str], top: int) -> list
             "dst": use.dst,
             "dport": str(use.dport),
         }
-        out.append(Sample("port_budget", gtags, fields, stamp))
+        out.append(Sample(schema.PORT_BUDGET, gtags, fields, stamp))
     return out

@@ -50,7 +50,7 @@ from chaos.collect.kernel import PROC_NET, parse_netstat, parse_sockstat
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef, ProcFiles
 from chaos.record.point import Sample, time_ns_of
-from chaos.record.schema import FAMILY_ALL, TCP_STATES
+from chaos.record.schema import FAMILY_ALL, TCP_STATES, TCP_TEARDOWN
 
 # states dumped socket by socket in every mode: usually few sockets
 RARE = sd.ALL_STATES - {sd.ESTABLISHED, sd.TIME_WAIT, sd.LISTEN}
@@ -350,7 +350,7 @@ def census_samples(result: CensusResult, tags: dict[str, str]) -> list[Sample]:
         fields: dict[str, int | float] = dict(counts)
         if result.mode == "exact":
             fields["total"] = sum(counts.values())
-        out.append(Sample("tcp_states", {**tags, "family": fam}, fields, stamp))
+        out.append(Sample(TCP_STATES, {**tags, "family": fam}, fields, stamp))
 
     teardown: dict[str, int | float] = {"orphans": result.orphans}
     for name, ages in result.teardown.items():
@@ -359,5 +359,5 @@ def census_samples(result: CensusResult, tags: dict[str, str]) -> list[Sample]:
             teardown[f"{name}_oldest_s"] = round(ages.oldest_s, 3)
         if name in ("fin_wait1", "syn_sent", "syn_recv", "last_ack", "closing"):
             teardown[f"{name}_max_retrans"] = ages.max_retrans
-    out.append(Sample("tcp_teardown", dict(tags), teardown, stamp))
+    out.append(Sample(TCP_TEARDOWN, dict(tags), teardown, stamp))
     return out

@@ -24,12 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from chaos.collect import collectors_for
+from chaos.collect.base import Collector
 from chaos.collect.kernel import NOTABLE
 from chaos.collect.sampler import Sampler
 from chaos.errors import SinkError
 from chaos.kernel.nsref import NetnsRef
 from chaos.kernel.sockdiag import STATE_NAMES
-from chaos.record.point import Collector, Sample
+from chaos.record import schema
+from chaos.record.point import Sample
 from chaos.record.schema import is_family_total
 from chaos.sink import InfluxFlags, Sink, resolve_influx
 
@@ -79,7 +81,7 @@ def collect_main(
                 cost = {"duration_ms": round((time.perf_counter() - t0) * 1000, 3)}
                 ctags = {"collector": collector.name, "netns": collector.netns}
                 samples += produced
-                samples.append(Sample("collector_cost", ctags, cost, produced[0].time_ns))
+                samples.append(Sample(schema.COLLECTOR_COST, ctags, cost, produced[0].time_ns))
             _emit(console, samples, as_json, once=True)
             return 0
         return _live(console, collectors, as_json, interval)
@@ -110,11 +112,12 @@ def _to_sink(
     sink = Sink(directory, tags={"host": socket.gethostname()}, influx=influx, on_error=print_warn)
     where = f" and InfluxDB at {influx.describe()}" if influx else ""
     console.print(f"samples to {sink.path}{where}", highlight=False)
-    sampler = Sampler(collectors, interval=interval, on_samples=sink.write)
+    sampler = Sampler(collectors, interval=interval)
+    sampler.samples.subscribe(sink.write)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` sends SIGTERM
     try:
         if once:
-            sink.write(sampler.tick())
+            sampler.final_tick()
             return 0
         sampler.start()
         while True:
@@ -138,7 +141,8 @@ def print_warn(message: str) -> None:
 
 def _live(console: Console, collectors: list[Collector], as_json: bool, interval: float) -> int:
     ticks: queue.Queue[list[Sample]] = queue.Queue()
-    sampler = Sampler(collectors, interval=interval, on_samples=ticks.put)
+    sampler = Sampler(collectors, interval=interval)
+    sampler.samples.subscribe(ticks.put)
     sampler.start()
     try:
         if as_json or not console.is_terminal:
@@ -189,7 +193,7 @@ def _num(value: object) -> str:
 def render(samples: list[Sample], once: bool) -> Group:
     """The human view of one round of samples."""
     parts: list[object] = []
-    states = _by(samples, "tcp_states")
+    states = _by(samples, schema.TCP_STATES)
     every = next((s for s in states if is_family_total(s.tags)), None)
     netns = every.tags.get("netns", "?") if every else "?"
     stamp = datetime.fromtimestamp(samples[0].time_ns / 1e9) if samples else datetime.now()
@@ -217,8 +221,8 @@ def render(samples: list[Sample], once: bool) -> Group:
         table.add_row("total", _num(every.fields.get("total", 0)), *["" for _ in fams])
         parts.append(table)
 
-    teardown = next(iter(_by(samples, "tcp_teardown")), None)
-    zombies = next(iter(_by(samples, "tcp_zombies")), None)
+    teardown = next(iter(_by(samples, schema.TCP_TEARDOWN)), None)
+    zombies = next(iter(_by(samples, schema.TCP_ZOMBIES)), None)
     if teardown:
         table = Table(title="teardown", title_justify="left", box=None, pad_edge=False)
         for col in ("state", "sockets", "oldest", "max retrans"):
@@ -243,7 +247,7 @@ def render(samples: list[Sample], once: bool) -> Group:
                 table.add_row("  unchecked (peer not on this host)", _num(zf["unmatched"]), "", "")
         parts.append(table)
 
-    summary = next(iter(_by(samples, "port_budget_summary")), None)
+    summary = next(iter(_by(samples, schema.PORT_BUDGET_SUMMARY)), None)
     if summary:
         sf = summary.fields
         title = (
@@ -254,7 +258,7 @@ def render(samples: list[Sample], once: bool) -> Group:
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
         for col in ("source", "destination", "used", "time_wait", "used %", "slope/s", "full in"):
             table.add_column(col, justify="left" if col in ("source", "destination") else "right")
-        for group in _by(samples, "port_budget"):
+        for group in _by(samples, schema.PORT_BUDGET):
             g, tags = group.fields, group.tags
             util = g.get("utilisation")
             style = "red" if isinstance(util, float) and util >= 0.8 else None
@@ -271,7 +275,7 @@ def render(samples: list[Sample], once: bool) -> Group:
         parts.append(table)
 
     counters: dict[str, object] = {}
-    for sample in _by(samples, "tcp_counters"):
+    for sample in _by(samples, schema.TCP_COUNTERS):
         group = sample.tags.get("group", "")
         for key, value in sample.fields.items():
             counters[f"{group}.{key}"] = value
@@ -286,7 +290,7 @@ def render(samples: list[Sample], once: bool) -> Group:
                 table.add_row(key, _num(value), style=None if value else "dim")
         parts.append(table)
 
-    sockstat = next(iter(_by(samples, "sockstat")), None)
+    sockstat = next(iter(_by(samples, schema.SOCKSTAT)), None)
     if sockstat:
         f = sockstat.fields
         parts.append(
@@ -301,7 +305,7 @@ def render(samples: list[Sample], once: bool) -> Group:
                 + "  (orphan, alloc and mem are host-wide)"
             )
         )
-    conntrack = next(iter(_by(samples, "conntrack")), None)
+    conntrack = next(iter(_by(samples, schema.CONNTRACK)), None)
     if conntrack:
         f = conntrack.fields
         states = ", ".join(f"{k[4:]} {_num(v)}" for k, v in f.items() if k.startswith("tcp_") and v)
@@ -317,7 +321,7 @@ def render(samples: list[Sample], once: bool) -> Group:
                 + (f"; {stats}" if stats else "")
             )
         )
-    costs = [s for s in _by(samples, "collector_cost") if s.tags.get("collector") != "sampler"]
+    costs = [s for s in _by(samples, schema.COLLECTOR_COST) if s.tags.get("collector") != "sampler"]
     if costs:
         parts.append(
             Text(

@@ -23,10 +23,12 @@ import socket
 import struct
 from collections import Counter
 
+from chaos.collect.base import deltas
 from chaos.collect.kernel import PROC_NET
 from chaos.kernel.nfnetlink import open_nfnetlink
 from chaos.kernel.nsref import NetnsRef, ProcFile, open_proc_files
-from chaos.record.point import Sample, deltas, time_ns_of
+from chaos.record import schema
+from chaos.record.point import Sample, time_ns_of
 
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 NLM_F_REQUEST_DUMP = 0x301
@@ -173,7 +175,9 @@ class Conntrack:
         if states is not None:
             for name, value in states.items():
                 fields[f"tcp_{name}"] = value
-        return [Sample("conntrack", dict(self.tags), fields, time_ns_of(now))] if fields else []
+        if not fields:
+            return []
+        return [Sample(schema.CONNTRACK, dict(self.tags), fields, time_ns_of(now))]
 
     def close(self) -> None:
         if self._sock is not None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import time
 
+from chaos.collect.base import deltas
 from chaos.kernel.nsref import NetnsRef, ProcFile, open_proc_files
-from chaos.record.point import Sample, deltas, time_ns_of
+from chaos.record import schema
+from chaos.record.point import Sample, time_ns_of
 
 PROC_NET = "/proc/thread-self/net"
 
@@ -167,10 +169,11 @@ class KernelCounters:
             if fields:
                 if not self.cumulative:
                     fields["interval_s"] = round(interval, 6)
-                samples.append(Sample("tcp_counters", {**self.tags, "group": group}, fields, stamp))
+                tags = {**self.tags, "group": group}
+                samples.append(Sample(schema.TCP_COUNTERS, tags, fields, stamp))
         stat = self.sockstat()
         if stat:
-            samples.append(Sample("sockstat", dict(self.tags), dict(stat), stamp))
+            samples.append(Sample(schema.SOCKSTAT, dict(self.tags), dict(stat), stamp))
         return samples
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from chaos.kernel.proctree import cgroup_pids, children
 from chaos.record import schema
 from chaos.record.point import FieldValue, Sample, time_ns_of
 
-MEASUREMENT = "process"
+MEASUREMENT = schema.PROCESS
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

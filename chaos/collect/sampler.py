@@ -13,9 +13,11 @@
 * The controller process itself (the one running the sampler) is measured every tick as a
   ``controller`` point: resident memory, CPU seconds, threads and open files, so a soak run
   can show that none of them grows (``controller=True``; ``chaos run`` turns it on).
-* Samples go to ``on_samples`` (called in the sampler thread: it must not block, e.g. it puts
-  them on a queue) or, without one, to a bounded buffer emptied by :meth:`Sampler.drain`
-  (oldest dropped first, counted).
+* Each tick's samples are published on :attr:`Sampler.samples`, a :class:`SampleHook`: the
+  sink, the live progress line and a sweep's stop check each subscribe to it (called in the
+  sampler thread: a listener must not block, e.g. it puts them on a queue). With no
+  listener they go to a bounded buffer emptied by :meth:`Sampler.drain` (oldest dropped
+  first, counted).
 
 The sampler thread holds the GIL while it digests records, in short slices between
 ``recvmsg`` calls (which release it); the caller's threads keep running.
@@ -28,13 +30,61 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from chaos.record.point import Collector, FieldValue, Sample, time_ns_of
+from chaos.collect.base import Collector
+from chaos.record import schema
+from chaos.record.point import FieldValue, Sample, time_ns_of
 
 log = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+Listener = Callable[[list[Sample]], None]
+
+
+class SampleHook:
+    """Where the sampler publishes each tick's samples (as Locust's ``EventHook``): every
+    listener gets every batch, in the order they subscribed. A failing listener is logged
+    (once per distinct error) and the others still get the batch, so a display bug never
+    loses a sample for the sink. Listeners may come and go while the sampler runs."""
+
+    def __init__(self) -> None:
+        self._listeners: tuple[Listener, ...] = ()  # replaced, never mutated: no lock to fire
+        self._errors_seen: set[str] = set()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners = (*self._listeners, listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        listeners = list(self._listeners)
+        listeners.remove(listener)
+        self._listeners = tuple(listeners)
+
+    @contextmanager
+    def subscribed(self, listener: Listener) -> Iterator[None]:
+        """``listener`` hears every batch published while the body runs."""
+        self.subscribe(listener)
+        try:
+            yield
+        finally:
+            self.unsubscribe(listener)
+
+    @property
+    def listened(self) -> bool:
+        return bool(self._listeners)
+
+    def publish(self, samples: list[Sample]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(samples)
+            except Exception as exc:  # one listener's bug must not stop the others
+                text = f"{getattr(listener, '__qualname__', listener)}: {exc!r}"
+                if text not in self._errors_seen:
+                    self._errors_seen.add(text)
+                    log.exception("a sample listener failed: %s", text)
 
 
 @dataclass
@@ -47,14 +97,16 @@ class SamplerStats:
 
 
 class Sampler:
-    """Run collectors every ``interval`` seconds in a daemon thread."""
+    """Run collectors every ``interval`` seconds in a daemon thread; each tick's samples are
+    published on ``samples`` (a hook of the caller's, so that listeners can subscribe before
+    the sampler exists, or a new one)."""
 
     def __init__(
         self,
         collectors: Sequence[Collector],
         *,
         interval: float = 1.0,
-        on_samples: Callable[[list[Sample]], None] | None = None,
+        samples: SampleHook | None = None,
         buffer: int = 100_000,
         tags: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -65,7 +117,7 @@ class Sampler:
             raise ValueError("interval must be positive")
         self.collectors = list(collectors)
         self.interval = interval
-        self.on_samples = on_samples
+        self.samples = samples if samples is not None else SampleHook()
         self.tags = dict(tags or {})
         self.stats = SamplerStats()
         self._clock = clock
@@ -106,8 +158,14 @@ class Sampler:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def final_tick(self) -> None:
+        """Stop, then one last tick, published: what the sources wrote as they ended (the
+        Locust master writes its last seconds when it exits)."""
+        self.stop()
+        self._deliver(self.tick())
+
     def drain(self) -> list[Sample]:
-        """Take every buffered sample (only used when there is no ``on_samples``)."""
+        """Take every buffered sample (only used while nothing listens to ``samples``)."""
         with self._lock:
             out = list(self._buffer)
             self._buffer.clear()
@@ -134,11 +192,8 @@ class Sampler:
                 self.stats.skipped_ticks += missed
 
     def _deliver(self, samples: list[Sample]) -> None:
-        if self.on_samples is not None:
-            try:
-                self.on_samples(samples)
-            except Exception:  # the consumer's bug must not kill sampling
-                log.exception("on_samples failed")
+        if self.samples.listened:
+            self.samples.publish(samples)
             return
         with self._lock:
             free = self._buffer.maxlen - len(self._buffer) if self._buffer.maxlen else 0
@@ -193,7 +248,7 @@ class Sampler:
                 "collector": collector.name,
                 "netns": collector.netns,
             }
-            out.append(Sample("collector_cost", ctags, cost, stamp))
+            out.append(Sample(schema.COLLECTOR_COST, ctags, cost, stamp))
         self.stats.ticks += 1
         duration = (time.perf_counter() - tick_t0) * 1000
         self.stats.last_tick_ms = duration
@@ -206,10 +261,11 @@ class Sampler:
             "dropped": self.stats.dropped,
         }
         self._pending_skipped = 0
-        out.append(Sample("collector_cost", {**self.tags, "collector": "sampler"}, total, stamp))
+        own = {**self.tags, "collector": "sampler"}
+        out.append(Sample(schema.COLLECTOR_COST, own, total, stamp))
         if self.controller:
             tags = {"netns": "host", **self.tags}  # the controller runs in the host namespace
-            out.append(Sample("controller", tags, self._controller_fields(mono), stamp))
+            out.append(Sample(schema.CONTROLLER, tags, self._controller_fields(mono), stamp))
         return out
 
     def _controller_fields(self, mono: float) -> dict[str, FieldValue]:

@@ -43,6 +43,7 @@ from chaos.errors import ChaosError
 from chaos.kernel import netns as netns_mod
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
+from chaos.record import schema
 from chaos.record.point import Sample, time_ns_of
 
 if TYPE_CHECKING:
@@ -462,14 +463,14 @@ class ZombieScan:
                 tags["peer"] = next(iter(self.by_peer))
             per_peer = [
                 Sample(
-                    "tcp_zombies_peer",
+                    schema.TCP_ZOMBIES_PEER,
                     {**self.tags, "peer": label},
                     {"candidates": seen, "confirmed": confirmed},
                     stamp,
                 )
                 for label, (seen, confirmed) in self.by_peer.items()
             ]
-        return [Sample("tcp_zombies", tags, fields, stamp), *per_peer]
+        return [Sample(schema.TCP_ZOMBIES, tags, fields, stamp), *per_peer]
 
     def close(self) -> None:
         self.diag.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -53,14 +53,35 @@ class Target:
     pattern: str | None = None
 
 
+@dataclass(frozen=True)
+class RemoteTarget:
+    """Where a fault on another host acts: the agent's base URL (``http(s)://HOST:PORT``)
+    and the target there (on the agent's allow-list). Target resolution
+    (:mod:`chaos.faults.engine.targets`) makes one from ``http://HOST:PORT/TARGET``; the
+    remote fault (:mod:`chaos.agent.client`) consumes it."""
+
+    agent: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.agent}/{self.target}"
+
+
+def new_handle_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class Handle:
-    """Everything needed to revert one applied fault, as JSON-serialisable data."""
+    """Everything needed to revert one applied fault. ``data`` is the fault type's
+    :class:`HandleData` model as JSON, which is what the ledger stores; a fault reads it
+    back typed with ``Model.of(handle)``."""
 
     kind: str
     target: str
     data: dict[str, Any]
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    id: str = field(default_factory=new_handle_id)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,11 +97,31 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HandleData(BaseModel):
+    """Base for each fault's handle model, beside its params model: what ``prepare``
+    snapshots and ``apply``/``revert`` read, typed. Its JSON is the ledger's ``data``, in
+    the same keys as ever, so a ledger left by an older run still reverts (unknown keys
+    are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def of(cls, handle: Handle) -> Self:
+        """``handle``'s data, read as this model (from memory or from the ledger)."""
+        return cls.model_validate(handle.data)
+
+    def store(self, handle: Handle) -> None:
+        """Write this model back into ``handle`` (``stack_on``, before the ledger write)."""
+        handle.data = self.model_dump(mode="json")
+
+
 class Fault(ABC):
     """One fault type. Subclasses set ``kind``, ``params_model`` and ``features``."""
 
     kind: ClassVar[str]
     params_model: ClassVar[type[Params]]
+    #: what ``prepare`` records and ``apply``/``revert`` read (the ledger's ``data``)
+    handle_model: ClassVar[type[HandleData]]
     #: capability names from :mod:`chaos.capabilities` that must be present.
     features: ClassVar[tuple[str, ...]] = ()
     #: True when revert undoes the fault (SIGKILL cannot be undone).
@@ -115,6 +156,25 @@ class Fault(ABC):
                 f"see `chaos faults types` for the parameters of {cls.kind}",
             ) from None
 
+    @classmethod
+    def param_rows(cls) -> list[tuple[str, str, str, str]]:
+        """(name, type, default, description) of each param (``chaos faults types``)."""
+        rows = []
+        for name, info in cls.params_model.model_fields.items():
+            default = (
+                "required"
+                if info.is_required()
+                else repr(info.get_default(call_default_factory=True))
+            )
+            annotation = info.annotation
+            type_text = (
+                annotation.__name__
+                if isinstance(annotation, type)
+                else str(annotation).replace("typing.", "")
+            )
+            rows.append((name, type_text, default, info.description or ""))
+        return rows
+
     def check_target(self) -> None:  # noqa: B027 - optional hook
         """Raise FaultError when the target cannot take this fault."""
 
@@ -146,5 +206,11 @@ class Fault(ABC):
         """(``stacks``) Undo ``handle`` but leave what ``holders`` still hold."""
         cls.revert(handle)
 
-    def handle(self, **data: Any) -> Handle:
-        return Handle(kind=self.kind, target=self.target.name, data=data)
+    def handle(self, data: HandleData, handle_id: str | None = None) -> Handle:
+        """The handle for ``data`` (``handle_id``: when ``data`` names things after it)."""
+        return Handle(
+            kind=self.kind,
+            target=self.target.name,
+            data=data.model_dump(mode="json"),
+            id=handle_id or new_handle_id(),
+        )

@@ -49,7 +49,7 @@ from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_INGRESS, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params
+from chaos.faults.base import Fault, Handle, HandleData, Params, new_handle_id
 from chaos.kernel import netns
 
 ROOT_HANDLE = 0xCA050000  # "ca05:" the root we add (netem, or prio when scoped)
@@ -342,7 +342,27 @@ def _gone(exc: NetlinkError) -> bool:
     return exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL)
 
 
+class NetemHandle(HandleData):
+    """The link shaped (its index, so a new link of the same name is never touched), the
+    qdiscs found there before (what revert must leave), the params as JSON (for the ledger
+    and a crash test's replay of ``steps``), the u32 keys of a scope, and the ifb of an
+    ingress fault."""
+
+    netns: str | None
+    ifname: str
+    ifindex: int
+    direction: str
+    root_before: dict[str, Any] | None
+    ingress_before: dict[str, Any] | None
+    root_handle: int
+    netem_handle: int
+    params: dict[str, Any]
+    u32_keys: list[str] | None
+    ifb: str | None
+
+
 class Netem(Fault):
+    handle_model = NetemHandle
     kind = "netem"
     params_model = NetemParams
     #: Ingress additionally needs ``ifb``; check_target probes it for ingress faults only,
@@ -407,7 +427,8 @@ class Netem(Fault):
                 f"{root['handle'] >> 16:x}: (another netem fault, or someone's tc setup)",
                 "chaos replaces only the kernel's default qdisc; remove that one first",
             )
-        handle = self.handle(
+        handle_id = new_handle_id()
+        state = NetemHandle(
             netns=ns,
             ifname=ifname,
             ifindex=index,
@@ -416,29 +437,30 @@ class Netem(Fault):
             ingress_before=ingress,
             root_handle=ROOT_HANDLE,
             netem_handle=NETEM_CHILD_HANDLE if self.params.scope else ROOT_HANDLE,
-            params=self.params.model_dump(mode="json"),  # JSON for the ledger
+            params=self.params.model_dump(mode="json"),
             u32_keys=_u32_keys(self.params.scope, self.params.direction)
             if self.params.scope
             else None,
+            ifb=f"ifb-{handle_id[:11]}" if ingress_mode else None,
         )
-        handle.data["ifb"] = f"ifb-{handle.id[:11]}" if ingress_mode else None
-        return handle
+        return self.handle(state, handle_id)
 
     # -- apply -------------------------------------------------------------------------------
 
     @classmethod
-    def steps(cls, handle: Handle) -> Iterator[Step]:
+    def steps(cls, handle: Handle, params: NetemParams | None = None) -> Iterator[Step]:
         """The kernel changes, in order. ``apply`` runs them all; a crash between any two
-        leaves state that ``revert`` removes (the contract tests stop after each step)."""
-        data = handle.data
-        ifb = data["ifb"]
-        shaped = ifb if ifb else data["ifname"]  # the device whose root we replace
-        options = netem_options(NetemParams.model_validate(data["params"]))
+        leaves state that ``revert`` removes (the contract tests stop after each step).
+        ``params``: the fault's, parsed once (else read back from the handle)."""
+        data = NetemHandle.of(handle)
+        ifb = data.ifb
+        shaped = ifb if ifb else data.ifname  # the device whose root we replace
+        options = netem_options(params or NetemParams.model_validate(data.params))
 
         def index_of(ipr: Any, name: str) -> int:
             index = _link_index(ipr, name)
             if index is None:
-                raise FaultError(f"netem: interface {name} vanished in {data['netns']}")
+                raise FaultError(f"netem: interface {name} vanished in {data.netns}")
             return index
 
         def create_ifb(ipr: Any) -> None:
@@ -451,7 +473,7 @@ class Netem(Fault):
             )
 
         def add_netem(ipr: Any) -> None:
-            scoped = data["u32_keys"] is not None
+            scoped = data.u32_keys is not None
             _add_netem(
                 ipr,
                 index_of(ipr, shaped),
@@ -463,11 +485,11 @@ class Netem(Fault):
         def add_scope_filter(ipr: Any) -> None:
             ipr.tc(
                 "add-filter", "u32", index_of(ipr, shaped), parent=ROOT_HANDLE,
-                prio=FILTER_PRIO, protocol=ETH_P_IP, target=SCOPED_BAND, keys=data["u32_keys"],
+                prio=FILTER_PRIO, protocol=ETH_P_IP, target=SCOPED_BAND, keys=data.u32_keys,
             )  # fmt: skip
 
         def add_ingress(ipr: Any) -> None:
-            ipr.tc("add", "ingress", index_of(ipr, data["ifname"]))
+            ipr.tc("add", "ingress", index_of(ipr, data.ifname))
 
         def redirect_to_ifb(ipr: Any) -> None:  # match-all u32 + mirred egress redirect
             action = {
@@ -477,32 +499,32 @@ class Netem(Fault):
                 "ifindex": index_of(ipr, ifb),
             }
             ipr.tc(
-                "add-filter", "u32", index_of(ipr, data["ifname"]), parent=INGRESS_HANDLE,
+                "add-filter", "u32", index_of(ipr, data.ifname), parent=INGRESS_HANDLE,
                 prio=FILTER_PRIO, protocol=ETH_P_ALL, target=0x1, keys=["0x0/0x0+0"],
                 action=action,
             )  # fmt: skip
 
         if ifb:
             yield f"create {ifb}", create_ifb
-        if data["u32_keys"] is not None:
+        if data.u32_keys is not None:
             yield "add the prio root", add_prio
         yield "add netem", add_netem
-        if data["u32_keys"] is not None:
+        if data.u32_keys is not None:
             yield "add the scope filter", add_scope_filter
         if ifb:
             yield "add an ingress qdisc", add_ingress
             yield f"redirect ingress to {ifb}", redirect_to_ifb
 
     def apply(self, handle: Handle) -> None:
-        ns = handle.data["netns"]
-        with netns.ipr(ns) as ipr:
-            for what, step in self.steps(handle):
+        data = NetemHandle.of(handle)
+        with netns.ipr(data.netns) as ipr:
+            for what, step in self.steps(handle, self.params):
                 try:
                     step(ipr)
                 except NetlinkError as exc:
                     raise FaultError(
                         f"fault netem on {self.target.name}: the kernel refused to {what} "
-                        f"on {handle.data['ifname']} in {ns}: {exc}",
+                        f"on {data.ifname} in {data.netns}: {exc}",
                         "check `chaos doctor` (netem, ifb) and the fault's parameters",
                     ) from exc
 
@@ -510,20 +532,20 @@ class Netem(Fault):
 
     @classmethod
     def revert(cls, handle: Handle) -> None:
-        data = handle.data
-        ns = data["netns"]
+        data = NetemHandle.of(handle)
+        ns = data.netns
         if ns is not None and not netns.exists(ns):
             return  # the namespace, and every qdisc and ifb in it, is gone
         with netns.ipr(ns) as ipr:
-            index = _link_index(ipr, data["ifname"])
-            if index != data["ifindex"]:
+            index = _link_index(ipr, data.ifname)
+            if index != data.ifindex:
                 index = None  # gone, or a new link with the same name: not ours to touch
-            if index is not None and data["ifb"] and data["ingress_before"] is None:
+            if index is not None and data.ifb and data.ingress_before is None:
                 # First stop redirecting, then remove the ifb (which takes its qdiscs along).
                 cls._delete_qdisc(ipr, index, TC_H_INGRESS, INGRESS_HANDLE, ("ingress",))
-            if index is not None and not data["ifb"]:
+            if index is not None and not data.ifb:
                 cls._delete_qdisc(ipr, index, TC_H_ROOT, ROOT_HANDLE, ("netem", "prio"))
-            ifb = _link_index(ipr, data["ifb"]) if data["ifb"] else None
+            ifb = _link_index(ipr, data.ifb) if data.ifb else None
             if ifb is not None:
                 try:
                     ipr.link("del", index=ifb)

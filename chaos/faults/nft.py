@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params
+from chaos.faults.base import Fault, Handle, HandleData, Params, new_handle_id
 from chaos.kernel import netns
 
 Direction = Literal["input", "output", "forward"]
@@ -278,7 +278,16 @@ def table_exists(namespace: str, table: str) -> bool:
     return proc.wait(timeout=30) == 0
 
 
+class NftHandle(HandleData):
+    """The namespace, the fault's own table, and the script that makes it."""
+
+    netns: str
+    table: str
+    script: str
+
+
 class _NftFault(Fault):
+    handle_model = NftHandle
     """A table of rules (drop, reject or rewrite) owned by one fault."""
 
     params: MatchParams
@@ -294,17 +303,21 @@ class _NftFault(Fault):
         run_nft(self.target.netns, table_script("chaos_check", self.params), check_only=True)
 
     def prepare(self) -> Handle:
-        handle = self.handle(netns=self.target.netns)
-        handle.data["table"] = f"chaos_{handle.id}"
-        handle.data["script"] = table_script(handle.data["table"], self.params)
-        return handle
+        assert self.target.netns is not None  # check_target refused the host
+        handle_id = new_handle_id()
+        table = f"chaos_{handle_id}"
+        script = table_script(table, self.params)
+        state = NftHandle(netns=self.target.netns, table=table, script=script)
+        return self.handle(state, handle_id)
 
     def apply(self, handle: Handle) -> None:
-        run_nft(handle.data["netns"], handle.data["script"])
+        state = NftHandle.of(handle)
+        run_nft(state.netns, state.script)
 
     @classmethod
     def revert(cls, handle: Handle) -> None:
-        namespace, table = handle.data["netns"], handle.data["table"]
+        state = NftHandle.of(handle)
+        namespace, table = state.netns, state.table
         if not netns.exists(namespace):
             return  # the namespace, and its table with it, is gone
         # add + delete in one transaction: no error when the table was never made.

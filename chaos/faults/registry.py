@@ -17,7 +17,7 @@ from chaos.faults.reload import Reload, Restart
 from chaos.faults.signals import Kill, Stop
 from chaos.faults.sysctl import SysctlWindow
 
-__all__ = ["SCENARIO_TYPES", "fault_type", "fault_types"]
+__all__ = ["LEDGER_TYPES", "SCENARIO_TYPES", "fault_type", "fault_types"]
 
 #: the fault types a scenario may name in ``faults[].type``
 SCENARIO_TYPES: tuple[type[Fault], ...] = (
@@ -43,14 +43,17 @@ def fault_types() -> dict[str, type[Fault]]:
     return types
 
 
+#: every type a ledger entry may name: the scenario's, and the fault held by an agent (not
+#: a scenario type, but its entries revert like any other: `chaos revert-all`)
+LEDGER_TYPES: tuple[type[Fault], ...] = (*SCENARIO_TYPES, RemoteFault)
+
+
 def fault_type(kind: str) -> type[Fault]:
-    if kind == RemoteFault.kind:
-        # A fault held by a remote agent: not a scenario type, but its ledger entries must
-        # revert like any other (`chaos revert-all` on the controller).
-        return RemoteFault
+    """The type of ``kind`` (a scenario's, or a ledger entry's); FaultError naming the
+    scenario's types otherwise."""
     try:
-        return fault_types()[kind]
-    except KeyError:
+        return next(cls for cls in LEDGER_TYPES if cls.kind == kind)
+    except StopIteration:
         raise FaultError(
             f"unknown fault type {kind!r}",
             f"known fault types: {', '.join(sorted(fault_types()))}",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params
+from chaos.faults.base import Fault, Handle, HandleData, Params
 from chaos.kernel import netns
 from chaos.kernel.processes import (
     ProcessRecord,
@@ -75,7 +75,19 @@ def _argv(pid: int) -> list[str]:
     return argv
 
 
+class LifecycleHandle(HandleData):
+    """The proxy's main process (pid and start time, so a reused pid is never signalled),
+    its program, and the workers it had before."""
+
+    pid: int
+    started: int | None
+    proxy: str
+    workers: list[int]
+    settle: float
+
+
 class _ProxyLifecycle(Fault):
+    handle_model = LifecycleHandle
     params: LifecycleParams
     reversible = False
 
@@ -105,11 +117,13 @@ class _ProxyLifecycle(Fault):
     def prepare(self) -> Handle:
         main = self._main()
         return self.handle(
-            pid=main,
-            started=start_time(main),
-            proxy=comm(main),
-            workers=sorted(children(main)),
-            settle=self.params.settle,
+            LifecycleHandle(
+                pid=main,
+                started=start_time(main),
+                proxy=comm(main),
+                workers=sorted(children(main)),
+                settle=self.params.settle,
+            )
         )
 
     @classmethod
@@ -122,21 +136,21 @@ class Reload(_ProxyLifecycle):
     params_model = LifecycleParams
 
     def apply(self, handle: Handle) -> None:
-        data = handle.data
-        pid, kind = data["pid"], data["proxy"]
-        if start_time(pid) != data["started"]:
+        state = LifecycleHandle.of(handle)
+        pid, kind = state.pid, state.proxy
+        if start_time(pid) != state.started:
             raise FaultError(f"the proxy (pid {pid}) is gone: nothing to reload")
         if kind == "caddy":
-            self._caddy_reload(pid, data["settle"])
+            self._caddy_reload(pid, state.settle)
             return
         os.kill(pid, RELOAD_SIGNALS[kind])
         # reloaded once a worker that was not there before runs
-        old = set(data["workers"])
-        deadline = time.monotonic() + data["settle"]
+        old = set(state.workers)
+        deadline = time.monotonic() + state.settle
         while not (set(children(pid)) - old):
             if time.monotonic() > deadline:
                 raise FaultError(
-                    f"{kind} (pid {pid}) started no new worker within {data['settle']:g}s of "
+                    f"{kind} (pid {pid}) started no new worker within {state.settle:g}s of "
                     "its reload signal",
                     "see the proxy's log; for haproxy the lab's master-worker mode (-W) is "
                     "needed",
@@ -166,13 +180,13 @@ class Restart(_ProxyLifecycle):
     params_model = LifecycleParams
 
     def apply(self, handle: Handle) -> None:
-        data = handle.data
-        pid = data["pid"]
-        if start_time(pid) != data["started"]:
+        data = LifecycleHandle.of(handle)
+        pid = data.pid
+        if start_time(pid) != data.started:
             raise FaultError(f"the proxy (pid {pid}) is gone: nothing to restart")
         # the lab's record has the exact command; /proc's may be a rewritten title (nginx)
-        state = _lab_of(self.target.netns)
-        record = next((r for r in state.processes if r.pid == pid), None) if state else None
+        lab = _lab_of(self.target.netns)
+        record = next((r for r in lab.processes if r.pid == pid), None) if lab else None
         argv = record.argv if record is not None else _fresh_argv(_argv(pid))
         env = _environ(pid)
         tree = [pid, *children(pid)]
@@ -182,8 +196,8 @@ class Restart(_ProxyLifecycle):
         if not log.startswith("/"):  # a pipe or socket cannot be reopened
             log = os.devnull
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + data["settle"]
-        while start_time(pid) == data["started"] and state_of(pid) not in (None, "Z"):
+        deadline = time.monotonic() + data.settle
+        while start_time(pid) == data.started and state_of(pid) not in (None, "Z"):
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.005)
@@ -195,15 +209,15 @@ class Restart(_ProxyLifecycle):
                 stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
                 close_fds=True,
             )  # fmt: skip
-        _follow_in_lab_state(self.target.netns, pid, data["started"], proc.pid)
+        _follow_in_lab_state(self.target.netns, pid, data.started, proc.pid)
         # back once it listens where the old one did
-        deadline = time.monotonic() + data["settle"]
+        deadline = time.monotonic() + data.settle
         while not listeners <= listening(proc.pid):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise FaultError(
-                    f"the restarted {data['proxy']} (pid {proc.pid}) "
+                    f"the restarted {data.proxy} (pid {proc.pid}) "
                     + ("exited" if proc.poll() is not None else "does not listen yet")
-                    + f" {data['settle']:g}s after its start",
+                    + f" {data.settle:g}s after its start",
                     f"see its log: {log}",
                 )
             time.sleep(0.01)

@@ -25,10 +25,10 @@ import signal
 import time
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, Handle, Params
+from chaos.faults.base import Fault, Handle, HandleData, Params
 from chaos.kernel import netns
 from chaos.kernel.processes import CommandPattern, cmdline, start_time, state_of
 
@@ -65,7 +65,7 @@ def _with_descendants(pids: list[int]) -> list[int]:
     return found
 
 
-def _wait_state(pid: int, started: int, done: Any, settle: float) -> str | None:
+def _wait_state(pid: int, started: int | None, done: Any, settle: float) -> str | None:
     """Poll /proc until ``done(state)``; returns the last state seen."""
     deadline = time.monotonic() + settle
     while True:
@@ -75,7 +75,27 @@ def _wait_state(pid: int, started: int, done: Any, settle: float) -> str | None:
         time.sleep(0.002)
 
 
+class ProcessRecord(BaseModel):
+    """One process a signal fault acts on: its start time tells it from a later process
+    with the same pid; ``state`` is the one it had before the fault (T: already stopped)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pid: int
+    started: int | None
+    state: str | None
+
+    def same_process(self, other: ProcessRecord) -> bool:
+        return (self.pid, self.started) == (other.pid, other.started)
+
+
+class SignalHandle(HandleData):
+    processes: list[ProcessRecord]
+    settle: float
+
+
 class _SignalFault(Fault):
+    handle_model = SignalHandle
     params: SignalParams
 
     def check_target(self) -> None:
@@ -128,16 +148,16 @@ class _SignalFault(Fault):
                 f"fault {self.kind} on {self.target.name}: no live process matches",
                 "check `chaos lab status`; workers exist only while the load runs",
             )
-        records = [{"pid": p, "started": start_time(p), "state": state_of(p)} for p in pids]
-        return self.handle(processes=records, settle=self.params.settle)
+        records = [ProcessRecord(pid=p, started=start_time(p), state=state_of(p)) for p in pids]
+        return self.handle(SignalHandle(processes=records, settle=self.params.settle))
 
     @staticmethod
-    def _signal(record: dict[str, Any], sig: signal.Signals) -> bool:
+    def _signal(record: ProcessRecord, sig: signal.Signals) -> bool:
         """Send ``sig`` unless the pid now belongs to another process; False if not sent."""
-        if start_time(record["pid"]) != record["started"]:
+        if start_time(record.pid) != record.started:
             return False
         try:
-            os.kill(record["pid"], sig)
+            os.kill(record.pid, sig)
         except ProcessLookupError:
             return False
         return True
@@ -148,14 +168,14 @@ class Stop(_SignalFault):
     params_model = SignalParams
 
     def apply(self, handle: Handle) -> None:
-        settle = handle.data["settle"]
-        for record in handle.data["processes"]:
+        data = SignalHandle.of(handle)
+        for record in data.processes:
             if not self._signal(record, signal.SIGSTOP):
                 continue  # exited meanwhile: nothing to stop
-            state = _wait_state(record["pid"], record["started"], _stopped_or_gone, settle)
+            state = _wait_state(record.pid, record.started, _stopped_or_gone, data.settle)
             if state not in (*GONE, "T"):
                 raise FaultError(
-                    f"process {record['pid']} did not stop after SIGSTOP (state {state})",
+                    f"process {record.pid} did not stop after SIGSTOP (state {state})",
                     "is it being traced? `cat /proc/PID/status`",
                 )
 
@@ -166,10 +186,12 @@ class Stop(_SignalFault):
         return {"the processes"}
 
     def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
-        for record in handle.data["processes"]:
+        data = SignalHandle.of(handle)
+        for record in data.processes:
             older = _holding(record, holders)
             if older:
-                record["state"] = older[0]["state"]  # the state before the first stop
+                record.state = older[0].state  # the state before the first stop
+        data.store(handle)
 
     @classmethod
     def revert(cls, handle: Handle) -> None:
@@ -177,18 +199,18 @@ class Stop(_SignalFault):
 
     @classmethod
     def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
-        settle = handle.data["settle"]
+        data = SignalHandle.of(handle)
         stuck = []
-        for record in reversed(handle.data["processes"]):
-            if record["state"] == "T":
+        for record in reversed(data.processes):
+            if record.state == "T":
                 continue  # it was stopped before the fault: leave it as found
             if _holding(record, holders):
                 continue  # another stop still holds it
-            if state_of(record["pid"]) != "T" or not cls._signal(record, signal.SIGCONT):
+            if state_of(record.pid) != "T" or not cls._signal(record, signal.SIGCONT):
                 continue
-            state = _wait_state(record["pid"], record["started"], _running_or_gone, settle)
+            state = _wait_state(record.pid, record.started, _running_or_gone, data.settle)
             if state == "T":
-                stuck.append(record["pid"])
+                stuck.append(record.pid)
         if stuck:
             raise FaultError(
                 f"processes {stuck} are still stopped after SIGCONT",
@@ -202,16 +224,16 @@ class Kill(_SignalFault):
     reversible = False
 
     def apply(self, handle: Handle) -> None:
-        settle = handle.data["settle"]
+        data = SignalHandle.of(handle)
         alive = []
-        for record in handle.data["processes"]:
+        for record in data.processes:
             if not self._signal(record, signal.SIGKILL):
                 continue
-            state = _wait_state(record["pid"], record["started"], lambda s: s in GONE, settle)
+            state = _wait_state(record.pid, record.started, lambda s: s in GONE, data.settle)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(record["pid"], os.WNOHANG)  # our own child: reap it
+                os.waitpid(record.pid, os.WNOHANG)  # our own child: reap it
             if state not in GONE:
-                alive.append(record["pid"])
+                alive.append(record.pid)
         if alive:
             raise FaultError(f"processes {alive} survived SIGKILL (uninterruptible sleep?)")
 
@@ -220,11 +242,10 @@ class Kill(_SignalFault):
         """A killed process cannot be brought back; nothing to do, harmlessly."""
 
 
-def _holding(record: dict[str, Any], holders: list[Handle]) -> list[dict[str, Any]]:
+def _holding(record: ProcessRecord, holders: list[Handle]) -> list[ProcessRecord]:
     """The records of ``holders`` (oldest first) for the same process as ``record``."""
-    same = (record["pid"], record["started"])
     return [
-        r for h in holders for r in h.data["processes"] if (r["pid"], r["started"]) == same
+        r for h in holders for r in SignalHandle.of(h).processes if r.same_process(record)
     ]
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from chaos.errors import FaultError, SysctlError
-from chaos.faults.base import Fault, Handle, Params
+from chaos.faults.base import Fault, Handle, HandleData, Params
 from chaos.kernel import netns
 
 SysctlValue = int | str | list[int]
@@ -45,10 +45,18 @@ class SysctlParams(Params):
         return value
 
 
-def _holding(handle: Handle, holders: list[Handle], key: str) -> list[Handle]:
-    """The holders (oldest first) that set ``key`` in ``handle``'s namespace."""
-    namespace = handle.data["netns"]
-    return [h for h in holders if h.data["netns"] == namespace and key in h.data["values"]]
+class SysctlHandle(HandleData):
+    """The namespace, the values written, and the values found before (all as the kernel
+    prints them)."""
+
+    netns: str
+    values: dict[str, str]
+    previous: dict[str, str]
+
+
+def _holding(state: SysctlHandle, holders: list[SysctlHandle], key: str) -> list[SysctlHandle]:
+    """The holders (oldest first) that set ``key`` in ``state``'s namespace."""
+    return [h for h in holders if h.netns == state.netns and key in h.values]
 
 
 def _writable(key: str) -> bool:
@@ -58,6 +66,7 @@ def _writable(key: str) -> bool:
 class SysctlWindow(Fault):
     kind = "sysctl"
     params_model = SysctlParams
+    handle_model = SysctlHandle
     features: ClassVar[tuple[str, ...]] = ()
     params: SysctlParams
     stacks = True
@@ -83,13 +92,14 @@ class SysctlWindow(Fault):
         namespace = self.target.netns
         previous = {key: netns.sysctl_get(namespace, key) for key in self.params.values}
         wanted = {k: netns.normalize_sysctl_value(v) for k, v in self.params.values.items()}
-        return self.handle(netns=namespace, values=wanted, previous=previous)
+        assert namespace is not None  # check_target refused the host
+        return self.handle(SysctlHandle(netns=namespace, values=wanted, previous=previous))
 
     def apply(self, handle: Handle) -> None:
-        namespace = handle.data["netns"]
-        for key, value in handle.data["values"].items():
+        state = SysctlHandle.of(handle)
+        for key, value in state.values.items():
             try:
-                netns.sysctl_set(namespace, key, value)
+                netns.sysctl_set(state.netns, key, value)
             except SysctlError as exc:
                 raise FaultError(
                     f"fault sysctl on {handle.target}: {exc.message}", exc.hint
@@ -101,11 +111,13 @@ class SysctlWindow(Fault):
         return set(values) if isinstance(values, dict) else set()
 
     def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
-        previous = handle.data["previous"]
-        for key in previous:
-            older = _holding(handle, holders, key)
+        state = SysctlHandle.of(handle)
+        held = [SysctlHandle.of(h) for h in holders]
+        for key in state.previous:
+            older = _holding(state, held, key)
             if older:
-                previous[key] = older[0].data["previous"][key]  # the original, from the first
+                state.previous[key] = older[0].previous[key]  # the original, from the first
+        state.store(handle)
 
     @classmethod
     def revert(cls, handle: Handle) -> None:
@@ -113,13 +125,15 @@ class SysctlWindow(Fault):
 
     @classmethod
     def revert_stacked(cls, handle: Handle, holders: list[Handle]) -> None:
-        namespace = handle.data["netns"]
+        state = SysctlHandle.of(handle)
+        namespace = state.netns
         if not netns.exists(namespace):
             return  # the sysctls died with their namespace
+        held = [SysctlHandle.of(h) for h in holders]
         failed = []
-        for key, original in reversed(handle.data["previous"].items()):
-            still = _holding(handle, holders, key)
-            value = still[-1].data["values"][key] if still else original
+        for key, original in reversed(state.previous.items()):
+            still = _holding(state, held, key)
+            value = still[-1].values[key] if still else original
             try:
                 if netns.sysctl_get(namespace, key) != value:
                     netns.sysctl_set(namespace, key, value)

@@ -75,8 +75,12 @@ Access log (``--access-log PATH``)
     ``--access-log-cap`` bytes), rotated at line boundaries. One line per response fully written:
     ``<unix_time> <peer_ip>:<peer_port> <bytes_in> <bytes_out>`` (bytes of that request, head
     plus body, and of its response). Lines are buffered and written at least once a second
-    and at exit; read every part with :func:`read_access_log` (peers) or
-    :func:`read_access_records`.
+    and at exit; read every part with :func:`~chaos.lab.origin_log.read_access_log` (peers)
+    or :func:`~chaos.lab.origin_log.read_access_records`.
+
+Its configuration (``--config-json``, :func:`~chaos.lab.origin_config.parse_config`) is
+:mod:`chaos.lab.origin_config`; the readers of its stats and access log are
+:mod:`chaos.lab.origin_log`.
 """
 
 from __future__ import annotations
@@ -88,7 +92,6 @@ import errno
 import heapq
 import itertools
 import json
-import math
 import os
 import select
 import signal
@@ -96,45 +99,16 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
+from chaos.lab.origin_config import ConfigError, OriginConfig, parse_config
+from chaos.lab.origin_log import COUNTERS, worker_log, worker_logs
 from chaos.record import logcap
 
-__all__ = [
-    "COUNTERS",
-    "ConfigError",
-    "KeepaliveConfig",
-    "OriginConfig",
-    "command",
-    "main",
-    "parse_config",
-    "read_access_log",
-    "read_access_records",
-    "read_stats",
-    "serve",
-]
-
-PROTOCOLS = ("http", "raw")
-CLOSE_MODES = ("server", "client", "server-after")
-COUNTERS = (
-    "accepted",
-    "requests",
-    "responses",
-    "bytes_in",
-    "bytes_out",
-    "closed_by_server",
-    "closed_by_client",
-    "resets",
-    "timeouts",
-    "errors",
-    "closed_at_exit",
-    "accept_errors",
-)
+__all__ = ["main", "serve"]
 
 MAX_HEAD = 64 * 1024  # bigger heads (or raw lines) are treated as a protocol error
-MAX_RESPONSE = 64 * 1024 * 1024  # responses are precomputed in memory
 READ_SIZE = 65536
 ACCEPT_BATCH = 128  # accepts per listener wake-up, so timers and I/O are not starved
 LOG_FLUSH_EVERY = 1.0
@@ -156,222 +130,6 @@ _T_READ = 0  # read_delay / read_rate pause is over
 _T_RESPOND = 1  # response_delay is over
 _T_IDLE = 2  # server-after: close if still idle
 _T_LISTEN = 3  # resume accepting after EMFILE/ENFILE
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-class ConfigError(ValueError):
-    """An unknown key or a bad value in the origin config; the message names the key."""
-
-
-@dataclass(frozen=True)
-class KeepaliveConfig:
-    enabled: bool = False
-    idle: int = 7200
-    interval: int = 75
-    count: int = 9
-
-
-@dataclass(frozen=True)
-class OriginConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    protocol: str = "http"
-    close: str = "server"
-    close_after: float = 0.0
-    response_delay: float = 0.0
-    response_bytes: int = 100
-    defer_accept: int = 0
-    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
-    linger_zero: bool = False
-    read_delay: float = 0.0
-    read_rate: int = 0
-    rcvbuf: int | None = None
-    workers: int | None = None
-    backlog: int = 4096
-
-    def to_json(self) -> str:
-        """Compact JSON accepted by ``--config-json`` (round-trips through parse_config)."""
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    def worker_count(self) -> int:
-        if self.workers is not None:
-            return self.workers
-        # Affinity, not cpu_count: in a cgroup/cpuset only the allowed CPUs help.
-        return max(1, len(os.sched_getaffinity(0)))
-
-
-def _int(key: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{key}: expected an integer, got {v!r}")
-    if not lo <= v <= hi:
-        raise ConfigError(f"{key}: {v} is out of range [{lo}, {hi}]")
-    return v
-
-
-def _seconds(key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ConfigError(f"{key}: expected a number of seconds, got {v!r}")
-    if not math.isfinite(v) or v < 0 or v > 86400 * 365:
-        raise ConfigError(f"{key}: {v} is not a duration in [0, 1 year]")
-    return float(v)
-
-
-def _bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}: expected true or false, got {v!r}")
-    return v
-
-
-def _choice(key: str, v: Any, choices: Sequence[str]) -> str:
-    if v not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {v!r}")
-    return str(v)
-
-
-def _check_keys(where: str, data: Mapping[str, Any], known: Sequence[str]) -> None:
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{where}unknown key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))} (known: {', '.join(known)})"
-        )
-
-
-def _host(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ConfigError(f"host: expected an IP address string, got {v!r}")
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(fam, v)
-            return v
-        except OSError:
-            pass
-    raise ConfigError(f"host: {v!r} is not an IPv4 or IPv6 address")
-
-
-def parse_config(data: Mapping[str, Any] | None) -> OriginConfig:
-    """Validate a config mapping (missing keys take the defaults) into an OriginConfig.
-
-    Raises ConfigError with a one-line message naming the offending key.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-    d = OriginConfig()
-    _check_keys("", data, list(OriginConfig.__dataclass_fields__))
-    ka_in = data.get("keepalive", {})
-    if not isinstance(ka_in, Mapping):
-        raise ConfigError(f"keepalive: expected an object, got {ka_in!r}")
-    _check_keys("keepalive: ", ka_in, list(KeepaliveConfig.__dataclass_fields__))
-    kd = d.keepalive
-    # Kernel limits: TCP_KEEPIDLE/INTVL <= MAX_TCP_KEEPIDLE (32767), TCP_KEEPCNT <= 127.
-    ka = KeepaliveConfig(
-        enabled=_bool("keepalive.enabled", ka_in.get("enabled", kd.enabled)),
-        idle=_int("keepalive.idle", ka_in.get("idle", kd.idle), 1, 32767),
-        interval=_int("keepalive.interval", ka_in.get("interval", kd.interval), 1, 32767),
-        count=_int("keepalive.count", ka_in.get("count", kd.count), 1, 127),
-    )
-    g = data.get
-    rcvbuf = g("rcvbuf", d.rcvbuf)
-    workers = g("workers", d.workers)
-    return OriginConfig(
-        host=_host(g("host", d.host)),
-        port=_int("port", g("port", d.port), 0, 65535),
-        protocol=_choice("protocol", g("protocol", d.protocol), PROTOCOLS),
-        close=_choice("close", g("close", d.close), CLOSE_MODES),
-        close_after=_seconds("close_after", g("close_after", d.close_after)),
-        response_delay=_seconds("response_delay", g("response_delay", d.response_delay)),
-        response_bytes=_int(
-            "response_bytes", g("response_bytes", d.response_bytes), 0, MAX_RESPONSE
-        ),
-        defer_accept=_int("defer_accept", g("defer_accept", d.defer_accept), 0, 3600),
-        keepalive=ka,
-        linger_zero=_bool("linger_zero", g("linger_zero", d.linger_zero)),
-        read_delay=_seconds("read_delay", g("read_delay", d.read_delay)),
-        read_rate=_int("read_rate", g("read_rate", d.read_rate), 0, 1 << 40),
-        rcvbuf=None if rcvbuf is None else _int("rcvbuf", rcvbuf, 1, 1 << 30),
-        workers=None if workers is None else _int("workers", workers, 1, 256),
-        backlog=_int("backlog", g("backlog", d.backlog), 1, 1 << 20),
-    )
-
-
-# --------------------------------------------------------------------------- helpers for callers
-
-
-def command(
-    config: OriginConfig | Mapping[str, Any],
-    *,
-    python: str | None = None,
-    stats_file: str | os.PathLike[str] | None = None,
-    access_log: str | os.PathLike[str] | None = None,
-) -> list[str]:
-    """The argv that runs the origin with ``config`` (validated here, so errors surface early)."""
-    cfg = config if isinstance(config, OriginConfig) else parse_config(config)
-    argv = [python or sys.executable, "-m", "chaos.lab.origin", "--config-json", cfg.to_json()]
-    if stats_file is not None:
-        argv += ["--stats-file", os.fspath(stats_file)]
-    if access_log is not None:
-        argv += ["--access-log", os.fspath(access_log)]
-    return argv
-
-
-def _worker_logs(path: str | os.PathLike[str]) -> list[str]:
-    """The per-worker logs ``PATH.<n>`` that exist, by worker index."""
-    base = os.fspath(path)
-    d = os.path.dirname(base) or "."
-    prefix = os.path.basename(base) + "."
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    numbered = [n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
-    numbered.sort(key=lambda n: int(n[len(prefix) :]))
-    return [os.path.join(d, n) for n in numbered]
-
-
-def _access_log_parts(path: str | os.PathLike[str]) -> list[str]:
-    """Every file of the access log: ``PATH`` (older layout), then each worker's capped log
-    with its rotated parts, oldest first."""
-    base = os.fspath(path)
-    parts = [base] if os.path.exists(base) else []
-    for worker_log in _worker_logs(base):
-        parts += logcap.log_parts(worker_log)
-    return parts
-
-
-def access_log_rotated_away(path: str | os.PathLike[str]) -> int:
-    """Parts of the access log its cap deleted, over all workers (0: every line is there)."""
-    return sum(logcap.rotated_away(worker_log) for worker_log in _worker_logs(path))
-
-
-def read_access_records(path: str | os.PathLike[str]) -> list[tuple[float, str, int, int, int]]:
-    """All access-log lines of every worker part, as (time, peer_ip, peer_port, bytes_in,
-    bytes_out), sorted by time. Complete once the origin has exited (or after ~1 s)."""
-    out: list[tuple[float, str, int, int, int]] = []
-    for part in _access_log_parts(path):
-        with open(part, encoding="ascii", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) != 4:
-                    continue  # a torn last line of a killed worker
-                ip, _, port = fields[1].rpartition(":")  # rpartition: IPv6 has colons too
-                out.append((float(fields[0]), ip, int(port), int(fields[2]), int(fields[3])))
-    out.sort(key=lambda r: r[0])
-    return out
-
-
-def read_access_log(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
-    """The (peer_ip, peer_port) of every served request, over all worker parts, by time."""
-    return [(r[1], r[2]) for r in read_access_records(path)]
-
-
-def read_stats(path: str | os.PathLike[str]) -> dict[str, int]:
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, int] = json.load(f)
-    return data
 
 
 # --------------------------------------------------------------------------- worker
@@ -944,10 +702,10 @@ def serve(
     if access_log:
         # Opened here, not in the workers, so a bad path fails before READY.
         try:
-            for worker_log in _worker_logs(access_log):
-                logcap.remove_parts(worker_log)  # an earlier run's would be read back as ours
+            for stale in worker_logs(access_log):
+                logcap.remove_parts(stale)  # an earlier run's would be read back as ours
             for i in range(n):  # the cap is shared by the workers
-                logs.append(logcap.CappedLog(f"{access_log}.{i}", access_log_cap // n))
+                logs.append(logcap.CappedLog(worker_log(access_log, i), access_log_cap // n))
         except OSError as e:
             print(f"origin: access log {access_log}: {e.strerror or e}", file=sys.stderr)
             for log in logs:

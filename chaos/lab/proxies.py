@@ -19,6 +19,10 @@ with ``CONN`` (Caddy: its JSON access log), so tests and the report can compare 
 passed with what the origin received::
 
     CONN <client ip:port> <backend source ip:port | -> <server ip:port> <status> <bytes> ...
+
+and, with ``tls``, end in ``TLS <protocol> <resumed>`` (HAProxy ``%sslv
+%[ssl_fc_is_resumed]``: 1/0; nginx ``$ssl_protocol $ssl_session_reused``: r/.): the proxy's
+own account of every handshake.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import resource
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -476,6 +480,7 @@ def proxy_for(spec: ProxySpec, endpoints: Endpoints, conf_dir: Path) -> Proxy:
 
 _ADDR = r"(\S+):(\d+)"
 _CONN_RE = re.compile(rf"^CONN {_ADDR} (?:{_ADDR}|-) (\S+) (\S+) (\S+)")
+_TLS_RE = re.compile(r" TLS (\S+) (\S+)$")
 
 
 @dataclass(frozen=True)
@@ -485,6 +490,8 @@ class ProxyLogEntry:
     server: str
     status: str
     bytes: str
+    tls: str | None = None  # the TLS protocol version, when the log says (see above)
+    resumed: bool | None = None  # whether that TLS session was resumed
 
 
 def _caddy_entry(line: str) -> ProxyLogEntry | None:
@@ -514,5 +521,9 @@ def parse_log(path: Path) -> list[ProxyLogEntry]:
             continue
         c_ip, c_port, b_ip, b_port, server, status, size = match.groups()
         backend = (b_ip, int(b_port)) if b_ip else None
-        entries.append(ProxyLogEntry((c_ip, int(c_port)), backend, server, status, size))
+        entry = ProxyLogEntry((c_ip, int(c_port)), backend, server, status, size)
+        if tls := _TLS_RE.search(line):
+            version, resumed = tls.groups()
+            entry = replace(entry, tls=version, resumed=resumed in ("1", "r"))
+        entries.append(entry)
     return entries

@@ -28,6 +28,7 @@ from pathlib import Path
 from chaos.errors import LabError, NotRootError
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import ProcessRecord
+from chaos.record import schema
 from chaos.scenario.model import LabSpec, Scenario
 
 STATE_DIR = Path(os.environ.get("CHAOS_STATE_DIR", "/run/chaos/labs"))
@@ -59,26 +60,26 @@ class LabCounterSpec:
 #: measurement -> counter; read by :class:`chaos.collect.labcounters.LabCounter`
 LAB_COUNTERS: dict[str, LabCounterSpec] = {
     # packets from the clients' own addresses that bypassed the proxy (seeds 000 and 003)
-    "lab_escapes": LabCounterSpec(
+    schema.LAB_ESCAPES: LabCounterSpec(
         "origin", "escaped", f"ip saddr {CLIENT_NET}.0/24", "prerouting priority raw"
     ),
     # segments the proxy namespace forwards (not proxies) between clients and origin: what
     # escaped a proxy socket that is gone (seed 000: the late FIN after FIN_WAIT2 expired,
     # and the ACKs it draws), counted at the topology level whatever the endpoints do
-    "lab_forwarded_to_origin": LabCounterSpec(
+    schema.LAB_FORWARDED_TO_ORIGIN: LabCounterSpec(
         "proxy",
         "forwarded_to_origin",
         f"ip saddr {CLIENT_NET}.0/24 ip daddr {ORIGIN_NET}.0/24",
         "forward priority filter",
     ),
-    "lab_forwarded_to_clients": LabCounterSpec(
+    schema.LAB_FORWARDED_TO_CLIENTS: LabCounterSpec(
         "proxy",
         "forwarded_to_clients",
         f"ip saddr {ORIGIN_NET}.0/24 ip daddr {CLIENT_NET}.0/24",
         "forward priority filter",
     ),
     # resets forwarded toward the clients (seed 004: the proxy resets after the handshake)
-    "lab_resets": LabCounterSpec(
+    schema.LAB_RESETS: LabCounterSpec(
         "gateway",
         "resets_to_clients",
         f"ip daddr {CLIENT_NET}.0/24 meta l4proto tcp tcp flags & rst == rst",

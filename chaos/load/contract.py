@@ -134,6 +134,33 @@ RAW_OPTIONS = _options(
         float,
         users=RAW_ONLY,
     ),
+    Option("--tls", False, "speak TLS (see locustfiles/_tls.py)", bool, users=RAW_ONLY),
+    Option(
+        "--tls-ca",
+        "",
+        "TLS: trust this CA file (PEM) only (empty: the system's CAs)",
+        users=RAW_ONLY,
+    ),
+    Option(
+        "--tls-server-name",
+        "",
+        "TLS: the name or address the certificate must carry (empty: the host's)",
+        users=RAW_ONLY,
+    ),
+    Option(
+        "--tls-resumption",
+        False,
+        "TLS: resume the user's previous session",
+        bool,
+        users=RAW_ONLY,
+    ),
+    Option(
+        "--tls-no-close-notify",
+        False,
+        "TLS: the client-closing modes send a FIN without close_notify",
+        bool,
+        users=RAW_ONLY,
+    ),
 )
 
 #: Options of HttpLoadUser only (``locustfiles/http_user.py`` registers them).
@@ -164,6 +191,7 @@ SCENARIO_FIELDS: dict[str, str] = {
     "read_rate": "read_rate",
     "keepalive": "keepalive",
     "slow_connect": "slow_connect_ms",
+    "tls": "tls",
 }
 
 

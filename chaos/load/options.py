@@ -7,10 +7,11 @@ plain ``locust -f``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.load import contract
-from chaos.scenario.model import LoadSpec
+from chaos.scenario.model import LoadSpec, LoadTls
 
 LOCUSTFILES = Path(__file__).resolve().parent.parent.parent / "locustfiles"
 
@@ -19,8 +20,23 @@ def locustfile_for(load: LoadSpec) -> Path:
     return LOCUSTFILES / ("raw_tcp.py" if load.user == contract.RAW else "http_user.py")
 
 
+@dataclass(frozen=True)
+class LoadTlsTarget:
+    """TLS in the load as a run resolves it: the scenario's settings (``Scenario.load_tls``),
+    the CA file the users trust ("": the system's) and the address the proxy's certificate
+    names ("": the one connected to; an intercepting gateway's clients connect elsewhere)."""
+
+    settings: LoadTls
+    ca: str = ""
+    server_name: str = ""
+
+
 def option_values(
-    load: LoadSpec, protocol: str, source_addresses: list[str], workers: int
+    load: LoadSpec,
+    protocol: str,
+    source_addresses: list[str],
+    workers: int,
+    tls: LoadTlsTarget | None = None,
 ) -> dict[str, object]:
     """Option (``dest``) -> value for one scenario: only options the user kind honours
     (the scenario model refused the fields it would not)."""
@@ -55,15 +71,29 @@ def option_values(
         values["keepidle"] = int(load.keepalive.idle)
         values["keepintvl"] = int(load.keepalive.interval)
         values["keepcnt"] = load.keepalive.count
+    if tls is not None:
+        values["tls"] = True
+        if tls.ca:
+            values["tls_ca"] = tls.ca
+        if tls.server_name:
+            values["tls_server_name"] = tls.server_name
+        if tls.settings.resumption:
+            values["tls_resumption"] = True
+        if not tls.settings.close_notify:
+            values["tls_no_close_notify"] = True
     return values
 
 
 def user_options(
-    load: LoadSpec, protocol: str, source_addresses: list[str], workers: int
+    load: LoadSpec,
+    protocol: str,
+    source_addresses: list[str],
+    workers: int,
+    tls: LoadTlsTarget | None = None,
 ) -> list[str]:
     """The user-class options for one scenario (not the master/worker plumbing), as argv."""
     args: list[str] = []
-    for dest, value in option_values(load, protocol, source_addresses, workers).items():
+    for dest, value in option_values(load, protocol, source_addresses, workers, tls).items():
         option = contract.ALL_OPTIONS[dest]
         if load.user not in option.users:  # a bug here, not in the scenario
             raise ValueError(f"--{dest} is not an option of the {load.user} user")

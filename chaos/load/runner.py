@@ -42,6 +42,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,7 +179,9 @@ class LoadResult:
     workers: int
     run_dir: Path
     csv_prefix: Path
-    errors: list[str] = field(default_factory=list)  # Locust _exceptions.csv messages
+    #: exceptions the users' own code raised (Locust's _exceptions.csv): message -> count.
+    #: A connection whose task raised is neither completed nor failed in any count.
+    exceptions: dict[str, int] = field(default_factory=dict)
 
     @property
     def connections(self) -> int:
@@ -198,6 +201,7 @@ class LoadResult:
             "workers": self.workers,
             "exit_code": self.exit_code,
             "failures_by_class": dict(self.failures_by_class),
+            "exceptions": dict(self.exceptions),
             "entries": {name: asdict(entry) for name, entry in self.entries.items()},
             "rate_series": list(self.rate_series),
         }
@@ -209,6 +213,14 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(fh))
     except FileNotFoundError:
         return []
+
+
+def _raised_where(row: dict[str, str]) -> str:
+    """An exceptions-CSV row as "message (file.py:line)": Locust keeps only str(exception),
+    so the innermost frame of its traceback says where it came from."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', row.get("Traceback") or "")
+    where = f" ({Path(frames[-1][0]).name}:{frames[-1][1]})" if frames else ""
+    return (row.get("Message") or "?") + where
 
 
 def parse_results(
@@ -263,7 +275,10 @@ def parse_results(
     rate_series = (
         [{k: _num(v) for k, v in row.items()} for row in _read_csv(rate_csv)] if rate_csv else []
     )
-    errors = [row.get("Message", "") for row in _read_csv(Path(f"{csv_prefix}_exceptions.csv"))]
+    exceptions = {
+        _raised_where(row): int(_num(row.get("Count")))
+        for row in _read_csv(Path(f"{csv_prefix}_exceptions.csv"))
+    }
     return LoadResult(
         primary=primary,
         total_requests=main.requests if main else 0,
@@ -279,7 +294,7 @@ def parse_results(
         workers=workers,
         run_dir=run_dir or csv_prefix.parent,
         csv_prefix=csv_prefix,
-        errors=errors,
+        exceptions=exceptions,
     )
 
 

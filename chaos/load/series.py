@@ -22,9 +22,10 @@ second in HdrHistogram's compressed base64 form (phases without samples are abse
 the master once (the controller reads them without decoding a histogram).
 
 Which second a sample belongs to: ``started`` by the second its connect() began, ``connect``
-by the second its connect finished; ``completed``/``failed``, ``total``, ``first_byte`` and
-``close`` by the second the connection ended (a connection is recorded once, when it ends, so
-a second is complete as soon as it is over).
+by the second its connect finished, ``tls`` by the second its TLS handshake completed;
+``completed``/``failed``, ``total``, ``first_byte`` and ``close`` by the second the
+connection ended (a connection is recorded once, when it ends, so a second is complete as
+soon as it is over).
 
 Stdlib and ``hdrh`` only: imported by the controller and by the Locust processes alike.
 """
@@ -41,9 +42,9 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-#: the phases the users time (a subset of chaos.record.schema.LOAD_PHASES, which also names
-#: ``tls`` for TLS handshakes)
-PHASES = ("connect", "first_byte", "total", "close")
+#: the phases the users time (chaos.record.schema.LOAD_PHASES names them too); ``tls`` only
+#: with TLS (``load.tls``)
+PHASES = ("connect", "tls", "first_byte", "total", "close")
 PERCENTILES = (50.0, 90.0, 99.0)
 SERIES_FILE = Path("locust") / "load_series.jsonl"
 

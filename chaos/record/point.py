@@ -1,16 +1,14 @@
-"""What every collector produces and how a sample becomes InfluxDB line protocol.
+"""The point every stage hands on, and how it becomes InfluxDB line protocol.
 
-A collector is one source (sock_diag census, kernel counters, conntrack, ...) in one network
-namespace. It is built once (it opens its sockets and files inside the namespace then) and
-asked for samples again and again by :class:`~chaos.collect.sampler.Sampler`.
+Collectors produce points (:class:`~chaos.collect.base.Collector`), the sink writes them
+(:func:`to_line`), :mod:`chaos.record.lineproto` reads them back.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 FieldValue = int | float | bool | str
 
@@ -42,38 +40,8 @@ class Point:
 Sample = Point
 
 
-@runtime_checkable
-class Collector(Protocol):
-    """A source of samples in one namespace.
-
-    ``name`` identifies the source in ``collector_cost``; ``netns`` is the namespace label;
-    ``period`` is the least number of seconds between two samples (0: every tick), so that
-    an expensive source (the zombie scan) can run less often than the cheap ones.
-    """
-
-    name: str
-    netns: str
-    period: float
-
-    def sample(self, now: float) -> list[Sample]:
-        """Measure now; ``now`` is wall-clock seconds (``time.time()``) for the timestamps."""
-        ...
-
-    def close(self) -> None: ...
-
-
 def time_ns_of(now: float) -> int:
     return int(now * 1_000_000_000)
-
-
-@dataclass
-class TagSet:
-    """Tags every sample of a collector carries (``netns`` plus whatever the caller adds)."""
-
-    base: dict[str, str] = field(default_factory=dict)
-
-    def with_(self, **more: str) -> dict[str, str]:
-        return {**self.base, **more}
 
 
 # --- InfluxDB line protocol ----------------------------------------------------------------
@@ -140,16 +108,3 @@ def to_lines(samples: Iterable[Sample]) -> str:
     """Many samples, one per line, newline-terminated; ready for an HTTP write body."""
     lines = [line for line in map(to_line, samples) if line]
     return "\n".join(lines) + "\n" if lines else ""
-
-
-def deltas(current: Mapping[str, int], previous: Mapping[str, int] | None) -> dict[str, int]:
-    """Per-key increase since ``previous``; a counter that went down (reset) counts from 0."""
-    if previous is None:
-        return {}
-    out = {}
-    for key, value in current.items():
-        before = previous.get(key)
-        if before is None:
-            continue
-        out[key] = value - before if value >= before else value
-    return out

@@ -215,10 +215,11 @@ MEASUREMENTS: dict[str, Measurement] = {
         _m(PROXY_ERRORS, ["connect_failed"], patterns=[r"connect_failed_E[A-Z0-9]+"]),
         _m(
             CHAOS_EVENT,
-            # the annotation's text, the guard's error, the sink's delivery figures; action, id,
-            # kind and target were fields before they became tags, and the report reads both
-            ["title", "error", "recorded", "written", "spooled", "replayed", "possibly_duplicated",
-             "dropped", "left_in_spool", "outages", "action", "id", "kind", "target"],
+            # the annotation's text, the guard's error and early-revert mark, where the
+            # schedule placed the fault; action, id, kind and target were fields before they
+            # became tags, and the report reads both
+            ["title", "error", "elsewhere", "reversible", "spec", "window", "step", "at",
+             "action", "id", "kind", "target"],
             ["action", "id", "kind", "target"],
         ),
         _m(

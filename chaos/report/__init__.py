@@ -3,7 +3,8 @@
 * :func:`write_report` reads a run directory (:mod:`.data`), makes the plots and the JSON
   summary (:mod:`.build`), writes ``report.html`` (:mod:`.html`, inline SVG from
   :mod:`.svg`) and ``report.json`` into it.
-* :func:`print_summary` is the terminal view of the same summary.
+* :func:`print_summary` (:mod:`.terminal`) is the terminal view of a run, the one `chaos run`
+  prints as it ends and `chaos report` prints later.
 * :mod:`.compare` puts two runs side by side.
 """
 
@@ -14,15 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from chaos.errors import SinkError
 from chaos.record.rundir import RunFiles
 from chaos.report.build import Plot, make_plots, summarise
 from chaos.report.data import RunData, load_run
-from chaos.report.html import key_numbers, render_page
+from chaos.report.html import render_page
+from chaos.report.terminal import print_drift, print_summary
 
 __all__ = [
     "Report",
@@ -69,66 +67,5 @@ def write_report(run_dir: str | Path, html_out: Path | None = None) -> Report:
     return report
 
 
-_VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red"}
-
-
-def print_drift(console: Console, drift: dict[str, Any]) -> None:
-    """One line: the drift verdict of a long run (see :mod:`chaos.report.drift`)."""
-    style = _VERDICT_STYLE.get(drift["verdict"], "dim")
-    console.print(f"drift [{style}]{drift['verdict']}[/]: {escape(drift['reason'])}")
-
-
 def drift_failed(summary: dict[str, Any]) -> bool:
     return bool(summary.get("drift", {}).get("verdict") == "FAIL")
-
-
-def print_summary(console: Console, report: Report) -> None:
-    summary = report.summary
-    style = _VERDICT_STYLE.get(summary["verdict"], "dim")
-    console.print(
-        f"[bold]{summary['scenario']}[/]  run {summary['run']}  [{style}]{summary['verdict']}[/]"
-    )
-    cards = Table(box=None, pad_edge=False, show_header=False)
-    for title, value, detail in key_numbers(summary):
-        cards.add_row(title, f"[bold]{value}[/]", f"[dim]{detail}[/]")
-    console.print(cards)
-    for fault in summary["faults"]:
-        end = f"{fault['end_s']:.1f} s" if fault["reverted"] else "[red]not reverted[/]"
-        console.print(
-            f"  fault {fault['id']} {fault['kind']} → {fault['target']}: "
-            f"{fault['start_s']:.1f} s to {end}"
-        )
-    roles = Table("role", "ESTAB peak", "TIME_WAIT peak", "CLOSE_WAIT peak", "port util peak",
-                  "zombies peak", box=None, pad_edge=False)  # fmt: skip
-    for role, entry in summary["roles"].items():
-        states = entry["states"]
-
-        def peak(stats: dict[str, float] | None, percent: bool = False) -> str:
-            if not stats:
-                return "–"
-            return f"{stats['peak'] * 100:.0f}%" if percent else f"{stats['peak']:,.0f}"
-
-        roles.add_row(
-            role,
-            peak(states.get("established")),
-            peak(states.get("time_wait")),
-            peak(states.get("close_wait")),
-            peak(entry.get("port_utilisation"), percent=True),
-            peak(entry.get("zombie_candidates")),
-        )
-    console.print(roles)
-    for result in summary["expectations"]:
-        mark = "[green]pass[/]" if result.get("passed") else "[red]FAIL[/]"
-        console.print(
-            f"  {mark} {result.get('metric')} {result.get('op')} {result.get('value')} "
-            f"({result.get('when')}, {result.get('role') or 'any role'}): "
-            f"observed {result.get('observed')}"
-        )
-    print_drift(console, summary["drift"])
-    if summary["samples"]["bad_lines"]:
-        console.print(
-            f"[yellow]{summary['samples']['bad_lines']} bad lines in samples.lp skipped[/] "
-            f"({summary['samples']['first_error']})"
-        )
-    if report.html_path:
-        console.print(f"report: {report.html_path}\nsummary: {report.json_path}")

@@ -298,6 +298,8 @@ def latency_plot(run: RunData) -> Plot:
     ]
     if run.load.connect_p99:
         lines.append(Line("connect p99", run.load.connect_p99, PALETTE[4], "5 3", step=1.0))
+    if run.load.tls_p99:
+        lines.append(Line("TLS handshake p99", run.load.tls_p99, PALETTE[6], "2 2", step=1.0))
     return Plot(
         "latency",
         "latency",
@@ -305,7 +307,7 @@ def latency_plot(run: RunData) -> Plot:
         _chart(run, lines, "milliseconds", empty_text="no latency in the load series"),
         note="whole connection (connect start to close done) of the connections that ended in "
         "each second, from the workers' microsecond histograms (a gap: none ended); dashed: "
-        "the connect phase's p99",
+        "the connect phase's p99 (dotted: the TLS handshake's, with TLS)",
         legend_stats=_legend(lines, run.load_window, "ms"),
     )
 
@@ -454,7 +456,9 @@ def _fault_json(fault: Fault) -> dict[str, Any]:
         "target": fault.target,
         "start_s": round(fault.start, 3),
         "end_s": None if fault.end is None else round(fault.end, 3),
-        "reverted": fault.end is not None,
+        "reverted": fault.end is not None and not fault.instant,
+        "instant": fault.instant,  # irreversible (kill): nothing to revert
+        "steps": fault.steps,  # a ramp's steps, one window
     }
 
 

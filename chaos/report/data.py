@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from chaos.load.seconds import (
     totals,
 )
 from chaos.load.seconds import MEASUREMENT as LOAD
-from chaos.record.journal import read_journal
+from chaos.record.journal import FaultWindow, fault_windows, read_journal
 from chaos.record.lineproto import ParseStats, Point, read_points
 from chaos.record.rundir import RunFiles
 
@@ -49,18 +49,23 @@ RUN_DIR_HINT = "pass a directory written by `chaos run`, e.g. runs/20250101T1200
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault window; ``end`` is None when no revert was recorded (the run died)."""
+    """One fault window (:class:`~chaos.record.journal.FaultWindow`, the same as the
+    expectations'); ``end`` is None when no revert was recorded (the run died), and ``start``
+    for an irreversible fault (an instant)."""
 
     id: str
     kind: str
     target: str
     start: float  # seconds since t0
     end: float | None
+    steps: int = 1  # a ramp's steps, one window
+    instant: bool = False
 
     @property
     def label(self) -> str:
         text = f"{self.id}: {self.kind}" if self.id else self.kind
-        return f"{text} → {self.target}" if self.target else text
+        text = f"{text} → {self.target}" if self.target else text
+        return f"{text} ({self.steps} steps)" if self.steps > 1 else text
 
 
 @dataclass
@@ -74,6 +79,7 @@ class LoadSeries:
     classes: dict[str, XY] = field(default_factory=dict)  # failures/s per error class
     percentiles: dict[str, XY] = field(default_factory=dict)  # "p50" -> ms (whole connection)
     connect_p99: XY = field(default_factory=list)  # ms
+    tls_p99: XY = field(default_factory=list)  # ms, TLS handshakes (load.tls)
     window: tuple[float, float] | None = None  # unix seconds: first start to the last one
     totals: LoadTotals | None = None  # connections started, completed, failed in the window
     users: XY = field(default_factory=list)
@@ -206,7 +212,7 @@ def load_run(path: str | Path) -> RunData:
         failures_by_class={},
         namespaces=_namespaces(journal, by_measurement),
     )
-    run.faults = _faults_from_journal(journal, t0) or _faults_from_events(run)
+    run.faults = _faults(fault_windows(journal), t0) or _faults_from_events(run)
     run.load = _load_series(run)
     run.load_window = _load_window(journal, t0, run.load)
     run.failures_by_class = _failures_by_class(run)
@@ -286,61 +292,39 @@ def _namespaces(journal: list[dict[str, Any]], points: dict[str, list[Point]]) -
 # --- faults --------------------------------------------------------------------------------
 
 
-def _pair_faults(records: Iterable[tuple[str, str, str, str, float]], end: float) -> list[Fault]:
-    """Pair (action, id, kind, target, seconds) records into windows, in apply order.
-
-    A revert closes the open apply of the same id (or, without ids, the oldest open one of the
-    same kind and target); an apply never reverted lasts to the end, marked open.
-    """
-    open_: list[list[Any]] = []
-    done: list[tuple[float, Fault]] = []
-    for action, fid, kind, target, at in sorted(records, key=lambda r: r[4]):
-        if action == "apply":
-            open_.append([fid, kind, target, at])
-            continue
-        for index, (oid, okind, otarget, ostart) in enumerate(open_):
-            if (fid and oid == fid) or (not fid and (okind, otarget) == (kind, target)):
-                done.append((ostart, Fault(oid, okind, otarget, ostart, at)))
-                del open_[index]
-                break
-    done += [(start, Fault(fid, kind, target, start, None)) for fid, kind, target, start in open_]
-    del end  # open windows are drawn to the plot's right edge
-    return [fault for _, fault in sorted(done, key=lambda item: item[0])]
-
-
-def _faults_from_journal(journal: list[dict[str, Any]], t0: float) -> list[Fault]:
-    records = [
-        (
-            str(e["event"]).removeprefix("fault."),
-            str(e.get("id", "")),
-            str(e.get("kind", e.get("type", ""))),
-            str(e.get("target", "")),
-            float(e["ts"]) - t0,
+def _faults(windows: list[FaultWindow], t0: float) -> list[Fault]:
+    """The report's bands: one per fault window, from when the first apply was done."""
+    return [
+        Fault(
+            w.id,
+            w.kind,
+            w.target,
+            w.in_effect - t0,
+            None if w.reverted is None else max(w.reverted, w.in_effect) - t0,
+            steps=w.steps,
+            instant=w.instant,
         )
-        for e in journal
-        if e.get("event") in ("fault.apply", "fault.revert")
+        for w in windows
     ]
-    return _pair_faults(records, 0.0)
 
 
 def _faults_from_events(run: RunData) -> list[Fault]:
-    records = []
+    """The windows of the ``chaos_event`` points the sink wrote (tags and fields of
+    ``fault.apply``/``fault.revert``), read as the journal's events would be."""
+    events = []
     for point in run.measurement("chaos_event"):
         action = str(point.fields.get("action", point.tags.get("action", "")))
         action = action.removeprefix("fault.")
         if action not in ("apply", "revert"):
             continue
-        tags = point.tags
-        records.append(
-            (
-                action,
-                tags.get("id", str(point.fields.get("id", ""))),
-                tags.get("kind", str(point.fields.get("kind", ""))),
-                tags.get("target", str(point.fields.get("target", ""))),
-                run.seconds(point),
-            )
-        )
-    return _pair_faults(records, run.end)
+        event: dict[str, Any] = {"event": f"fault.{action}", "ts": run.seconds(point)}
+        for name in ("id", "kind", "target", "spec", "window", "reversible"):
+            value = point.tags.get(name, point.fields.get(name))
+            if value is not None:
+                event[name] = value
+        events.append(event)
+    events.sort(key=lambda e: e["ts"])
+    return _faults(fault_windows(events), 0.0)
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -369,9 +353,10 @@ def _load_series(run: RunData) -> LoadSeries:
             value = row.percentile_us(LATENCY_PHASE, name)
             if value is not None:
                 load.percentiles.setdefault(name, []).append((t, value / 1000))
-        connect = row.percentile_us("connect", "p99")
-        if connect is not None:
-            load.connect_p99.append((t, connect / 1000))
+        for phase, xy in (("connect", load.connect_p99), ("tls", load.tls_p99)):
+            value = row.percentile_us(phase, "p99")
+            if value is not None:
+                xy.append((t, value / 1000))
     return load
 
 

@@ -143,14 +143,21 @@ def _faults(summary: dict[str, Any]) -> str:
     faults = summary["faults"]
     if not faults:
         return "<p class='sub'>No faults were applied in this run.</p>"
+
+    def ended(f: dict[str, Any]) -> tuple[str, str]:  # (reverted, lasted)
+        if f.get("instant"):
+            return "irreversible", "an instant"
+        if f["reverted"]:
+            return f"{f['end_s']:.1f} s", f"{f['end_s'] - f['start_s']:.1f} s"
+        return "<span class='bad'>not reverted</span>", "–"
+
     rows = [
         (
             escape(f["id"]),
-            escape(f["kind"]),
+            escape(f["kind"]) + (f" ({f['steps']} steps)" if f.get("steps", 1) > 1 else ""),
             escape(f["target"]),
             f"{f['start_s']:.1f} s",
-            f"{f['end_s']:.1f} s" if f["reverted"] else "<span class='bad'>not reverted</span>",
-            f"{f['end_s'] - f['start_s']:.1f} s" if f["reverted"] else "–",
+            *ended(f),
         )
         for f in faults
     ]

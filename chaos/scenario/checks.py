@@ -18,7 +18,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from chaos.agent.client import is_agent_url
 from chaos.record import schema
+from chaos.scenario.model import TLS_NEEDS_RAW
 
 Location = tuple[Any, ...]
 Found = tuple[Location, str]
@@ -48,7 +50,7 @@ def _local_faults(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     for index, fault in enumerate(_list(data.get("faults"))):
         target = _dict(fault).get("target")
-        if isinstance(target, str) and not target.strip().startswith(("http://", "https://")):
+        if isinstance(target, str) and not is_agent_url(target):
             yield index, fault
 
 
@@ -113,6 +115,9 @@ def plan_problems(data: dict[str, Any]) -> list[Found]:
     for location, key, value in _sysctls(data):
         if key == PORT_RANGE and (problem := port_range_problem(value)):
             found.append((location, problem))
+    load, proxy = _dict(data.get("load")), _dict(_dict(data.get("lab")).get("proxy"))
+    if load.get("user") == "http" and "tls" not in load and proxy.get("tls") is True:
+        found.append((("load", "user"), TLS_NEEDS_RAW))  # the model says it at <root>
     for index, clause in enumerate(_list(data.get("expect"))):
         metric = _dict(clause).get("metric")
         if isinstance(metric, str) and (problem := metric_problem(metric)):

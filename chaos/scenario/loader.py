@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from chaos.errors import ChaosError, Problem, ScenarioError, UsageError
 from chaos.scenario import checks
-from chaos.scenario.model import FaultSpec, Scenario
+from chaos.scenario.model import FaultSpec, LoadTls, Scenario
 
 BUILTIN_PACKAGE = "chaos.scenario.builtin"
 
@@ -349,7 +349,10 @@ def _located(root: yaml.Node | None, found: list[checks.Found]) -> list[Problem]
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
-    return list(dict.fromkeys(problems))
+    """Each problem once; one the model found across fields (at ``<root>``) is dropped when
+    a check located the same words at their field."""
+    located = {p.message for p in problems if p.path}
+    return list(dict.fromkeys(p for p in problems if p.path or p.message not in located))
 
 
 def _raw_fault_problems(faults: object) -> list[tuple[int, str, str]]:
@@ -456,6 +459,11 @@ def load(
     if config and not source.builtin and not Path(config).is_absolute():
         # lab.proxy.config is relative to the scenario file, not to where chaos runs
         scenario = with_proxy_config(scenario, str(Path(source.label).parent / config))
+    tls = scenario.load.tls
+    if isinstance(tls, LoadTls) and tls.ca and not Path(tls.ca).is_absolute():
+        ca = str(Path(source.label).parent / tls.ca)  # like lab.proxy.config
+        load = scenario.load.model_copy(update={"tls": tls.model_copy(update={"ca": ca})})
+        scenario = scenario.model_copy(update={"load": load})
     return scenario
 
 

@@ -193,8 +193,7 @@ class ProxySpec(Strict):
         default=False,
         description=(
             "the proxy terminates TLS on its listener with a certificate from a CA made for "
-            "the run (<run>/proxy/tls/ca.crt); for `chaos lab up` and your own TLS clients: "
-            "the load does not speak TLS yet"
+            "the run (<run>/proxy/tls/ca.crt); the load then speaks TLS too (load.tls)"
         ),
     )
     process: ProxyProcess | None = Field(
@@ -383,6 +382,38 @@ TeardownMode = Literal[contract.TEARDOWN_MODES]  # type: ignore[valid-type]
 RateMode = Literal[contract.RATE_MODES]  # type: ignore[valid-type]
 
 
+class LoadTls(Strict):
+    """TLS in the load (the raw user, ``locustfiles/_tls.py``): the handshake is timed as the
+    phase ``tls``; what each teardown mode sends is in the README ("TLS in the load")."""
+
+    resumption: bool = Field(
+        default=False,
+        description="each user offers the session of its previous connection (TLS 1.3 ticket)",
+    )
+    close_notify: bool = Field(
+        default=True,
+        description=(
+            "client-close, idle-before-send, slow-reader: close_notify, the peer's close_notify, "
+            "then the FIN; false: a FIN without close_notify. abort sends an RST and never a "
+            "close_notify; the modes that wait for the server's FIN never send one"
+        ),
+    )
+    ca: str | None = Field(
+        default=None,
+        description=(
+            "the CA file (PEM) the load trusts, relative to the scenario file; default: the "
+            "run's CA when the lab's proxy has a certificate from it, else the system's CAs"
+        ),
+    )
+
+
+#: why user: http cannot go through a TLS proxy (the scenario model and chaos validate say it)
+TLS_NEEDS_RAW = (
+    "TLS in the load (load.tls, or lab.proxy.tls) needs user: raw: the HTTP user does not "
+    "speak TLS; use user: raw (it speaks HTTP to an http origin), or load.tls: false"
+)
+
+
 class LoadSpec(Strict):
     """Locust load from the client namespace (see locustfiles/)."""
 
@@ -412,6 +443,13 @@ class LoadSpec(Strict):
     slow_connect: Duration = Field(
         default=float(contract.default("slow_connect_ms")) / 1000,  # type: ignore[arg-type]
         description="a connect slower than this fails its connection as SlowConnect",
+    )
+    tls: LoadTls | bool | None = Field(
+        default=None,
+        description=(
+            "speak TLS: a mapping (or true) does, false does not; unset: TLS when the lab's "
+            "proxy terminates it (lab.proxy.tls)"
+        ),
     )
 
     @field_validator(*contract.SCENARIO_FIELDS, mode="after")
@@ -716,6 +754,36 @@ class Scenario(Strict):
         if self.lab.gateway.intercept and proxy.kind == "external":
             raise ValueError("lab.gateway.intercept needs the lab's own proxy (no gateway with "
                              "proxy.kind external)")
+        return self
+
+    @property
+    def load_tls(self) -> LoadTls | None:
+        """The load's TLS settings, None for plain TCP (``load.tls`` resolved)."""
+        tls = self.load.tls
+        if tls is None:
+            tls = self.remote is None and self.lab.proxy.tls
+        if tls is True:
+            return LoadTls()
+        return tls or None
+
+    @model_validator(mode="after")
+    def _tls_agrees(self) -> Scenario:
+        if self.load_tls is None:
+            return self
+        if self.load.user != contract.RAW:
+            raise ValueError(TLS_NEEDS_RAW)
+        if self.load.teardown == "half-close":
+            raise ValueError(
+                "teardown: half-close with TLS: a close_notify or a bare FIN from the client "
+                "ends the proxy's TLS session, so no response would come; use wait-server-fin"
+            )
+        proxy = self.lab.proxy
+        own_plain = proxy.kind != "external" and not proxy.tls and proxy.config is None
+        if self.remote is None and own_plain:
+            raise ValueError(
+                "load.tls: the lab's proxy does not terminate TLS: set lab.proxy.tls: true, "
+                "or remove load.tls"
+            )
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from fault_lab import NFT, ORIGIN_IP, MiniLab, http_get, mini_lab, nft_ruleset, spawn_sleeper
 
-from chaos.agent.client import validate_remote
+from chaos.agent.client import remote_target, validate_remote
 from chaos.agent.service import Scope
 from chaos.errors import FaultError
 from chaos.faults.engine.guard import FaultGuard
@@ -426,7 +426,7 @@ def test_agent_over_tls_needs_a_trusted_certificate(lab, start_agent, tmp_path, 
         if ca_file is not None:
             params["ca_file"] = str(ca_file)
         try:
-            fault = validate_remote("sysctl", url, params)
+            fault = validate_remote("sysctl", remote_target(url), params)
         except FaultError as exc:
             return exc.message
         with FaultGuard() as guard:
@@ -703,7 +703,7 @@ def test_idle_connections_cannot_hold_the_agent(lab, start_agent):
     """500 connections that send nothing: the agent serves at most MAX_CONNECTIONS at once
     (the rest are refused at accept, without a thread), drops the idle ones after its read
     timeout, and answers again while they are still open."""
-    from chaos.agent.service import MAX_CONNECTIONS, READ_TIMEOUT
+    from chaos.agent.server import MAX_CONNECTIONS, READ_TIMEOUT
 
     agent = start_agent()
     held: list[socket.socket] = []

@@ -6,11 +6,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_lab import lone_namespace, nft_ruleset, spawn_sleeper
+from fault_lab import nft_ruleset, spawn_sleeper
 
 from chaos.faults.engine.ledger import Ledger
 from chaos.kernel import netns
@@ -18,12 +17,6 @@ from chaos.kernel.processes import state_of
 
 CONTROLLER = Path(__file__).resolve().parent.parent / "fault_controller.py"
 KEY = "net.ipv4.tcp_fin_timeout"
-
-
-@pytest.fixture
-def namespace(lab_name: str) -> Iterator[str]:
-    with lone_namespace(lab_name) as name:
-        yield name
 
 
 def _state(namespace: str, pid: int) -> tuple[str, str, str | None]:

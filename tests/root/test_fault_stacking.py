@@ -10,11 +10,10 @@ import itertools
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_lab import lone_namespace, spawn_sleeper
+from fault_lab import spawn_sleeper
 
 from chaos.faults.base import Target
 from chaos.faults.engine.guard import FaultGuard
@@ -25,12 +24,6 @@ from chaos.kernel.processes import state_of
 
 CONTROLLER = Path(__file__).resolve().parent.parent / "fault_controller.py"
 KEY = "net.ipv4.tcp_fin_timeout"
-
-
-@pytest.fixture
-def namespace(lab_name: str) -> Iterator[str]:
-    with lone_namespace(lab_name) as name:
-        yield name
 
 
 def sysctl_window(namespace: str, value: int):  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ from chaos.faults import nft as nft_faults
 from chaos.faults.base import Handle, Target
 from chaos.faults.engine.guard import FaultGuard
 from chaos.faults.engine.ledger import Ledger
-from chaos.faults.engine.targets import resolve
+from chaos.faults.engine.targets import resolve, resolve_local
 from chaos.faults.registry import fault_type, fault_types
 from chaos.kernel import netns
 from chaos.kernel.processes import state_of
@@ -431,7 +431,7 @@ def test_targets_resolve_roles_patterns_and_pids(lab, sleepers):
 )
 def test_targets_refuse_what_is_not_in_the_lab(lab, target, message):
     with pytest.raises(FaultError) as info:
-        resolve(target, lab.state)
+        resolve_local(target, lab.state)
     assert message in info.value.message
     if "remote" not in message:
         assert "client, origin, workers, ROLE:PATTERN, pid:N" in (info.value.hint or "")

@@ -15,7 +15,7 @@ import pytest
 from chaos.errors import LabError, SysctlError
 from chaos.kernel import netns
 from chaos.lab import lab, proxies, topology
-from chaos.lab.origin import read_access_log
+from chaos.lab.origin_log import read_access_log
 from chaos.lab.topology import LabState
 from chaos.record.rundir import RunDir
 from chaos.scenario import loader

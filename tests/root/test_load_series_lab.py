@@ -20,7 +20,7 @@ import pytest
 from test_teardown_states import running_lab
 
 from chaos.kernel import netns
-from chaos.lab.origin import read_access_records
+from chaos.lab.origin_log import read_access_records
 from chaos.load.options import locustfile_for, user_options
 from chaos.load.runner import LocustRun
 from chaos.load.series import read_series, window_latency

@@ -1,22 +1,33 @@
 """The reload and restart faults on each proxy kind, for real (HAProxy's under load is the
 built-in proxy-restart scenario): nginx and Caddy reload and keep serving, a restart puts a
-new process in the lab's record, and `lab down` leaves nothing of either."""
+new process in the lab's record, and `lab down` leaves nothing of either; HAProxy reloads
+through `chaos agent` too."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from test_lab import requests_from_client
 
 from chaos.faults.engine.targets import resolve
 from chaos.faults.registry import fault_type
+from chaos.kernel import netns
 from chaos.kernel.proctree import children
 from chaos.lab import lab, topology
 from chaos.lab.topology import LabState
 from chaos.record.rundir import RunDir
 from chaos.scenario import loader
+
+CHAOS = str(Path(sys.executable).parent / "chaos")
 
 
 def lab_with(kind: str, tmp_path, lab_name):
@@ -79,3 +90,57 @@ def test_reload_refuses_a_target_that_is_not_a_proxy(tmp_path, lab_name):
     finally:
         lab.down(lab_name)
         run.close()
+
+
+def test_haproxy_reloads_through_the_agent(tmp_path, lab_name):
+    """`chaos agent` in the proxy's namespace, allowed only `reload` on the proxy, reloads
+    HAProxy on request from the client's side of the lab: a new worker under the same
+    master, the old one gone once idle, the proxy serving throughout."""
+    state, run = lab_with("haproxy", tmp_path, lab_name)
+    token = "reload-through-the-agent-0123456789abcdef"
+    (tmp_path / "token").write_text(token + "\n")
+    argv = [CHAOS, "agent", "--token-file", str(tmp_path / "token"), "--lab", lab_name]
+    argv += ["--listen", f"{state.proxy['host']}:0", "--allow", "proxy"]
+    argv += ["--allow-type", "proxy=reload"]
+    env = {**os.environ, "CHAOS_LEDGER_DIR": str(tmp_path / "ledger")}
+    agent = netns.popen(
+        state.namespaces["proxy"], argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert agent.stdout is not None
+        line = agent.stdout.readline()
+        assert "listening on http" in line, line
+        faults = line.split("listening on ")[1].split("/v1")[0] + "/v1/faults"
+        master = state.process("proxy").pid
+        workers = set(children(master))
+        assert workers
+
+        def post(kind: str) -> tuple[int, dict]:
+            body = json.dumps({"type": kind, "target": "proxy", "params": {}}).encode()
+            req = urllib.request.Request(
+                faults, data=body, method="POST", headers={"Authorization": f"Bearer {token}"}
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=20) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        client = state.namespaces["client"]
+        assert netns.run_in(client, lambda: post("restart"))[0] == 403  # only reload allowed
+        status, answer = netns.run_in(client, lambda: post("reload"))
+        assert status == 201, answer
+        assert set(children(master)) - workers, "no new HAProxy worker after the reload"
+        deadline = time.monotonic() + 10  # the old worker exits once its connections are done
+        while set(children(master)) & workers:
+            assert time.monotonic() < deadline, "HAProxy's old worker did not exit"
+            time.sleep(0.05)
+        assert state.process("proxy").pid == master
+        assert all(r.startswith(b"HTTP/1.1 200") for r in requests_from_client(state, 3))
+    finally:
+        agent.terminate()
+        agent.communicate(timeout=30)
+        lab.down(lab_name)
+        run.close()
+    assert agent.returncode in (0, 143), agent.returncode

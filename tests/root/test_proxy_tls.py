@@ -4,6 +4,7 @@ that CA), and every request reaches the origin."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import textwrap
@@ -13,7 +14,8 @@ import pytest
 
 from chaos.kernel import netns
 from chaos.lab import lab, topology
-from chaos.lab.origin import read_access_log
+from chaos.lab.origin_log import read_access_log
+from chaos.load.series import read_series
 from chaos.record.rundir import RunDir
 from chaos.scenario import loader
 
@@ -74,12 +76,33 @@ def test_tls_through_the_proxy(kind, tmp_path, lab_name):
     assert not topology.orphan_namespaces(lab_name)
 
 
-def test_a_run_through_a_tls_proxy_is_refused_until_the_load_speaks_tls(
+def test_chaos_run_through_a_tls_proxy_reads_the_handshakes_from_the_series(
     tmp_path, chaos_cli, lab_name
 ):
     path = tmp_path / "tls.yaml"
-    path.write_text("name: tls\nlab:\n  proxy: {tls: true}\n")
+    path.write_text(
+        textwrap.dedent("""\
+        name: tls
+        duration: 2
+        lab: {proxy: {tls: true}}
+        load: {users: 4, rate: 20, rate_mode: shared, workers: 1}
+        expect:
+          - {metric: load.tls_count, op: ">=", value: 5, agg: sum, label: handshakes}
+          - {metric: load.failed, op: "==", value: 0, agg: sum, label: no-failures}
+        """)
+    )
     result = chaos_cli("run", str(path), "--name", lab_name, "--runs-dir", str(tmp_path / "r"))
-    assert result.returncode == 1 and "does not speak TLS yet" in result.stderr
-    assert "fix:" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "r").iterdir()
+    seconds = list(read_series(run_dir))
+    handshakes = sum(s.summary("tls").count for s in seconds)
+    completed = sum(s.completed for s in seconds)
+    # every connection that completed shook hands (a user stopped at the end may have
+    # shaken hands without completing)
+    assert completed >= 20 and completed <= handshakes <= completed + 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # the verdict read the tls phase from the series like any other
+    assert [e["passed"] for e in summary["expectations"]] == [True, True], summary
+    assert summary["expectations"][0]["observed"] >= 5
+    assert "TLS handshake p99" in (run_dir / "report.html").read_text()  # plotted
     assert not topology.orphan_namespaces(lab_name)

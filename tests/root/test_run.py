@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -75,7 +76,10 @@ def start_faulted_run(tmp_path: Path, lab_name: str) -> tuple[subprocess.Popen, 
     deadline = time.monotonic() + 90  # a lab takes long to build on a busy machine
     while time.monotonic() < deadline and proc.poll() is None:
         runs = run_dirs(runs_dir) if runs_dir.exists() else []
-        events = [e["event"] for e in read_journal(runs[0] / "journal.jsonl")] if runs else []
+        journal = runs[0] / "journal.jsonl" if runs else None
+        # the run directory is made a moment before its journal
+        exists = journal is not None and journal.exists()
+        events = [e["event"] for e in read_journal(journal)] if exists else []  # type: ignore[arg-type]
         if "load.start" in events and "fault.apply" in events:
             return proc, runs_dir
         time.sleep(0.2)
@@ -175,3 +179,50 @@ faults:
     assert summary["interrupted"] is False and "no live process matches" in summary["error"]
     assert (run / "report.html").exists()
     assert lab_name not in list_labs()
+
+
+BROKEN_USER = """
+import sys
+sys.path.insert(0, {locustfiles!r})
+import raw_tcp
+
+
+class BrokenUser(raw_tcp.RawTcpUser):
+    '''The raw user with a bug: every fifth connection raises before it starts.'''
+
+    calls = 0
+
+    def connection(self):
+        BrokenUser.calls += 1
+        if BrokenUser.calls % 5 == 0:
+            raise ZeroDivisionError("a bug in the user's own code")
+        super().connection()
+
+    tasks = [connection]
+"""
+
+
+def test_a_load_whose_own_code_raises_fails_the_run(tmp_path, lab_name, monkeypatch):
+    """Exceptions raised by the locustfile (not connection failures) leave connections in no
+    count: the run says so and exits 6 (load), whatever the expectations said; Locust's own
+    exceptions CSV is the independent count."""
+    from rich.console import Console
+
+    from chaos import run as run_module
+
+    broken = tmp_path / "broken_user.py"
+    broken.write_text(BROKEN_USER.format(locustfiles=str(REPO / "locustfiles")))
+    monkeypatch.setattr(run_module, "locustfile_for", lambda load: broken)
+    console = Console(record=True, width=200)
+    options = run_module.RunOptions(
+        "smoke", runs_root=tmp_path / "runs", duration="4s", lab_name=lab_name, workers=1,
+        report=False, progress=False,
+    )  # fmt: skip
+    assert run_module.run_scenario(options, console) == 6
+    said = console.export_text()
+    assert "the load generator's own code raised" in said and "broken_user.py:" in said, said
+    (run,) = run_dirs(tmp_path / "runs")
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "locust" / "locust_exceptions.csv", newline="") as rows:
+        counted = sum(int(row["Count"]) for row in csv.DictReader(rows))
+    assert counted > 0 and sum(summary["load"]["exceptions"].values()) == counted

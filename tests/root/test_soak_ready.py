@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from chaos.lab.origin import access_log_rotated_away
+from chaos.lab.origin_log import access_log_rotated_away
 from chaos.lab.topology import list_labs
 from chaos.record import logcap
 

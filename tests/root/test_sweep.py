@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chaos.lab.origin import read_access_records
+from chaos.lab.origin_log import read_access_records
 from chaos.lab.topology import list_labs
 from chaos.load.seconds import load_seconds
 from chaos.record.journal import read_journal

@@ -24,7 +24,7 @@ from chaos.kernel import netns, processes
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
 from chaos.lab import lab, topology
-from chaos.lab.origin import read_stats
+from chaos.lab.origin_log import read_stats
 from chaos.lab.proxies import parse_log
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options

@@ -12,7 +12,7 @@ from test_lab import http_get
 from chaos.errors import LabError
 from chaos.kernel import netns
 from chaos.lab import topology
-from chaos.lab.origin import read_access_log
+from chaos.lab.origin_log import read_access_log
 from chaos.lab.topology import LabState
 
 REQUESTS = 12

@@ -77,10 +77,12 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
+TREES = {module: ast.parse(path.read_text(), str(path)) for module, path in MODULES.items()}
+
+
 def imports_of(module: str) -> dict[str, int]:
     """The chaos modules ``module`` imports, each with the line of its first import."""
-    path = MODULES[module]
-    return imports_of_tree(ast.parse(path.read_text(), str(path)), module)
+    return imports_of_tree(TREES[module], module)
 
 
 def imports_of_tree(tree: ast.AST, module: str) -> dict[str, int]:
@@ -194,3 +196,146 @@ def test_the_walk_sees_lazy_imports_but_not_type_checking_ones():
     finally:
         del MODULES["chaos.tc_probe"]
     assert set(probe) == {"chaos.errors"}
+
+
+#: The only modules that tell a target on an agent from one in the lab: target resolution,
+#: and the remote fault (which owns the URL form). Besides them, the scenario's offline
+#: checks (no lab, no engine): the model, that a remote run's targets are agent URLs or
+#: roles with an agent; ``checks``, which skips agent URLs when it checks lab targets.
+DECIDES_REMOTE = {
+    "chaos.faults.engine.targets",
+    "chaos.agent.client",
+    "chaos.scenario.model",
+    "chaos.scenario.checks",
+}
+#: where fault targets travel (the sink's InfluxDB URL has a scheme of its own)
+FAULT_ROOMS = ("chaos.faults", "chaos.agent", "chaos.scenario", "chaos.run", "chaos.cli")
+
+
+def remote_decisions(tree: ast.AST) -> list[int]:
+    """Lines that test for a remote target: a URL scheme compared or prefix-tested, an
+    ``isinstance(..., RemoteTarget)``, or a call of the tests the remote fault offers."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            name = node.func.id if isinstance(node.func, ast.Name) else name
+            args = [c for a in node.args for c in ast.walk(a) if isinstance(c, ast.Constant)]
+            schemes = any(str(c.value).startswith(("http:", "https:")) for c in args)
+            if (
+                (name == "startswith" and schemes)
+                or name in ("is_agent_url", "remote_target")
+                or (name == "isinstance" and "RemoteTarget" in ast.unparse(node))
+            ):
+                found.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            constants = [c.value for s in sides for c in ast.walk(s) if isinstance(c, ast.Constant)]
+            if "http" in constants and "https" in constants:
+                found.append(node.lineno)
+    return found
+
+
+def test_remote_is_decided_in_one_place():
+    wrong = [
+        f"{MODULES[m].relative_to(ROOT)}:{line}"
+        for m in MODULES
+        if m.startswith(FAULT_ROOMS) and m not in DECIDES_REMOTE
+        for line in remote_decisions(TREES[m])
+    ]
+    assert not wrong, "tests for a remote target outside target resolution:\n" + "\n".join(wrong)
+
+
+def test_the_remote_check_sees_each_form():
+    source = (
+        "t.startswith(('http://', 'https://'))\nisinstance(t, RemoteTarget)\n"
+        "role in ('http', 'https')\nis_agent_url(t)\n"
+        "t.startswith('pid:')\nscheme = 'http' if t == 'http' else ''\n"
+    )
+    assert remote_decisions(ast.parse(source)) == [1, 2, 3, 4]
+
+
+# --- hand-offs: subscriptions, never patches ------------------------------------------------
+
+
+_KINDS = (ast.ClassDef, ast.Attribute, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Call)
+
+
+def nodes_of(tree: ast.AST) -> list[ast.AST]:
+    """The nodes the two checks below look at, in one walk of the tree."""
+    return [node for node in ast.walk(tree) if isinstance(node, _KINDS)]
+
+
+def method_names(nodes: list[list[ast.AST]]) -> set[str]:
+    """The names that are only ever methods in the package: defined with ``def`` in a class
+    body, never a property, a class-level field or an attribute set on ``self``."""
+    methods, data = set(), set()
+    for module_nodes in nodes:
+        for node in module_nodes:
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        decorators = {ast.unparse(d) for d in item.decorator_list}
+                        is_property = any("property" in d or ".setter" in d for d in decorators)
+                        (data if is_property else methods).add(item.name)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        data.add(item.target.id)
+                    elif isinstance(item, ast.Assign):
+                        data |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                data.add(node.attr)
+    return {name for name in methods - data if not name.startswith("__")}
+
+
+def method_patches(nodes: list[ast.AST], methods: set[str]) -> list[tuple[int, str]]:
+    """Assignments (and ``setattr``) to a method name on an object other than ``self``:
+    one stage patching another's method, a hand-off the imports do not show."""
+    found = []
+    for node in nodes:
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr in methods
+                and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))
+            ):
+                found.append((node.lineno, ast.unparse(target)))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in methods
+        ):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_module_patches_another_objects_method():
+    """Stages hand data on by subscribing (e.g. to the sampler's ``SampleHook``), so the
+    order of two ``with`` blocks never decides who sees what."""
+    nodes = {module: nodes_of(tree) for module, tree in TREES.items()}
+    methods = method_names(list(nodes.values()))
+    assert {"write", "publish", "subscribe"} <= methods  # (it sees the methods)
+    wrong = [
+        f"{MODULES[module].relative_to(ROOT)}:{line}: {text}"
+        for module, module_nodes in nodes.items()
+        for line, text in method_patches(module_nodes, methods)
+    ]
+    assert not wrong, "assignments to another object's method:\n" + "\n".join(wrong)
+
+
+def test_the_patch_finder_finds_patches():
+    tree = ast.parse("sink.write = tap\nself.write = tap\nsetattr(sink, 'write', tap)\n")
+    found = method_patches(nodes_of(tree), {"write"})
+    assert found == [(1, "sink.write"), (3, "setattr(sink, 'write', tap)")]

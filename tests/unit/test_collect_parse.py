@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from chaos.collect.base import deltas
 from chaos.collect.budget import count_reserved, parse_port_range, seconds_left, slope
 from chaos.collect.census import record_format
 from chaos.collect.conntrack import count_tcp_states, parse_ct_stats
@@ -17,7 +18,7 @@ from chaos.collect.kernel import KernelCounters, flatten, parse_netstat, parse_s
 from chaos.collect.sampler import Sampler
 from chaos.kernel import sockdiag as sd
 from chaos.kernel.nsref import NetnsRef
-from chaos.record.point import Sample, deltas, to_line, to_lines
+from chaos.record.point import Sample, to_line, to_lines
 
 NETSTAT = """\
 TcpExt: SyncookiesSent TW TWRecycled TCPTimeWaitOverflow TCPACKSkippedTimeWait
@@ -363,7 +364,9 @@ def test_sampler_thread_skips_ticks_instead_of_piling_up():
             done.set()
 
     started = time.monotonic()
-    sampler = Sampler([slow], interval=0.1, on_samples=on_samples).start()
+    sampler = Sampler([slow], interval=0.1)
+    sampler.samples.subscribe(on_samples)
+    sampler.start()
     try:
         assert done.wait(5)
     finally:

@@ -24,15 +24,8 @@ from typing import Any
 import pytest
 
 from chaos.lab import origin as origin_mod
-from chaos.lab.origin import (
-    COUNTERS,
-    ConfigError,
-    command,
-    parse_config,
-    read_access_log,
-    read_access_records,
-    read_stats,
-)
+from chaos.lab.origin_config import ConfigError, command, parse_config
+from chaos.lab.origin_log import COUNTERS, read_access_log, read_access_records, read_stats
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

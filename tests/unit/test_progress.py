@@ -1,4 +1,4 @@
-"""The live progress line: fed by sink writes, printed as compact lines off a terminal."""
+"""The live progress line: a listener of the sampler's samples, compact lines off a terminal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 
 from rich.console import Console
 
-from chaos.progress import Progress, live_progress, sink_tap
+from chaos.collect.sampler import SampleHook
+from chaos.progress import Progress, live_progress
 from chaos.record.point import Sample
 
 
@@ -43,25 +44,34 @@ def test_line_shows_rate_errors_states_and_targets() -> None:
     assert "rss 64M" in text
 
 
-def test_off_a_terminal_lines_are_printed_and_the_tap_removed() -> None:
+def test_off_a_terminal_lines_are_printed_and_the_listener_removed() -> None:
     sink, buffer = _Sink(), io.StringIO()
     console = Console(file=buffer, force_terminal=False, width=200)
+    samples = SampleHook()
+    samples.subscribe(sink.write)
     progress = Progress(10)
-    with live_progress(sink, console, progress, every=0.05):
-        sink.write([Sample("load", {}, {"started": 3, "completed": 3, "failed": 0}, 0)])
+    with live_progress(samples, console, progress, every=0.05):
+        samples.publish([Sample("load", {}, {"started": 3, "completed": 3, "failed": 0}, 0)])
         time.sleep(0.2)
-    assert len(sink.got) == 1  # the sink got the samples first
-    assert "write" not in vars(sink)  # the method is back
+    assert len(sink.got) == 1  # the sink got the samples too
+    assert "write" not in vars(sink)  # nothing patched the sink
+    samples.publish([Sample("load", {}, {"started": 5, "completed": 5, "failed": 0}, 0)])
+    assert progress.connections == 3 and len(sink.got) == 2  # progress no longer listens
     assert "conns 3" in buffer.getvalue()
 
 
-def test_taps_nest_and_each_puts_back_what_it_found() -> None:
+def test_listeners_each_get_every_batch_and_a_failing_one_stops_none() -> None:
     sink, seen = _Sink(), []
-    with sink_tap(sink, lambda s: seen.append(("outer", len(s)))):
-        outer = sink.write
-        with sink_tap(sink, lambda s: seen.append(("inner", len(s)))):
-            sink.write([Sample("load", {}, {"started": 1}, 0)])
-        assert sink.write is outer
-        sink.write([])
-    assert "write" not in vars(sink)
+    samples = SampleHook()
+
+    def broken(batch: list[Sample]) -> None:
+        raise RuntimeError("display bug")
+
+    samples.subscribe(broken)
+    samples.subscribe(sink.write)
+    with samples.subscribed(lambda s: seen.append(("outer", len(s)))):
+        with samples.subscribed(lambda s: seen.append(("inner", len(s)))):
+            samples.publish([Sample("load", {}, {"started": 1}, 0)])
+        samples.publish([])
+    samples.publish([])
     assert seen == [("outer", 1), ("inner", 1), ("outer", 0)] and len(sink.got) == 1

@@ -199,7 +199,8 @@ def test_report_json_numbers_equal_the_samples(run_dir: Path) -> None:
     assert summary["faults"] == [
         {"id": applied["id"], "kind": "stop", "target": "origin",
          "start_s": round(applied["ts"] - t0, 3),
-         "end_s": round(reverted["ts"] - t0, 3), "reverted": True}
+         "end_s": round(reverted["ts"] - t0, 3), "reverted": True, "instant": False,
+         "steps": 1}
     ]  # fmt: skip
     # One expectation failed in summary.json: the verdict says so.
     assert summary["verdict"] == "FAIL"
@@ -268,6 +269,34 @@ def test_cli_report_prints_a_summary(run_dir: Path, capsys: pytest.CaptureFixtur
     assert "tw-exhaust" in out and "FAIL" in out and "EADDRNOTAVAIL" in out
     assert "report.html" in out
     assert main(["report", "--check", str(run_dir)]) == 10
+
+
+def test_run_and_report_print_one_summary(run_dir: Path) -> None:
+    """`chaos run` ends with the summary `chaos report` prints (one function); without a
+    report the load's totals stand in for the key numbers."""
+    from rich.console import Console
+
+    from chaos.report import print_summary
+
+    def printed(summary: dict, report=None) -> str:
+        console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        print_summary(console, summary, report)
+        return console.export_text()
+
+    report = write_report(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["sink"] = {"recorded": 7, "influxdb": "http://127.0.0.1:1", "written": 5,
+                       "spooled": 2, "replayed": 0, "possibly_duplicated": 0, "dropped": 0,
+                       "left_in_spool": 0}  # fmt: skip
+    with_report, without = printed(summary, report), printed(summary)
+    failed = sum(not e["passed"] for e in summary["expectations"])
+    verdicts = f"{failed} of {len(summary['expectations'])} expectations failed"
+    for text in (with_report, without):
+        assert verdicts in text and "written 5, spooled 2, replayed 0" in text
+        assert "origin requests served" in text and "samples recorded" in text
+    assert "tw-exhaust" in with_report and "TIME_WAIT peak" in with_report
+    assert "report.html" in with_report and f"results in {run_dir}" in with_report
+    assert "total requests" in without and "report.html" not in without
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from chaos.errors import ChaosError, ScenarioError
+from chaos.load.options import LoadTlsTarget, user_options
 from chaos.scenario import loader
 from chaos.scenario.model import Scenario, parse_duration
 
@@ -275,3 +276,46 @@ def test_a_sysctl_newer_than_the_kernel_is_a_capability_not_a_typo(monkeypatch):
     assert caught.value.exit_code == 4
     with pytest.raises(SysctlError, match="unknown sysctl"):
         netns.sysctl_get(None, "net.ipv4.tcp_no_such_knob")
+
+
+def test_the_load_speaks_tls_when_the_proxy_does_and_says_how():
+    plain = loader.parse("name: x\n", "x.yaml")
+    assert plain.load_tls is None
+    tls = loader.parse("name: x\nlab: {proxy: {tls: true}}\n", "x.yaml")
+    assert tls.load_tls is not None and not tls.load_tls.resumption
+    assert tls.load_tls.close_notify
+    chosen = loader.parse(
+        "name: x\nlab: {proxy: {tls: true}}\nload: {tls: {resumption: on, close_notify: off}}\n",
+        "x.yaml",
+    )
+    assert chosen.load_tls is not None and chosen.load_tls.resumption
+    args = user_options(
+        chosen.load, "http", [], 1, LoadTlsTarget(chosen.load_tls, "/run/ca.crt", "198.18.2.2")
+    )
+    assert args[args.index("--tls-ca") + 1] == "/run/ca.crt"
+    assert {"--tls", "--tls-resumption", "--tls-no-close-notify"} <= set(args)
+    assert loader.parse(
+        "name: x\nlab: {proxy: {tls: true}}\nload: {tls: false}\n", "x.yaml"
+    ).load_tls is None
+    # a remote target's TLS is the scenario's to say (no lab proxy to follow)
+    remote = loader.parse("name: x\nremote: {target: '198.18.2.2:443'}\nload: {tls: true}\n", "x")
+    assert remote.load_tls is not None and remote.load_tls.ca is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        # the HTTP user through a TLS proxy: refused at its own line
+        ("lab: {proxy: {tls: true}}\nload:\n  user: http\n", 4, "needs user: raw"),
+        ("load:\n  user: http\n  tls: {}\n", 4, "does not honour tls"),
+        ("lab: {proxy: {tls: true}}\nload: {teardown: half-close}\n", None, "half-close with TLS"),
+        ("load: {tls: true}\n", None, "does not terminate TLS"),
+    ],
+)
+def test_tls_the_load_cannot_do_is_refused(text, line, message):
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse("name: x\n" + text, "x.yaml")
+    (problem,) = caught.value.problems
+    assert message in problem.message
+    if line is not None:
+        assert problem.line == line

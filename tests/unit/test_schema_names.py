@@ -204,3 +204,116 @@ def test_the_load_series_writes_what_the_schema_says():
         written = schema.measurement(point.measurement)
         assert [f for f in point.fields if not written.has_field(f)] == []
         assert set(point.tags) <= written.tags
+
+
+# --- the writers -----------------------------------------------------------------------------
+
+WRITERS = sorted((ROOT / "chaos" / "collect").glob("*.py"))
+
+
+def written_in_source(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every ``Sample(MEASUREMENT, tags, fields, ...)`` of a collector module: (line, the
+    measurement named, the keys of ``fields`` its function spells out: a literal dict, or a
+    variable given literal keys). A measurement is
+    named by a schema constant (``schema.X``, or a name bound to one); a string literal comes
+    back as ``"literal:<text>"``."""
+    import importlib
+
+    module = None
+    if path.is_relative_to(ROOT):
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    found: dict[int, tuple[int, str, list[str]]] = {}
+    tree = ast.parse(path.read_text(), str(path))
+    for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))]:
+        keys = _literal_keys(scope)
+        for line, name, fields in _samples_in(scope, module, keys):
+            if line not in found or fields:  # the innermost scope knows the fields
+                found[line] = (line, name, fields)
+    return sorted(found.values())
+
+
+def _literal_keys(scope: ast.AST) -> dict[str, list[str]]:
+    """The keys a scope spells out for each dict variable: ``v = {"k": ...}`` and
+    ``v["k"] = ...``."""
+    keys: dict[str, list[str]] = {}
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and isinstance(node.value, ast.Dict):
+                    keys.setdefault(target.id, []).extend(_texts(node.value))
+                elif (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Name)
+                    and _text(target.slice) is not None
+                ):
+                    keys.setdefault(target.value.id, []).append(_text(target.slice))  # type: ignore[arg-type]
+    return keys
+
+
+def _samples_in(
+    scope: ast.AST, module: object, keys: dict[str, list[str]]
+) -> list[tuple[int, str, list[str]]]:
+    found = []
+    for node in ast.walk(scope):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Sample"):
+            continue
+        first = node.args[0] if node.args else None
+        if _text(first) is not None:
+            name = f"literal:{_text(first)}"
+        elif isinstance(first, ast.Attribute) and getattr(first.value, "id", "") == "schema":
+            name = getattr(schema, first.attr)
+        elif isinstance(first, ast.Name) and isinstance(getattr(module, first.id, None), str):
+            name = getattr(module, first.id)
+        else:
+            continue  # not a name of its own (a sample re-tagged, a lab counter's name)
+        given = node.args[2] if len(node.args) > 2 else None
+        if isinstance(given, ast.Dict):
+            fields = _texts(given)
+        elif isinstance(given, ast.Name):
+            fields = keys.get(given.id, [])
+        else:
+            fields = []
+        found.append((node.lineno, name, fields))
+    return found
+
+
+def test_collectors_name_what_they_write_by_the_schema():
+    """The collectors write measurements by the schema's constants, never a literal, and
+    every field they spell out is one of that measurement's."""
+    problems, seen = [], set()
+    for path in WRITERS:
+        for line, name, fields in written_in_source(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if name.startswith("literal:"):
+                problems.append(f"{where}: {name[8:]!r} is a literal, not a schema constant")
+                continue
+            seen.add(name)
+            if name not in schema.MEASUREMENTS:
+                problems.append(f"{where}: measurement {name!r} is not in the schema")
+                continue
+            wrong = [f for f in fields if not schema.measurement(name).has_field(f)]
+            problems += [f"{where}: {name}.{f} is not in the schema" for f in wrong]
+    assert problems == []
+    # the walk sees the writers (so a change in how they write is noticed)
+    assert {schema.TCP_STATES, schema.TCP_ZOMBIES_PEER, schema.COLLECTOR_COST} <= seen
+
+
+def test_the_writer_check_sees_a_literal_and_a_wrong_field(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from chaos.record import schema\n"
+        "a = Sample('tcp_stats', {}, {}, 0)\n"
+        "b = Sample(schema.TCP_STATES, {}, {'time_wiat': 1}, 0)\n"
+        "def sample():\n"
+        "    fields = {'total': 1}\n"
+        "    fields['clsoe_wait'] = 2\n"
+        "    return Sample(schema.TCP_STATES, {}, fields, 0)\n"
+    )
+    found = written_in_source(probe)
+    assert found == [
+        (2, "literal:tcp_stats", []),
+        (3, "tcp_states", ["time_wiat"]),
+        (7, "tcp_states", ["total", "clsoe_wait"]),
+    ]
+    assert not schema.measurement("tcp_states").has_field("time_wiat")

@@ -3,7 +3,8 @@
 :mod:`.schedule` checks a scenario's faults (offline and against the lab) and applies them
 on their timeline; :mod:`.guard` applies and reverts each one (LIFO on every way out);
 :mod:`.ledger` keeps every applied fault on disk for ``chaos revert-all`` after a SIGKILL;
-:mod:`.targets` turns a target name (a role, ``pid:N``, an interface) into a ``Target``.
+:mod:`.targets` turns a target name (a role, ``pid:N``, ``ROLE:PATTERN``) into a lab
+``Target``, or an agent URL into a ``RemoteTarget`` for the remote fault.
 """
 
 __all__ = ["guard", "ledger", "schedule", "targets"]

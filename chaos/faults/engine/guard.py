@@ -22,13 +22,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
 from chaos.endings import handled, held_signals, signals_raise
 from chaos.errors import ChaosError, FaultError
 from chaos.faults.base import Fault, Handle
-from chaos.faults.engine.ledger import Ledger
+from chaos.faults.engine.ledger import Entry, Ledger
 from chaos.faults.registry import fault_type
 
 
@@ -54,6 +55,38 @@ def revert_recorded(ledger: Ledger, handle: Handle) -> bool:
         revert_handle(handle, ledger.holders(handle))
         ledger.remove(handle.id)
         return True
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What :func:`revert_leftovers` did with one ledger entry: ``reverted``, ``gone``
+    (someone else reverted it meanwhile), ``left`` (its owner still runs) or ``failed``
+    (``error`` says why; the entry is kept)."""
+
+    entry: Entry
+    outcome: str
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        handle = self.entry.handle
+        return f"{handle.id} {handle.kind} on {handle.target}"
+
+
+def revert_leftovers(ledger: Ledger, force: bool = False) -> Iterator[Leftover]:
+    """Revert what the ledger holds, newest first (the reverse of the order of the applies),
+    one outcome at a time: every entry whose owner is gone (a crashed run or agent), or
+    every entry with ``force`` (``chaos revert-all --force``)."""
+    for entry in ledger.entries()[0]:
+        if entry.owner_alive() and not force:
+            yield Leftover(entry, "left")
+            continue
+        try:
+            done = revert_recorded(ledger, entry.handle)
+        except ChaosError as exc:
+            yield Leftover(entry, "failed", exc.message)
+            continue
+        yield Leftover(entry, "reverted" if done else "gone")
 
 
 def revert_handle(handle: Handle, holders: list[Handle] | None = None) -> None:
@@ -174,7 +207,7 @@ class FaultGuard:
             params=fault.params.model_dump(),
             **fields,
         )
-        self._annotate("apply", **fields)
+        self._annotate("apply", reversible=reversible, **fields)  # a kill is an instant
         return handle
 
     def revert(self, handle: Handle) -> None:

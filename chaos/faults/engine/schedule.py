@@ -36,10 +36,11 @@ first, journal events ``fault.apply`` / ``fault.revert`` (with ``spec``, ``step`
 fails to apply stops the schedule; ``error`` holds it and ``stop()`` raises it after
 reverting everything.
 
-A target ``http://HOST:PORT/TARGET`` is a fault on a remote agent (:mod:`chaos.agent.client`):
-the agent validates it before the run, applies and reverts it, and holds it under a lease this
-process renews (``params.lease``, ``params.token_env``). A lease that lapses (the agent
-reverted the fault early) stops the schedule like a failed apply.
+A target ``http://HOST:PORT/TARGET`` resolves to a target on a remote agent
+(:mod:`~chaos.faults.engine.targets`, :mod:`chaos.agent.client`): the agent validates it
+before the run, applies and reverts it, and holds it under a lease this process renews
+(``params.lease``, ``params.token_env``). A lease that lapses (the agent reverted the fault
+early) stops the schedule like a failed apply.
 """
 
 from __future__ import annotations
@@ -53,13 +54,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from chaos import capabilities
-from chaos.agent.client import validate_remote
 from chaos.errors import ChaosError, FaultError
-from chaos.faults.base import Fault, Handle, Target
+from chaos.faults.base import Fault, Handle, RemoteTarget, Target
 from chaos.faults.engine.guard import Annotate, EventLog, FaultGuard
 from chaos.faults.engine.ledger import Ledger
-from chaos.faults.engine.targets import is_agent_url, resolve
-from chaos.faults.registry import fault_type
+from chaos.faults.engine.targets import local_fault_type, resolve, validate_fault
 from chaos.lab.topology import LabState
 from chaos.scenario.model import FaultSpec
 
@@ -124,11 +123,11 @@ def overlap_warnings(faults: Sequence[FaultSpec], duration: float) -> list[str]:
     found: list[str] = []
     stacking = []
     for index, spec in enumerate(faults):
-        if is_agent_url(spec.target):
-            continue
         try:
-            cls = fault_type(spec.type)
+            cls = local_fault_type(spec.type, spec.target)
         except FaultError:
+            continue
+        if cls is None:
             continue
         keys = set().union(*(cls.overlap_keys(p) for p in _step_params(spec)))
         if cls.stacks and keys:
@@ -153,9 +152,9 @@ def check_offline(spec: FaultSpec) -> None:
     """What a fault spec shows without a lab (``chaos validate``): a known type, valid params
     for every ramp step, and sound timing. Targets are checked when the lab exists; a fault
     on an agent is checked by the agent before the run."""
-    if is_agent_url(spec.target):
+    cls = local_fault_type(spec.type, spec.target)
+    if cls is None:
         return
-    cls = fault_type(spec.type)
     steps = [cls.parse_params(p) for p in _step_params(spec)]
     _check_timing(spec, cls.reversible, len(steps))
 
@@ -205,23 +204,18 @@ class FaultSchedule:
         features they need; raise one FaultError listing every problem. Changes nothing."""
         timelines: list[_Timeline] = []
         problems: list[str] = []
-        targets: dict[str, Target] = {}
+        targets: dict[str, Target | RemoteTarget] = {}
         for index, spec in enumerate(self.specs):
             where = f"faults[{index}] ({spec.type} on {spec.target})"
             try:
-                if is_agent_url(spec.target):
-                    # The agent checks type, target and params (and the token) for us.
-                    steps = [
-                        validate_remote(spec.type, spec.target, p, self._lease_lost)
-                        for p in _step_params(spec)
-                    ]
-                    cls = type(steps[0])
-                else:
-                    cls = fault_type(spec.type)
-                    if spec.target not in targets:
-                        targets[spec.target] = resolve(spec.target, self.lab_state)
-                    steps = [cls.validate(targets[spec.target], p) for p in _step_params(spec)]
-                _check_timing(spec, cls.reversible, len(steps))
+                if spec.target not in targets:
+                    targets[spec.target] = resolve(spec.target, self.lab_state)
+                target = targets[spec.target]
+                steps = [
+                    validate_fault(spec.type, target, p, self._lease_lost)
+                    for p in _step_params(spec)
+                ]
+                _check_timing(spec, type(steps[0]).reversible, len(steps))
             except FaultError as exc:
                 problems.append(f"{where}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
                 continue

@@ -13,17 +13,25 @@ Target forms::
     pid:N                               process N, which must live in one of the lab's
                                         namespaces (never the host's)
 
-Agent URLs (``http://HOST:PORT/TARGET``) name a target on a remote agent: the schedule
-hands them to :mod:`chaos.agent.client` (see :func:`is_agent_url`); ``resolve`` refuses
-them. The agent itself resolves ``TARGET`` with ``resolve`` against its allow-list.
+    http(s)://HOST:PORT/TARGET          TARGET on the agent at HOST:PORT (a RemoteTarget)
+
+This module and the remote fault (:mod:`chaos.agent.client`) are the only ones that tell a
+target on an agent from one in the lab: :func:`resolve` returns a :class:`RemoteTarget` for
+an agent URL, and :func:`validate_fault` hands it to the remote fault, which the agent
+validates, applies and reverts. The agent itself resolves ``TARGET`` with
+:func:`resolve_local` against its allow-list.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
+from chaos.agent.client import is_agent_url, remote_target, validate_remote
 from chaos.errors import FaultError
-from chaos.faults.base import Target
+from chaos.faults.base import Fault, RemoteTarget, Target
+from chaos.faults.registry import fault_type
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import CommandPattern
 from chaos.lab.topology import LabState
@@ -42,10 +50,6 @@ def _unknown(target: str, state: LabState, why: str) -> FaultError:
         f"fault target {target!r}: {why}",
         f"valid targets in lab {state.name}: {_valid_forms(state)}",
     )
-
-
-def is_agent_url(target: str) -> bool:
-    return target.strip().startswith(("http://", "https://"))
 
 
 def links_of(namespace: str | None) -> tuple[str, ...]:
@@ -83,8 +87,34 @@ def _namespace_of_pid(pid: int, state: LabState) -> str | None:
     return None
 
 
-def resolve(target: str, state: LabState) -> Target:
-    """Turn a target string into a Target; FaultError (with the valid forms) otherwise."""
+def resolve(target: str, state: LabState) -> Target | RemoteTarget:
+    """A target on an agent for an agent URL, else :func:`resolve_local`."""
+    return remote_target(target) or resolve_local(target, state)
+
+
+def validate_fault(
+    kind: str,
+    target: Target | RemoteTarget,
+    raw: dict[str, Any],
+    on_lost: Callable[[str], None] | None = None,
+) -> Fault:
+    """The fault ``kind`` with params ``raw`` on a resolved ``target``, validated (nothing
+    changes). On a target on an agent, the agent checks type, params and its target (and
+    the token); ``on_lost`` hears when that fault's lease could not be renewed."""
+    if isinstance(target, RemoteTarget):
+        return validate_remote(kind, target, raw, on_lost)
+    return fault_type(kind).validate(target, raw)
+
+
+def local_fault_type(kind: str, target: str) -> type[Fault] | None:
+    """The fault type that checks ``kind`` aimed at ``target`` without a lab (``chaos
+    validate``); None for a target on an agent, which checks its faults itself."""
+    return None if is_agent_url(target) else fault_type(kind)
+
+
+def resolve_local(target: str, state: LabState) -> Target:
+    """Turn a target string into a Target in the lab; FaultError (with the valid forms)
+    otherwise."""
     text = target.strip()
     if is_agent_url(text):
         raise FaultError(
