@@ -75,3 +75,13 @@ def write_run(
     ]
     journal.sort(key=lambda e: e["ts"])
     (run / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in journal))
+
+
+def assert_merged_from(seconds: list[series.Second], workers: int) -> None:
+    """Every worker's report went into the seconds between the first and the last that all
+    of them reported; only at the edges may a second come from fewer (a worker whose users
+    started late on a busy host, or stopped first)."""
+    counts = [s.workers for s in seconds]
+    assert workers in counts, counts
+    first, last = counts.index(workers), len(counts) - 1 - counts[::-1].index(workers)
+    assert counts[first : last + 1] == [workers] * (last + 1 - first), counts
