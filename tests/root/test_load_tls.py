@@ -13,16 +13,15 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_teardown_states import running_lab
 
 from chaos.kernel import netns
-from chaos.lab import lab, topology
 from chaos.lab.proxies import parse_log
 from chaos.lab.topology import LabState
 from chaos.load.options import locustfile_for, user_options
@@ -30,7 +29,6 @@ from chaos.load.runner import LocustRun
 from chaos.load.series import read_series
 from chaos.record.rundir import RunDir
 from chaos.run import lab_tls
-from chaos.scenario import loader
 from chaos.scenario.model import LoadTls, Scenario
 
 pytestmark = pytest.mark.root
@@ -55,17 +53,8 @@ def tls_lab(
           proxy: {{kind: {kind}, tls: true}}
         load: {{users: {USERS}, rate: {RATE}, rate_mode: shared, slow_connect: 10s}}
         """
-    scenario = loader.parse(textwrap.dedent(text), "test scenario")
-    run = RunDir.create(scenario.name, tmp_path)
-    try:
-        state = lab.up(scenario, lab_name, run)
-        try:
-            yield scenario, state, run
-        finally:
-            lab.down(lab_name)
-    finally:
-        run.close()
-    assert not topology.orphan_namespaces(lab_name)
+    with running_lab(lab_name, tmp_path, text) as made:
+        yield made
 
 
 @dataclass
