@@ -200,7 +200,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    from chaos.lab import lab, topology
+    from chaos.lab import lab, topology, view
     from chaos.record.rundir import RunDir
     from chaos.scenario import loader
 
@@ -215,16 +215,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         state = lab.up(scenario, name, run)
     finally:
         run.close()
-    out.print(f"lab [bold]{name}[/] is up; logs in {run.path}")
-    _print_status(state)
-    ca = run.path / "proxy" / "tls" / "ca.crt"
-    curl = f"curl -s --cacert {ca} https" if scenario.lab.proxy.tls else "curl -s http"
-    out.print(
-        f"\nsend traffic from the client namespace, e.g.\n"
-        f"  ip netns exec {state.namespaces['client']} {curl}"
-        f"://{state.proxy['host']}:{state.proxy['port']}/\n"
-        f"remove it with: chaos lab down {name}"
-    )
+    view.print_up(out, state, run.path, tls=bool(scenario.lab.proxy.tls))
     return 0
 
 
@@ -248,74 +239,22 @@ def cmd_lab_proxy_config(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    from chaos.lab import lab, topology
+    from chaos.lab import lab, topology, view
 
     names = topology.list_labs() if args.all else [args.name]
     for name in names:
         owner = topology.running_owner(name) if args.all and not args.force else None
         if owner is not None:
-            out.print(
-                f"lab [bold]{name}[/]: left alone, its owner {owner.describe()} is running "
-                "(--force to remove it anyway)"
-            )
+            view.print_left_alone(out, name, owner.describe())
             continue
-        removed = lab.down(name)
-        if removed:
-            out.print(f"lab [bold]{name}[/]: removed {len(removed)} items")
-            for item in removed:
-                out.print(f"  - {item}")
-        else:
-            out.print(f"lab [bold]{name}[/]: nothing to remove")
+        view.print_removed(out, name, lab.down(name))
     return 0
 
 
-def _print_status(state) -> None:  # type: ignore[no-untyped-def]
-    from chaos.lab import lab, topology
-
-    table = Table("role", "namespace", "addresses", box=None, pad_edge=False)
-    for role, namespace in state.namespaces.items():
-        status = topology.namespace_status(role, namespace)
-        addresses = ", ".join(status.addresses) if status.exists else "[red]missing[/]"
-        table.add_row(role, namespace, addresses)
-    out.print(table)
-    procs = Table("process", "pid", "alive", "answers", box=None, pad_edge=False)
-    for item in lab.health(state):
-        answer = "[green]ok[/]" if item.probe == "ok" else f"[red]{item.probe}[/]"
-        procs.add_row(
-            f"{item.role} ({item.name})",
-            str(item.pid),
-            "[green]yes[/]" if item.alive else "[red]no[/]",
-            answer,
-        )
-    out.print(procs)
-    out.print(
-        f"proxy endpoint: {state.proxy['host']}:{state.proxy['port']} "
-        f"({state.proxy['kind']}, {state.proxy['mode']}); origin: "
-        f"{state.origin['host']}:{state.origin['port']}; run dir: {state.run_dir}"
-    )
-
-
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    from chaos.lab import topology
-    from chaos.lab.topology import LabState
+    from chaos.lab import topology, view
 
-    names = [args.name] if args.name else topology.list_labs()
-    if not names:
-        out.print("no labs")
-        return 0
-    code = 0
-    for name in names:
-        state = LabState.load(name)
-        out.print(f"[bold]lab {name}[/]")
-        if state is None:
-            out.print(
-                "  [yellow]namespaces without a state file (a crashed run?)[/]; "
-                f"remove them with `chaos lab down {name}`"
-            )
-            code = 1
-            continue
-        _print_status(state)
-    return code
+    return view.print_labs(out, [args.name] if args.name else topology.list_labs())
 
 
 # --- collect -----------------------------------------------------------------------------
@@ -358,70 +297,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
 # --- faults ------------------------------------------------------------------------------
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
-
-
 def cmd_faults_list(args: argparse.Namespace) -> int:
-    import time
-    from datetime import datetime
-
+    from chaos.faults.engine import view
     from chaos.faults.engine.ledger import Ledger
 
     ledger = Ledger()
     entries, bad = ledger.entries()
     if args.json:
-        rows = [{**e.to_json(), "owner_alive": e.owner_alive()} for e in entries]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-    elif not entries:
-        out.print(f"no active faults (ledger {ledger.dir})")
+        view.print_entries_json(entries)
     else:
-        columns = ("id", "kind", "target", "namespace", "since", "owner")
-        table = Table(*columns, box=None, pad_edge=False)
-        for e in entries:
-            since = datetime.fromtimestamp(e.since).strftime("%H:%M:%S")
-            state = "(running)" if e.owner_alive() else "[yellow](gone)[/]"
-            where = "" if e.owner.here() else f"@{e.owner.host}"
-            owner = f"{e.owner.pid}{where} {state}"
-            namespace = str(e.handle.data.get("netns") or "-")
-            table.add_row(
-                e.handle.id,
-                e.handle.kind,
-                Text(e.handle.target),  # a ROLE:PATTERN target may contain [brackets]
-                namespace,
-                f"{since} ({_age(time.time() - e.since)} ago)",
-                owner,
-            )
-        out.print(table)
-        if any(not e.owner_alive() for e in entries):
-            out.print("faults whose owner is gone are left over from a crash: `chaos revert-all`")
-    for b in bad:
-        err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error}")
+        view.print_entries(out, entries, ledger.dir)
+    view.print_bad(err, bad)
     return 1 if bad else 0
 
 
 def cmd_faults_types(args: argparse.Namespace) -> int:
-    from chaos.faults.registry import fault_types
+    from chaos.faults.engine import view
 
-    for kind, cls in sorted(fault_types().items()):
-        notes = [f"needs {', '.join(cls.features)}"] if cls.features else []
-        if not cls.reversible:
-            notes.append("irreversible")
-        out.print(f"[bold]{kind}[/]" + (f"  ({'; '.join(notes)})" if notes else ""))
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        table = Table("param", "type", "default", "description", box=None, pad_edge=True)
-        for row in cls.param_rows():
-            table.add_row(*row)
-        out.print(table)
-        if doc and args.verbose:
-            out.print("  " + doc[0])
-    out.print(
-        "\nTargets: client, gateway, proxy, origin, workers, ROLE:PATTERN, pid:N. "
-        "Schedule keys: at, for, every, and params.ramp (a list of per-step overrides)."
-    )
+    view.print_fault_types(out, args.verbose)
     return 0
 
 
@@ -429,6 +322,7 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     import os
 
     from chaos.errors import FaultError, NotRootError
+    from chaos.faults.engine import view
     from chaos.faults.engine.guard import revert_leftovers
     from chaos.faults.engine.ledger import Ledger
 
@@ -442,22 +336,8 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     if not entries and not bad:
         out.print(f"nothing to revert (ledger {ledger.dir} is empty)")
         return 0
-    failed = len(bad)
-    for done in revert_leftovers(ledger, force=args.force):
-        if done.outcome == "left":
-            out.print(
-                Text.assemble(("left ", "yellow"), done.label, f": owner "
-                              f"{done.entry.owner.describe()} is running (--force reverts it)"),
-                soft_wrap=True,
-            )  # fmt: skip
-        elif done.outcome == "failed":
-            failed += 1
-            err.print(Text.assemble(("failed ", "bold red"), done.label, f": {done.error}"))
-        else:
-            style = "green" if done.outcome == "reverted" else "dim"
-            out.print(Text.assemble((f"{done.outcome} ", style), done.label))
-    for b in bad:
-        err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error} (inspect, then delete it)")
+    failed = len(bad) + view.print_reverts(out, err, revert_leftovers(ledger, force=args.force))
+    view.print_bad(err, bad, " (inspect, then delete it)")
     if failed:
         err.print(f"{failed} fault(s) not reverted; their ledger entries are kept")
         return FaultError.exit_code
