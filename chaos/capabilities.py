@@ -13,13 +13,18 @@ nothing that was there before.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
 
 from chaos.errors import CapabilityError
 from chaos.kernel import netns
@@ -213,6 +218,18 @@ FEATURES: dict[str, Callable[[str | None], Check]] = {
 #: features found present by this process: the kernel does not lose them (an agent asked to
 #: validate many faults probes once)
 _present: set[str] = set()
+
+
+def print_checks(console: Console, checks: list[Check], as_json: bool = False) -> None:
+    """``chaos doctor``: every probe as a table (``as_json``: as JSON on stdout)."""
+    if as_json:
+        sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
+        return
+    table = Table("check", "", "detail", "fix", box=None, pad_edge=False)
+    for check in checks:
+        mark = "[green]yes[/]" if check.ok else "[red]no[/]"
+        table.add_row(check.name, mark, check.detail, check.fix)
+    console.print(table)
 
 
 def require(features: set[str]) -> None:

@@ -4,14 +4,12 @@ codes: a :class:`ChaosError` prints its message and fix with no traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from chaos.endings import Terminated, exit_code_of
@@ -37,8 +35,7 @@ def print_error(exc: ChaosError) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every file, every problem: a missing file does not stop the others."""
     from chaos.errors import Problem
-    from chaos.faults.engine.schedule import overlap_warnings
-    from chaos.scenario import loader
+    from chaos.scenario import loader, view
 
     failed: list[ChaosError] = []
     for name in args.files:
@@ -48,33 +45,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except ChaosError as exc:
             failed.append(exc)
             continue
-        out.print(f"[green]ok[/]  {name}: scenario {scenario.name!r}")
-        for warning in warnings:
-            out.print(Text.assemble(("  warning: ", "yellow"), warning.render(name)))
-        for overlap in overlap_warnings(scenario.faults, scenario.duration):
-            out.print(Text.assemble(("  warning: ", "yellow"), f"{name}: {overlap}"))
+        view.print_valid(out, name, scenario, warnings)
     for exc in failed:
         print_error(exc)
     return max((exc.exit_code for exc in failed), default=0)
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    from chaos.scenario import loader
+    from chaos.scenario import view
 
-    table = Table("scenario", "description", box=None, pad_edge=False)
-    for item in loader.describe_builtins():
-        table.add_row(f"[bold]{item.name}[/]", item.headline)
-        if item.variants or item.controls:
-            table.add_row(
-                "",
-                f"[dim]variants: {', '.join(item.variants) or '-'}; "
-                f"controls: {', '.join(item.controls) or '-'}[/]",
-            )
-    out.print(table)
-    out.print(
-        "run one with `chaos run SCENARIO --variant NAME`; a control removes the cause, so "
-        "the signature must fail on it (exit 10)"
-    )
+    view.print_builtins(out)
     return 0
 
 
@@ -189,10 +169,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     flags = InfluxFlags(url=args.url, org=args.org, bucket=args.bucket, token=args.token)
     config = resolve_for_run(run_dir, flags)
     result = push(run_dir, config, spool_only=args.spool)
-    out.print(
-        f"pushed {result.points} points from {result.source} to {config.describe()} "
-        f"in {result.seconds:.1f} s ({result.rate:,.0f} points/s)"
-    )
+    out.print(result.describe(config.describe()))
     return 0
 
 
@@ -334,14 +311,10 @@ def cmd_revert_all(args: argparse.Namespace) -> int:
     ledger = Ledger()
     entries, bad = ledger.entries()
     if not entries and not bad:
-        out.print(f"nothing to revert (ledger {ledger.dir} is empty)")
+        view.print_nothing_to_revert(out, ledger.dir)
         return 0
-    failed = len(bad) + view.print_reverts(out, err, revert_leftovers(ledger, force=args.force))
-    view.print_bad(err, bad, " (inspect, then delete it)")
-    if failed:
-        err.print(f"{failed} fault(s) not reverted; their ledger entries are kept")
-        return FaultError.exit_code
-    return 0
+    failed = view.print_reverts(out, err, revert_leftovers(ledger, force=args.force), bad)
+    return FaultError.exit_code if failed else 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -381,17 +354,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from chaos.capabilities import probe_all
+    from chaos.capabilities import print_checks, probe_all
 
-    table = Table("check", "", "detail", "fix", box=None, pad_edge=False)
-    checks = probe_all()
-    for check in checks:
-        mark = "[green]yes[/]" if check.ok else "[red]no[/]"
-        table.add_row(check.name, mark, check.detail, check.fix)
-    if args.json:
-        sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
-    else:
-        out.print(table)
+    print_checks(out, probe_all(), args.json)
     return 0
 
 

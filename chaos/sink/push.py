@@ -38,6 +38,13 @@ class PushResult:
     def rate(self) -> float:
         return self.points / self.seconds if self.seconds > 0 else 0.0
 
+    def describe(self, destination: str) -> str:
+        """What ``chaos push`` says when it is done."""
+        return (
+            f"pushed {self.points} points from {self.source} to {destination} "
+            f"in {self.seconds:.1f} s ({self.rate:,.0f} points/s)"
+        )
+
 
 def run_influx_spec(run_dir: Path) -> InfluxSpec | None:
     """The run's own ``sink.influxdb`` (from its scenario.yaml), if it had one."""

@@ -1,6 +1,6 @@
-"""What ``chaos faults list``, ``chaos revert-all``, ``chaos faults types`` and ``chaos lab
-down``/``status`` print, rendered by the views beside what they show (the command line
-only parses and dispatches)."""
+"""What ``chaos faults list``, ``chaos revert-all``, ``chaos faults types``, ``chaos lab
+down``/``status``, ``chaos doctor`` and ``chaos validate`` print, rendered by the views
+beside what they show (the command line only parses and dispatches)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import pytest
 from rich.console import Console
 
+from chaos.capabilities import Check, print_checks
 from chaos.faults.base import Handle
 from chaos.faults.engine import view
 from chaos.faults.engine.guard import Leftover
@@ -19,6 +20,8 @@ from chaos.faults.engine.ledger import BadEntry, Entry
 from chaos.faults.registry import fault_types
 from chaos.kernel.processes import Owner
 from chaos.lab import view as lab_view
+from chaos.scenario import loader
+from chaos.scenario import view as scenario_view
 
 
 def console() -> Console:
@@ -84,14 +87,19 @@ def test_revert_all_prints_each_outcome_and_counts_the_failures():
         Leftover(one, "left"),
         Leftover(one, "failed", "boom"),
     ]
-    assert view.print_reverts(out, err, done) == 1
+    bad = [BadEntry("/run/ledger/x.json", "JSONDecodeError")]  # type: ignore[arg-type]
+    assert view.print_reverts(out, err, done, bad) == 2
     assert text(out).splitlines() == [
         "reverted dddddddddddd stop on proxy",
         "gone dddddddddddd stop on proxy",
         "left dddddddddddd stop on proxy: owner pid 4242 on another-host is running (--force "
         "reverts it)",
     ]
-    assert text(err) == "failed dddddddddddd stop on proxy: boom\n"
+    assert text(err).splitlines() == [
+        "failed dddddddddddd stop on proxy: boom",
+        "unreadable ledger entry /run/ledger/x.json: JSONDecodeError (inspect, then delete it)",
+        "2 fault(s) not reverted; their ledger entries are kept",
+    ]
 
 
 def test_fault_types_lists_every_type_with_its_params():
@@ -119,3 +127,30 @@ def test_lab_down_and_an_empty_status():
         "lab z: left alone, its owner pid 7 (chaos run) is running (--force to remove it anyway)",
         "no labs",
     ]
+
+
+def test_doctor_shows_every_check_as_a_row_or_json(capsys):
+    checks = [Check("netem", True, "sch_netem"), Check("nft", False, "", "apt install nft")]
+    out = console()
+    print_checks(out, checks)
+    assert [line.split() for line in text(out).splitlines()] == [
+        ["check", "detail", "fix"],
+        ["netem", "yes", "sch_netem"],
+        ["nft", "no", "apt", "install", "nft"],
+    ]
+    print_checks(out, checks, as_json=True)
+    assert [c["name"] for c in json.loads(capsys.readouterr().out)] == ["netem", "nft"]
+
+
+def test_validate_says_ok_and_warns_of_faults_that_stack():
+    scenario = loader.parse(
+        "name: stacking\nduration: 10s\nfaults:\n"
+        "  - {type: stop, target: origin, at: 1s, for: 3s}\n"
+        "  - {type: stop, target: origin, at: 2s, for: 3s}\n",
+        "stacking.yaml",
+    )
+    out = console()
+    scenario_view.print_valid(out, "stacking.yaml", scenario, [])
+    lines = text(out).splitlines()
+    assert lines[0] == "ok  stacking.yaml: scenario 'stacking'"
+    assert lines[1].startswith("  warning: stacking.yaml: faults[0] and faults[1] (stop on origin")

@@ -65,10 +65,16 @@ def print_bad(err: Console, bad: list[BadEntry], advice: str = "") -> None:
         err.print(f"[red]unreadable ledger entry[/] {b.path}: {b.error}{advice}")
 
 
-def print_reverts(out: Console, err: Console, done: Iterable[Leftover]) -> int:
-    """``chaos revert-all``: each leftover as it is reverted, left or failed; the number
-    that failed."""
-    failed = 0
+def print_nothing_to_revert(console: Console, ledger_dir: object) -> None:
+    console.print(f"nothing to revert (ledger {ledger_dir} is empty)")
+
+
+def print_reverts(
+    out: Console, err: Console, done: Iterable[Leftover], bad: list[BadEntry]
+) -> int:
+    """``chaos revert-all``: each leftover as it is reverted, left or failed, then the
+    unreadable entries; the number of faults not reverted (failed or unreadable)."""
+    failed = len(bad)
     for one in done:
         if one.outcome == "left":
             out.print(
@@ -82,6 +88,9 @@ def print_reverts(out: Console, err: Console, done: Iterable[Leftover]) -> int:
         else:
             style = "green" if one.outcome == "reverted" else "dim"
             out.print(Text.assemble((f"{one.outcome} ", style), one.label))
+    print_bad(err, bad, " (inspect, then delete it)")
+    if failed:
+        err.print(f"{failed} fault(s) not reverted; their ledger entries are kept")
     return failed
 
 
