@@ -136,7 +136,13 @@ class Fault(ABC):
     @classmethod
     def validate(cls, target: Target, raw: dict[str, Any]) -> Fault:
         """Parse ``raw`` params and check the target; raises FaultError, changes nothing."""
-        fault = cls(target, cls.parse_params(raw, f" on {target.name}"))
+        return cls.on(target, cls.parse_params(raw, f" on {target.name}"))
+
+    @classmethod
+    def on(cls, target: Target, params: Params) -> Fault:
+        """The fault with ``params`` already parsed (:meth:`parse_params`) on ``target``,
+        checked; raises FaultError, changes nothing."""
+        fault = cls(target, params)
         fault.check_target()
         return fault
 
@@ -192,8 +198,8 @@ class Fault(ABC):
         """Undo ``handle``; idempotent, safe after a partial apply or none."""
 
     @classmethod
-    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
-        """(``stacks``) What two faults of this kind on one target overlap on, from raw
+    def overlap_keys(cls, params: Params) -> set[str]:
+        """(``stacks``) What two faults of this kind on one target overlap on, from parsed
         params (for ``chaos validate``'s warning): a sysctl key, the process."""
         return set()
 

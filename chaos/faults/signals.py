@@ -182,7 +182,7 @@ class Stop(_SignalFault):
     stacks = True
 
     @classmethod
-    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
+    def overlap_keys(cls, params: Params) -> set[str]:
         return {"the processes"}
 
     def stack_on(self, handle: Handle, holders: list[Handle]) -> None:

@@ -16,7 +16,7 @@ holder's value; the last one out restores the original, whatever the order.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 from pydantic import Field, field_validator
 
@@ -106,9 +106,8 @@ class SysctlWindow(Fault):
                 ) from None
 
     @classmethod
-    def overlap_keys(cls, params: dict[str, Any]) -> set[str]:
-        values = params.get("values")
-        return set(values) if isinstance(values, dict) else set()
+    def overlap_keys(cls, params: Params) -> set[str]:
+        return set(cast(SysctlParams, params).values)
 
     def stack_on(self, handle: Handle, holders: list[Handle]) -> None:
         state = SysctlHandle.of(handle)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -291,9 +292,10 @@ def parse(
         line = root.start_mark.line + 1 if root is not None else None
         raise ScenarioError(label, [Problem("", line, "a scenario must be a YAML mapping")])
     # every fault is checked on its own, so a model error elsewhere hides none of them
+    specs = _fault_specs(data.get("faults"))
     problems += [
         Problem(path, _line_at(root, ("faults", i)), message)
-        for i, path, message in _raw_fault_problems(data.get("faults"))
+        for i, path, message in _fault_problems(specs or [], "faults")
     ]
     problems += _located(root, checks.plan_problems(data))
     if host != "off":
@@ -303,7 +305,9 @@ def parse(
         elif warnings is not None:
             warnings += on_host
     try:
-        scenario = Scenario.model_validate(data)
+        # built from the checked specs, so the params they parsed travel with the scenario
+        checked = specs is not None and None not in specs
+        scenario = Scenario.model_validate({**data, "faults": specs} if checked else data)
     except ValidationError as exc:
         problems += _problems(exc, root)
         problems.sort(key=lambda p: (p.line or 0, p.path))
@@ -355,18 +359,18 @@ def _unique(problems: list[Problem]) -> list[Problem]:
     return list(dict.fromkeys(p for p in problems if p.path or p.message not in located))
 
 
-def _raw_fault_problems(faults: object) -> list[tuple[int, str, str]]:
-    """:func:`_fault_problems` of the file's fault list as written (pydantic reports the
-    shape of any entry that is not a valid fault spec)."""
+def _fault_specs(faults: object) -> list[FaultSpec | None] | None:
+    """The file's fault list as written, each entry a FaultSpec (None: one the model
+    rejects; pydantic reports its shape); None when ``faults`` is not a list."""
     if not isinstance(faults, list):
-        return []
-    specs: list[FaultSpec] = []
+        return None
+    specs: list[FaultSpec | None] = []
     for item in faults:
         try:
             specs.append(FaultSpec.model_validate(item))
         except ValidationError:
-            specs.append(None)  # type: ignore[arg-type]
-    return _fault_problems(specs, "faults")
+            specs.append(None)
+    return specs
 
 
 def _line_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -378,9 +382,12 @@ def _variant_line(root: yaml.Node | None, index: int) -> int | None:
     return _line_at(root, ("variants", index))
 
 
-def _fault_problems(faults: list[FaultSpec], prefix: str) -> list[tuple[int, str, str]]:
+def _fault_problems(
+    faults: Sequence[FaultSpec | None], prefix: str
+) -> list[tuple[int, str, str]]:
     """(index, path, message) for each fault whose type, params or timing is wrong (None:
-    an entry the model rejects, reported by it)."""
+    an entry the model rejects, reported by it). A spec that passes keeps its parsed params
+    (:func:`~chaos.faults.engine.schedule.check_offline`)."""
     from chaos.errors import FaultError  # the fault package imports this one's model
     from chaos.faults.engine.schedule import check_offline
 
@@ -422,6 +429,8 @@ def with_variant(scenario: Scenario, name: str) -> Scenario:
     given = scenario.model_dump(mode="json", by_alias=True, exclude_unset=True)
     data = _merge(given, variant.patch)
     data.update(variants=[], controls=[], variant=name)
+    if "faults" in data and "faults" not in variant.patch:
+        data["faults"] = scenario.faults  # the same specs, with the params they parsed
     return Scenario.model_validate(data)
 
 

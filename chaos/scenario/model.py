@@ -26,6 +26,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -523,7 +524,17 @@ class LoadSpec(Strict):
 
 
 class FaultSpec(Strict):
-    """A scheduled fault. The fault controller validates ``params`` per fault type."""
+    """A scheduled fault. The fault controller validates ``params`` per fault type.
+
+    ``params`` are parsed once: the first stage that parses them (the loader's offline
+    check, else the fault schedule) keeps the fault type's params models, one per ramp
+    step, on the spec (:meth:`keep_parsed`), and every later stage reads them back
+    (:attr:`parsed`; :func:`chaos.faults.engine.schedule.parsed_steps`). They are opaque
+    here: this model sits below the fault types and may not import them. The parsed
+    models are derived from ``params``, not part of the spec's value: equality and dumps
+    ignore them. A spec built again from data (``model_validate``, a variant that patches
+    ``faults``) starts unparsed.
+    """
 
     type: str
     target: str = Field(description="a role (client, gateway, proxy, origin) or agent URL")
@@ -531,8 +542,23 @@ class FaultSpec(Strict):
     duration: Duration | None = Field(default=None, alias="for")
     every: Duration | None = None
     params: dict[str, object] = Field(default_factory=dict)
+    _parsed: tuple[object, ...] | None = PrivateAttr(default=None)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def parsed(self) -> tuple[object, ...] | None:
+        """The params of each ramp step as the fault type parsed them (None: not yet)."""
+        return self._parsed
+
+    def keep_parsed(self, steps: tuple[object, ...]) -> None:
+        """Keep what the fault type made of ``params`` (a cache: the spec stays frozen)."""
+        self._parsed = steps
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FaultSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # the fields, not the parsed cache
 
 
 class CollectorsSpec(Strict):

@@ -64,6 +64,9 @@ def test_schedule_runs_windows_repeats_and_ramps_in_parallel(lab, tmp_path):
         specs, lab.state, journal, annotate=lambda a, **f: annotations.append((a, f))
     )
     schedule.validate()
+    # the params validate parsed stay on the specs: no later stage parses them again
+    ramp = specs[1].parsed
+    assert ramp is not None and len(ramp) == 3 and ramp[2].values == {FIN: 40}  # type: ignore[attr-defined]
     origin_pid = lab.origin_pids[0]
 
     def observe() -> tuple[bool, str, bool, bool]:

@@ -49,16 +49,18 @@ import heapq
 import itertools
 import threading
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from chaos import capabilities
 from chaos.errors import ChaosError, FaultError
-from chaos.faults.base import Fault, Handle, RemoteTarget, Target
+from chaos.faults.base import Fault, Handle, Params, RemoteTarget, Target
 from chaos.faults.engine.guard import Annotate, EventLog, FaultGuard
 from chaos.faults.engine.ledger import Ledger
 from chaos.faults.engine.targets import local_fault_type, resolve, validate_fault
+from chaos.faults.registry import fault_type
 from chaos.lab.topology import LabState
 from chaos.scenario.model import FaultSpec
 
@@ -104,6 +106,18 @@ def _step_params(spec: FaultSpec) -> list[dict[str, Any]]:
     return [{**base, **step} for step in ramp]
 
 
+def parsed_steps(spec: FaultSpec, where: str = "") -> tuple[Params, ...] | None:
+    """The params of each ramp step, parsed by the fault type once per spec: the first call
+    (the loader's offline check, else :meth:`FaultSchedule.validate`) keeps them on the spec,
+    later ones read them back. None for a fault on an agent, which parses its own."""
+    cls = local_fault_type(spec.type, spec.target)
+    if cls is None:
+        return None
+    if spec.parsed is None:
+        spec.keep_parsed(tuple(cls.parse_params(p, where) for p in _step_params(spec)))
+    return typing.cast("tuple[Params, ...]", spec.parsed)
+
+
 def _windows(spec: FaultSpec, duration: float) -> list[tuple[float, float]]:
     """Where ``spec`` is applied within a run of ``duration`` seconds."""
     length = spec.duration if spec.duration is not None else duration
@@ -124,12 +138,12 @@ def overlap_warnings(faults: Sequence[FaultSpec], duration: float) -> list[str]:
     stacking = []
     for index, spec in enumerate(faults):
         try:
-            cls = local_fault_type(spec.type, spec.target)
+            cls, steps = local_fault_type(spec.type, spec.target), parsed_steps(spec)
         except FaultError:
             continue
-        if cls is None:
+        if cls is None or steps is None:
             continue
-        keys = set().union(*(cls.overlap_keys(p) for p in _step_params(spec)))
+        keys = set().union(*(cls.overlap_keys(p) for p in steps))
         if cls.stacks and keys:
             stacking.append((index, spec, keys, _windows(spec, duration)))
     for (i, a, keys_a, win_a), (j, b, keys_b, win_b) in itertools.combinations(stacking, 2):
@@ -150,13 +164,13 @@ def overlap_warnings(faults: Sequence[FaultSpec], duration: float) -> list[str]:
 
 def check_offline(spec: FaultSpec) -> None:
     """What a fault spec shows without a lab (``chaos validate``): a known type, valid params
-    for every ramp step, and sound timing. Targets are checked when the lab exists; a fault
-    on an agent is checked by the agent before the run."""
-    cls = local_fault_type(spec.type, spec.target)
-    if cls is None:
+    for every ramp step (kept on the spec: :func:`parsed_steps`), and sound timing. Targets
+    are checked when the lab exists; a fault on an agent is checked by the agent before the
+    run."""
+    steps = parsed_steps(spec)
+    if steps is None:
         return
-    steps = [cls.parse_params(p) for p in _step_params(spec)]
-    _check_timing(spec, cls.reversible, len(steps))
+    _check_timing(spec, fault_type(spec.type).reversible, len(steps))
 
 
 def _check_timing(spec: FaultSpec, reversible: bool, steps: int) -> None:
@@ -211,9 +225,11 @@ class FaultSchedule:
                 if spec.target not in targets:
                     targets[spec.target] = resolve(spec.target, self.lab_state)
                 target = targets[spec.target]
+                raw = _step_params(spec)
+                parsed = parsed_steps(spec, f" on {spec.target.strip()}") or [None] * len(raw)
                 steps = [
-                    validate_fault(spec.type, target, p, self._lease_lost)
-                    for p in _step_params(spec)
+                    validate_fault(spec.type, target, r, self._lease_lost, p)
+                    for r, p in zip(raw, parsed, strict=True)
                 ]
                 _check_timing(spec, type(steps[0]).reversible, len(steps))
             except FaultError as exc:

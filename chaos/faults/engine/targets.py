@@ -30,7 +30,7 @@ from typing import Any
 
 from chaos.agent.client import is_agent_url, remote_target, validate_remote
 from chaos.errors import FaultError
-from chaos.faults.base import Fault, RemoteTarget, Target
+from chaos.faults.base import Fault, Params, RemoteTarget, Target
 from chaos.faults.registry import fault_type
 from chaos.kernel import netns, processes
 from chaos.kernel.processes import CommandPattern
@@ -97,13 +97,16 @@ def validate_fault(
     target: Target | RemoteTarget,
     raw: dict[str, Any],
     on_lost: Callable[[str], None] | None = None,
+    parsed: Params | None = None,
 ) -> Fault:
     """The fault ``kind`` with params ``raw`` on a resolved ``target``, validated (nothing
-    changes). On a target on an agent, the agent checks type, params and its target (and
-    the token); ``on_lost`` hears when that fault's lease could not be renewed."""
+    changes); ``parsed``: ``raw`` as the fault type already parsed it, not parsed again. On
+    a target on an agent, the agent checks type, params and its target (and the token);
+    ``on_lost`` hears when that fault's lease could not be renewed."""
     if isinstance(target, RemoteTarget):
         return validate_remote(kind, target, raw, on_lost)
-    return fault_type(kind).validate(target, raw)
+    cls = fault_type(kind)
+    return cls.validate(target, raw) if parsed is None else cls.on(target, parsed)
 
 
 def local_fault_type(kind: str, target: str) -> type[Fault] | None:
