@@ -341,8 +341,8 @@ class _Worker:
                 elif fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
-                else:
-                    self._handshake(self.handshakes[fd])
+                elif (h := self.handshakes.get(fd)) is not None:
+                    self._handshake(h)
             if timers and timers[0][0] <= self.now:
                 self._run_timers()
             if self.log_lines and self.now >= self.log_flush_at:
@@ -389,6 +389,7 @@ class _Worker:
         conns = self.conns
         read_delay = self.read_delay
         on_read = self._on_read
+        tls = self.tls
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, peer = accept()
@@ -404,7 +405,7 @@ class _Worker:
                     self.listening = False
                     self._timer(self.now + 0.1, _T_LISTEN, None)
                 return
-            if self.tls is not None:  # the one branch TLS costs plain TCP
+            if tls is not None:  # the one branch TLS costs plain TCP
                 self._accept_tls(fd, peer)
                 continue
             c = _Conn(mk(fam, socket.SOCK_STREAM, 0, fd), fd, peer)
