@@ -9,10 +9,13 @@ Runs three wrk measurements on loopback, every request on a new connection
 3. ``haproxy_origin``: wrk -> HAProxy -> origin.
 
 Prints new connections/s for each and ``origin_direct / haproxy_passing`` (>= 1 means the
-origin is not the bottleneck of a lab). Everything it starts runs from a temp dir and is
-stopped and removed at exit::
+origin is not the bottleneck of a lab). ``--tls``: the upstream leg speaks TLS (the origin's
+``tls``, nginx ``listen ssl``, HAProxy ``server ... ssl verify required``, wrk ``https://``
+straight to the origin), certificates from a CA made for the run, a full handshake on every
+new connection but HAProxy's (it resumes its upstream sessions, as it does in a lab). Everything
+it starts runs from a temp dir and is stopped and removed at exit::
 
-    .venv/bin/python bench/origin_accept.py [--seconds 10] [--connections 50] [--json]
+    .venv/bin/python bench/origin_accept.py [--seconds 10] [--connections 50] [--tls] [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from chaos.lab import certs
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = "x" * 99 + "\n"  # 100 bytes, same size as the origin's default response
@@ -109,7 +114,7 @@ def origin(tmp: Path, config: dict[str, object]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def nginx(tmp: Path) -> Iterator[int]:
+def nginx(tmp: Path, tls: certs.TlsFiles | None) -> Iterator[int]:
     port = free_port()
     prefix = tmp / "nginx"
     prefix.mkdir()
@@ -127,7 +132,8 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server {{
-        listen {HOST}:{port} backlog=4096;
+        listen {HOST}:{port}{" ssl" if tls else ""} backlog=4096;
+        {f"ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};" if tls else ""}
         default_type text/plain;
         location / {{ return 200 "{BODY[:-1]}\\n"; }}
     }}
@@ -141,9 +147,12 @@ http {{
 
 
 @contextlib.contextmanager
-def haproxy(tmp: Path, backend_port: int, name: str) -> Iterator[int]:
+def haproxy(
+    tmp: Path, backend_port: int, name: str, tls: certs.TlsFiles | None
+) -> Iterator[int]:
     port = free_port()
     conf = tmp / f"haproxy-{name}.cfg"
+    upstream_tls = f" ssl verify required ca-file {tls.ca}" if tls else ""
     # http-server-close: one new upstream connection per request, which is what we measure.
     conf.write_text(
         f"""global
@@ -159,14 +168,14 @@ frontend fe
     bind {HOST}:{port}
     default_backend be
 backend be
-    server s1 {HOST}:{backend_port} maxconn 10000
+    server s1 {HOST}:{backend_port} maxconn 10000{upstream_tls}
 """
     )
     with started(["haproxy", "-f", str(conf), "-db"], port, "haproxy", tmp / f"haproxy-{name}.out"):
         yield port
 
 
-def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
+def wrk(port: int, seconds: int, connections: int, scheme: str = "http") -> dict[str, float]:
     argv = [
         "wrk",
         "-t1",
@@ -174,7 +183,7 @@ def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
         f"-d{seconds}s",
         "-H",
         "Connection: close",
-        f"http://{HOST}:{port}/",
+        f"{scheme}://{HOST}:{port}/",
     ]
     out = subprocess.run(
         argv, capture_output=True, text=True, timeout=seconds + 60, check=True
@@ -197,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     ap.add_argument("--connections", type=int, default=50, help="wrk -c")
+    ap.add_argument("--tls", action="store_true", help="the upstream leg speaks TLS")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
     for tool in ("wrk", "haproxy", "nginx"):
@@ -204,16 +214,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: {tool} not found in PATH", file=sys.stderr)
             return 2
     results: dict[str, dict[str, float]] = {}
-    cfg = {"host": HOST, "port": 0, "close": "server"}
+    cfg: dict[str, object] = {"host": HOST, "port": 0, "close": "server"}
     with tempfile.TemporaryDirectory(prefix="origin-bench-") as d:
         tmp = Path(d)
+        tls = certs.make(tmp / "tls", HOST) if args.tls else None
+        if tls:
+            cfg.update(tls_cert=str(tls.cert), tls_key=str(tls.key))
         with origin(tmp, cfg) as oport:
-            results["origin_direct"] = wrk(oport, args.seconds, args.connections)
+            scheme = "https" if tls else "http"
+            results["origin_direct"] = wrk(oport, args.seconds, args.connections, scheme)
         time.sleep(1)  # let the previous run's sockets settle a little
-        with nginx(tmp) as nport, haproxy(tmp, nport, "nginx") as hport:
+        with nginx(tmp, tls) as nport, haproxy(tmp, nport, "nginx", tls) as hport:
             results["haproxy_passing"] = wrk(hport, args.seconds, args.connections)
         time.sleep(1)
-        with origin(tmp, cfg) as oport, haproxy(tmp, oport, "origin") as hport:
+        with origin(tmp, cfg) as oport, haproxy(tmp, oport, "origin", tls) as hport:
             results["haproxy_origin"] = wrk(hport, args.seconds, args.connections)
 
     for name, r in results.items():

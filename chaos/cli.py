@@ -210,7 +210,8 @@ def cmd_lab_proxy_config(args: argparse.Namespace) -> int:
             "give --kind haproxy, nginx or caddy",
         )
     # the placeholders stay unfilled: this is the starting point for a user's own file
-    proxy = proxy_for(spec, Endpoints("", 0, "", 0), Path("."))
+    endpoints = Endpoints("", 0, "", 0, origin_tls=scenario.lab.origin.tls)
+    proxy = proxy_for(spec, endpoints, Path("."))
     sys.stdout.write(proxy.example())
     return 0
 

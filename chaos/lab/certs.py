@@ -1,9 +1,10 @@
-"""A certificate authority and a server certificate made for one lab, with the openssl
-command line: nothing is trusted beyond the run, and nothing outlives it but files in the
-run directory.
+"""A certificate authority made for one lab, and the certificates it signs (the proxy's, the
+origin's), with the openssl command line: nothing is trusted beyond the run, and nothing
+outlives it but files in the run directory.
 
-    <dir>/ca.crt       the run's CA (give it to clients: ``ssl.create_default_context(cafile=)``)
-    <dir>/server.crt   the proxy's certificate, for its lab address (subjectAltName IP)
+    <ca dir>/ca.crt    the run's CA (give it to clients: ``ssl.create_default_context(cafile=)``),
+                       <run>/proxy/tls/ for the lab: one CA for both legs
+    <dir>/server.crt   a server's certificate, for its lab address (subjectAltName IP)
     <dir>/server.key   its key (P-256)
     <dir>/server.pem   certificate and key in one file (HAProxy's ``crt``)
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chaos.errors import CapabilityError, LabError
@@ -56,18 +57,25 @@ def _openssl(*args: str) -> None:
         raise LabError(f"openssl {args[0]} failed: {done.stderr.strip()[-400:]}")
 
 
-def make(directory: Path, address: str) -> TlsFiles:
-    """A fresh CA and a certificate for ``address`` (an IP address of the lab)."""
-    files = files_in(directory)
+def make(
+    directory: Path, address: str, ca_dir: Path | None = None, names: tuple[str, ...] = ()
+) -> TlsFiles:
+    """A certificate for ``address`` (an IP address of the lab) and DNS ``names``, signed by
+    the CA in ``ca_dir`` (default ``directory``), which is made there if it is not yet."""
+    ca_dir = ca_dir or directory
+    files = replace(files_in(directory), ca=ca_dir / "ca.crt")
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = directory / "ca.key"
-    _openssl("req", "-x509", *CURVE, "-keyout", str(ca_key), "-out", str(files.ca),
-             "-days", DAYS, "-subj", "/CN=chaos run CA")  # fmt: skip
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    ca_key = ca_dir / "ca.key"
+    if not ca_key.exists():
+        _openssl("req", "-x509", *CURVE, "-keyout", str(ca_key), "-out", str(files.ca),
+                 "-days", DAYS, "-subj", "/CN=chaos run CA")  # fmt: skip
     csr = directory / "server.csr"
     _openssl("req", *CURVE, "-keyout", str(files.key), "-out", str(csr),
              "-subj", f"/CN={address}")  # fmt: skip
     extensions = directory / "server.ext"
-    extensions.write_text(f"subjectAltName = IP:{address}\n")
+    alt_names = ", ".join([f"IP:{address}", *(f"DNS:{name}" for name in names)])
+    extensions.write_text(f"subjectAltName = {alt_names}\n")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(files.ca), "-CAkey", str(ca_key),
              "-CAcreateserial", "-out", str(files.cert), "-days", DAYS,
              "-extfile", str(extensions))  # fmt: skip

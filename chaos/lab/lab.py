@@ -5,27 +5,38 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from chaos.errors import LabError
 from chaos.kernel import netns, processes
 from chaos.kernel.proctree import CGROUP_ROOT, cgroup_pids, process_roots
-from chaos.lab import topology
-from chaos.lab.proxies import PROXIES, Endpoints, proxy_for
+from chaos.lab import certs, topology
+from chaos.lab.proxies import PROXIES, Endpoints, proxy_for, proxy_tls_files
 from chaos.lab.topology import LabState, Plan
 from chaos.record.rundir import RunDir
 from chaos.scenario.model import ProxySpec, Scenario
 
 
+def origin_tls_files(run: RunDir) -> certs.TlsFiles:
+    """The origin's certificate (``lab.origin.tls``), signed by the run's one CA, which is in
+    the proxy's directory (where the proxy's certificate is, with ``lab.proxy.tls``)."""
+    files = certs.files_in(run.path / "origin" / "tls")
+    return replace(files, ca=proxy_tls_files(run.path / "proxy").ca)
+
+
 def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
     spec = scenario.lab.origin
+    config = spec.server_config()
+    if spec.tls:
+        files = origin_tls_files(run)
+        config.update(tls_cert=str(files.cert), tls_key=str(files.key))
     argv = [
         sys.executable,
         "-m",
         "chaos.lab.origin",
         "--config-json",
-        json.dumps(spec.server_config()),
+        json.dumps(config),
         "--stats-file",
         str(run.files.origin_stats),
     ]
@@ -37,7 +48,11 @@ def origin_argv(scenario: Scenario, run: RunDir) -> list[str]:
 
 def endpoints(plan: Plan, scenario: Scenario) -> Endpoints:
     return Endpoints(
-        plan.proxy_address, plan.proxy_port, plan.origin_address, scenario.lab.origin.port
+        plan.proxy_address,
+        plan.proxy_port,
+        plan.origin_address,
+        scenario.lab.origin.port,
+        origin_tls=scenario.lab.origin.tls,
     )
 
 
@@ -90,6 +105,10 @@ def up(scenario: Scenario, name: str, run: RunDir, tied: bool = False) -> LabSta
         topology.build(plan, state)
         run.journal.event("lab.topology.built", lab=name)
         origin_ns = plan.namespace("origin")
+        if scenario.lab.origin.tls:
+            files = origin_tls_files(run)
+            # DNS name "origin": nginx checks the name it proxies to (its upstream's), not an IP
+            certs.make(files.cert.parent, plan.origin_address, files.ca.parent, ("origin",))
         proc, record = processes.spawn(
             "origin", "origin", origin_ns, origin_argv(scenario, run), run.log("origin"),
             tied=tied,

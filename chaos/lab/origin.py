@@ -78,6 +78,21 @@ Access log (``--access-log PATH``)
     and at exit; read every part with :func:`~chaos.lab.origin_log.read_access_log` (peers)
     or :func:`~chaos.lab.origin_log.read_access_records`.
 
+TLS (``tls_cert`` and ``tls_key``: the scenario's ``lab.origin.tls``)
+    The listener speaks TLS (TLS 1.2 or 1.3, session tickets on). The branch is taken once,
+    at accept: a TLS connection gets a non-blocking :class:`ssl.SSLSocket` whose handshake the
+    epoll loop drives (``SSLWantReadError``/``SSLWantWriteError`` set the interest); once it
+    completes, the connection is served exactly as a plain one, through :class:`_TlsSocket`,
+    so plain TCP pays nothing. A ``read_delay`` starts when the handshake ends; ``read_rate``
+    is refused with TLS. Every close mode keeps its meaning, and a server-side close sends
+    close_notify, then the FIN (as nginx and HAProxy do), in one segment with ``server``
+    (corked once the handshake is done); a client's close_notify reads as EOF.
+    ``linger_zero`` stays abortive: an RST, no close_notify. A connection that ends before
+    its handshake does counts as ``closed_by_client`` (EOF: a port probe, or a client that
+    refused the certificate and closed without an alert, as nginx does), ``resets``, or
+    ``errors`` (a TLS alert, or a client that spoke no TLS). Counters and access log count
+    plaintext bytes.
+
 Its configuration (``--config-json``, :func:`~chaos.lab.origin_config.parse_config`) is
 :mod:`chaos.lab.origin_config`; the readers of its stats and access log are
 :mod:`chaos.lab.origin_log`.
@@ -96,6 +111,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -181,6 +197,40 @@ class _BadRequest(Exception):
     pass
 
 
+class _TlsSocket:
+    """What the loop calls on a connection's socket (recv, send, getsockopt, close), over a
+    non-blocking SSLSocket whose handshake is done. OpenSSL waiting for the other direction
+    (rare once the handshake is done) reads as "not now", as EAGAIN does for plain TCP."""
+
+    __slots__ = ("notify", "tls")
+
+    def __init__(self, tls: ssl.SSLSocket, notify: bool) -> None:
+        self.tls = tls
+        self.notify = notify  # send close_notify before the FIN (not with linger_zero)
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        try:
+            return self.tls.recv(n)  # b"" on close_notify and on a bare FIN
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError from None
+
+    def send(self, data: bytes | memoryview, flags: int = 0) -> int:
+        try:
+            return self.tls.send(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError from None
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.tls.getsockopt(level, option)
+
+    def close(self) -> None:
+        if self.notify:
+            # SSL_shutdown sends close_notify; it does not wait for the peer's (non-blocking)
+            with contextlib.suppress(OSError, ValueError):
+                self.tls.unwrap()
+        self.tls.close()
+
+
 def _http_response(n: int, close: bool) -> bytes:
     conn = b"close" if close else b"keep-alive"
     head = (
@@ -202,6 +252,7 @@ class _Worker:
         lsock: socket.socket,
         stats_fd: int,
         log: logcap.CappedLog | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.index = index
@@ -213,6 +264,8 @@ class _Worker:
         self.seq = itertools.count()
         self.stopping = False
         self.now = time.monotonic()
+        self.tls = tls  # None: plain TCP
+        self.handshakes: dict[int, _Conn] = {}  # TLS connections still in their handshake
         self.accepted = self.requests = self.responses = self.bytes_in = self.bytes_out = 0
         self.closed_by_server = self.closed_by_client = self.closed_at_exit = 0
         self.resets = self.timeouts = self.errors = self.accept_errors = 0
@@ -288,6 +341,8 @@ class _Worker:
                 elif fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
+                elif (h := self.handshakes.get(fd)) is not None:
+                    self._handshake(h)
             if timers and timers[0][0] <= self.now:
                 self._run_timers()
             if self.log_lines and self.now >= self.log_flush_at:
@@ -334,6 +389,7 @@ class _Worker:
         conns = self.conns
         read_delay = self.read_delay
         on_read = self._on_read
+        tls = self.tls
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, peer = accept()
@@ -349,6 +405,9 @@ class _Worker:
                     self.listening = False
                     self._timer(self.now + 0.1, _T_LISTEN, None)
                 return
+            if tls is not None:  # the one branch TLS costs plain TCP
+                self._accept_tls(fd, peer)
+                continue
             c = _Conn(mk(fam, socket.SOCK_STREAM, 0, fd), fd, peer)
             conns[fd] = c
             self.accepted += 1
@@ -364,6 +423,60 @@ class _Worker:
             if c.open and c.mask < 0:
                 c.mask = EPOLLIN
                 register(fd, EPOLLIN)
+
+    def _accept_tls(self, fd: int, peer: Any) -> None:
+        assert self.tls is not None
+        sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        sock.setblocking(False)
+        tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        c = _Conn(tls, fd, peer)  # type: ignore[arg-type]  # sock: the SSLSocket until done
+        self.accepted += 1
+        self.handshakes[fd] = c
+        self._handshake(c)
+
+    def _handshake(self, c: _Conn) -> None:
+        """One step of a TLS handshake; once done, the connection is served like a plain one."""
+        tls: ssl.SSLSocket = c.sock  # type: ignore[assignment]
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(c, EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(c, EPOLLOUT)
+            return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            self._end_handshake(c, tls)
+            self.closed_by_client += 1  # gone before a handshake: a probe, or a client giving up
+            return
+        except OSError as e:
+            self._end_handshake(c, tls)
+            self._count_failure(e.errno)
+            return
+        del self.handshakes[c.fd]
+        if self.server_close:
+            tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # as _listeners does for TCP
+        c.sock = _TlsSocket(tls, not self.cfg.linger_zero)  # type: ignore[assignment]
+        self.conns[c.fd] = c
+        if self.read_delay:
+            c.read_at = self.now + self.read_delay
+            self._timer(c.read_at, _T_READ, c)
+        else:
+            self._on_read(c)  # the request may have come with the handshake's last flight
+        if c.open:
+            self._sync(c)
+
+    def _want(self, c: _Conn, mask: int) -> None:
+        if c.mask < 0:
+            self.ep.register(c.fd, mask)
+        elif c.mask != mask:
+            self.ep.modify(c.fd, mask)
+        c.mask = mask
+
+    def _end_handshake(self, c: _Conn, tls: ssl.SSLSocket) -> None:
+        c.open = False
+        del self.handshakes[c.fd]
+        tls.close()  # no session to close_notify
 
     # ---- I/O
 
@@ -556,13 +669,16 @@ class _Worker:
     # ---- teardown
 
     def _fail(self, c: _Conn, err: int | None) -> None:
+        self._count_failure(err)
+        self._close(c)
+
+    def _count_failure(self, err: int | None) -> None:
         if err in (errno.ECONNRESET, errno.EPIPE):
             self.resets += 1
         elif err == errno.ETIMEDOUT:
             self.timeouts += 1
         else:
-            self.errors += 1
-        self._close(c)
+            self.errors += 1  # an SSLError's errno is OpenSSL's code, never one of the above
 
     def _close(self, c: _Conn) -> None:
         # close() also removes the fd from epoll (it is never dup'ed). SO_LINGER {1,0},
@@ -589,6 +705,9 @@ class _Worker:
         for c in list(self.conns.values()):
             self.closed_at_exit += 1
             self._close(c)
+        for c in list(self.handshakes.values()):
+            self.closed_at_exit += 1
+            self._end_handshake(c, c.sock)  # type: ignore[arg-type]
         if self.log is not None:
             self._flush_log()
             self.log.close()
@@ -625,9 +744,10 @@ def _listeners(cfg: OriginConfig, n: int) -> tuple[list[socket.socket], int]:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.count)
             if cfg.linger_zero:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            if cfg.close == "server":
+            if cfg.close == "server" and not cfg.tls:
                 # Inherited by accepted sockets: the last partial segment waits for close(),
-                # which tacks the FIN onto it (see "Who closes").
+                # which tacks the FIN onto it (see "Who closes"). TLS corks once its handshake
+                # is done: a corked handshake flight would wait 200 ms for the cork to time out.
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             s.bind((cfg.host, port))
             port = s.getsockname()[1]
@@ -638,6 +758,14 @@ def _listeners(cfg: OriginConfig, n: int) -> tuple[list[socket.socket], int]:
             s.close()
         raise
     return socks, port
+
+
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Loaded once, before the fork: a bad file fails before READY."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def _set_pdeathsig(parent: int) -> None:
@@ -656,10 +784,11 @@ def _worker_main(
     stats_fd: int,
     log: logcap.CappedLog | None,
     parent: int,
+    tls: ssl.SSLContext | None,
 ) -> int:
     try:
         _set_pdeathsig(parent)
-        w = _Worker(cfg, index, lsock, stats_fd, log)
+        w = _Worker(cfg, index, lsock, stats_fd, log, tls)
         # Signals were blocked across fork so none is lost or handled by the wrong code.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         w.run()
@@ -693,6 +822,13 @@ def serve(
     """Bind, fork the workers, print READY, wait for SIGTERM/SIGINT, reap, write stats.
     Returns the exit code. Call from a single-threaded process only (it forks)."""
     n = cfg.worker_count()
+    tls = None
+    if cfg.tls_cert is not None:
+        try:
+            tls = _tls_context(cfg.tls_cert, str(cfg.tls_key))
+        except (OSError, ssl.SSLError) as e:
+            print(f"origin: cannot load tls_cert/tls_key: {e.strerror or e}", file=sys.stderr)
+            return 1
     try:
         socks, port = _listeners(cfg, n)
     except OSError as e:
@@ -742,7 +878,7 @@ def serve(
             for j, log in enumerate(logs):
                 if j != i:
                     log.close()
-            code = _worker_main(cfg, i, lsock, w, logs[i] if logs else None, parent)
+            code = _worker_main(cfg, i, lsock, w, logs[i] if logs else None, parent, tls)
             sys.stderr.flush()
             os._exit(code)
         os.close(w)

@@ -51,6 +51,13 @@ class OriginConfig:
     rcvbuf: int | None = None
     workers: int | None = None
     backlog: int = 4096
+    #: PEM files: with both, the listener speaks TLS (see "TLS" in chaos.lab.origin)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     def to_json(self) -> str:
         """Compact JSON accepted by ``--config-json`` (round-trips through parse_config)."""
@@ -112,6 +119,14 @@ def _host(v: Any) -> str:
     raise ConfigError(f"host: {v!r} is not an IPv4 or IPv6 address")
 
 
+def _pem(key: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: expected the path of a PEM file, got {v!r}")
+    return v
+
+
 def parse_config(data: Mapping[str, Any] | None) -> OriginConfig:
     """Validate a config mapping (missing keys take the defaults) into an OriginConfig.
 
@@ -138,6 +153,14 @@ def parse_config(data: Mapping[str, Any] | None) -> OriginConfig:
     g = data.get
     rcvbuf = g("rcvbuf", d.rcvbuf)
     workers = g("workers", d.workers)
+    tls_cert, tls_key = _pem("tls_cert", g("tls_cert")), _pem("tls_key", g("tls_key"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together: give both, or neither")
+    read_rate = _int("read_rate", g("read_rate", d.read_rate), 0, 1 << 40)
+    if tls_cert is not None and read_rate:
+        # OpenSSL reads whole records: bites smaller than a record would leave plaintext in
+        # its buffer, where epoll cannot see it
+        raise ConfigError("read_rate: a slow reader is plain TCP only (not with tls_cert)")
     return OriginConfig(
         host=_host(g("host", d.host)),
         port=_int("port", g("port", d.port), 0, 65535),
@@ -152,10 +175,12 @@ def parse_config(data: Mapping[str, Any] | None) -> OriginConfig:
         keepalive=ka,
         linger_zero=_bool("linger_zero", g("linger_zero", d.linger_zero)),
         read_delay=_seconds("read_delay", g("read_delay", d.read_delay)),
-        read_rate=_int("read_rate", g("read_rate", d.read_rate), 0, 1 << 40),
+        read_rate=read_rate,
         rcvbuf=None if rcvbuf is None else _int("rcvbuf", rcvbuf, 1, 1 << 30),
         workers=None if workers is None else _int("workers", workers, 1, 256),
         backlog=_int("backlog", g("backlog", d.backlog), 1, 1 << 20),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

@@ -9,6 +9,13 @@ holds placeholders that only the lab can fill, and which it fills the same way i
     {{ run_dir }}   the proxy's own directory in the run (pid files, temp paths)
     {{ tls_cert }}, {{ tls_key }}, {{ tls_pem }} (both in one file), {{ tls_ca }}: a certificate
                     for the listen address from a CA made for the run (made when named)
+    {{ origin_ca }} the CA that signed the origin's certificate (``lab.origin.tls``): the
+                    run's one CA, the same file as {{ tls_ca }}
+
+With ``lab.origin.tls`` the generated http-mode configurations speak TLS upstream and verify
+the origin's certificate against the run's CA (HAProxy ``ssl verify required ca-file``, nginx
+``proxy_ssl_verify`` with the upstream's name ``origin``, which the certificate carries
+besides the origin's address; Caddy ``tls_trusted_ca_certs``).
 
 Nothing else in a user's file is changed: line numbers stay the user's, so the proxy's own
 checker (run in the proxy namespace before anything starts) names the user's line. The filled
@@ -79,7 +86,7 @@ _TEMPLATES.filters.update(ms=_ms, whole_seconds=_whole_seconds)
 
 PLACEHOLDERS = (
     "listen", "listen_host", "listen_port", "origin", "origin_host", "origin_port", "run_dir",
-    "tls_cert", "tls_key", "tls_pem", "tls_ca",
+    "tls_cert", "tls_key", "tls_pem", "tls_ca", "origin_ca",
 )  # fmt: skip
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -90,6 +97,7 @@ class Endpoints:
     listen_port: int
     origin_host: str
     origin_port: int
+    origin_tls: bool = False  # the origin speaks TLS (lab.origin.tls)
 
     def placeholders(self, run_dir: Path) -> dict[str, str]:
         return {
@@ -181,6 +189,7 @@ class Proxy(ABC):
         placeholders = {name: f"{{{{ {name} }}}}" for name in PLACEHOLDERS}
         return _TEMPLATES.get_template(f"{self.template}.j2").render(
             spec=self.spec,
+            origin_tls=self.endpoints.origin_tls,
             t=self.spec.timeouts,
             stream_module=NGINX_STREAM_MODULE,
             **placeholders,
@@ -211,15 +220,16 @@ class Proxy(ABC):
 
     @property
     def tls_files(self) -> certs.TlsFiles:
-        return certs.files_in(self.conf_dir / "tls")
+        return proxy_tls_files(self.conf_dir)
 
     def placeholders(self) -> dict[str, str]:
-        return {**self.endpoints.placeholders(self.conf_dir), **self.tls_files.placeholders()}
+        tls = self.tls_files.placeholders()
+        return {**self.endpoints.placeholders(self.conf_dir), **tls, "origin_ca": tls["tls_ca"]}
 
     def needs_tls(self) -> bool:
         """The generated config with ``tls``, or a user's that names a certificate."""
         named = placeholders_used(self.source_text())
-        return self.spec.tls or any(name.startswith("tls_") for name in named)
+        return self.spec.tls or any(n.startswith("tls_") or n == "origin_ca" for n in named)
 
     def check_user_config(self) -> list[str]:
         """Problems of a user's file that need no proxy to find; notes, not errors, are
@@ -228,7 +238,9 @@ class Proxy(ABC):
             return []
         text = self.source_text()
         missing = {"listen", "origin"} - {
-            name.split("_")[0] for name in placeholders_used(text) if name != "run_dir"
+            name.split("_")[0]
+            for name in placeholders_used(text)
+            if name not in ("run_dir", "origin_ca")
         }
         if missing:
             names = " and no ".join(f"{{{{ {m} }}}}" for m in sorted(missing))
@@ -469,6 +481,11 @@ class Caddy(Proxy):
 
 
 PROXIES: dict[str, type[Proxy]] = {"haproxy": HAProxy, "nginx": Nginx, "caddy": Caddy}
+
+
+def proxy_tls_files(conf_dir: Path) -> certs.TlsFiles:
+    """The proxy's certificate and the run's CA (``<run>/proxy/tls``)."""
+    return certs.files_in(conf_dir / "tls")
 
 
 def proxy_for(spec: ProxySpec, endpoints: Endpoints, conf_dir: Path) -> Proxy:

@@ -20,7 +20,7 @@ from typing import Any
 
 from chaos.agent.client import is_agent_url
 from chaos.record import schema
-from chaos.scenario.model import TLS_NEEDS_RAW
+from chaos.scenario.model import ORIGIN_TLS_NEEDS_HTTP, TLS_NEEDS_RAW, origin_tls_needs_http
 
 Location = tuple[Any, ...]
 Found = tuple[Location, str]
@@ -118,6 +118,8 @@ def plan_problems(data: dict[str, Any]) -> list[Found]:
     load, proxy = _dict(data.get("load")), _dict(_dict(data.get("lab")).get("proxy"))
     if load.get("user") == "http" and "tls" not in load and proxy.get("tls") is True:
         found.append((("load", "user"), TLS_NEEDS_RAW))  # the model says it at <root>
+    if origin_tls_needs_http(_dict(data.get("lab"))):
+        found.append((("lab", "origin", "tls"), ORIGIN_TLS_NEEDS_HTTP))
     for index, clause in enumerate(_list(data.get("expect"))):
         metric = _dict(clause).get("metric")
         if isinstance(metric, str) and (problem := metric_problem(metric)):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -320,17 +321,28 @@ class OriginSpec(Strict):
     access_log: bool = Field(
         default=False, description="log every request's peer (costs speed at high rates)"
     )
+    tls: bool = Field(
+        default=False,
+        description=(
+            "the origin speaks TLS (the upstream leg), with a certificate for its address from "
+            "the run's CA (<run>/proxy/tls/ca.crt), which the lab's proxy then verifies; "
+            "proxy mode http only"
+        ),
+    )
     sysctls: Sysctls = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _close_after_needed(self) -> OriginSpec:
         if self.close == "server-after" and self.close_after <= 0:
             raise ValueError("close: server-after needs close_after > 0")
+        if self.tls and self.read_rate:
+            raise ValueError("read_rate (a slow reader) is plain TCP only: not with tls")
         return self
 
     def server_config(self, host: str = "0.0.0.0") -> dict[str, object]:
-        """The JSON config that ``python -m chaos.lab.origin`` takes."""
-        config = self.model_dump(exclude={"sysctls", "access_log"})
+        """The JSON config that ``python -m chaos.lab.origin`` takes (without the TLS files,
+        which the lab makes: ``tls_cert``, ``tls_key``)."""
+        config = self.model_dump(exclude={"sysctls", "access_log", "tls"})
         config["host"] = host
         # TCP_DEFER_ACCEPT and the keepalive timers are whole seconds at the socket level.
         config["defer_accept"] = math.ceil(self.defer_accept)
@@ -375,6 +387,7 @@ class LabSpec(Strict):
         return self
 
 
+
 # --- load --------------------------------------------------------------------------------
 
 
@@ -406,6 +419,24 @@ class LoadTls(Strict):
             "run's CA when the lab's proxy has a certificate from it, else the system's CAs"
         ),
     )
+
+
+#: A tcp-mode proxy passes bytes: TLS to the origin would be the client's own, end to end,
+#: with a certificate naming the origin where the client dialled the proxy (not built).
+ORIGIN_TLS_NEEDS_HTTP = (
+    "origin.tls needs proxy mode http: a tcp-mode proxy does not speak to the origin itself, "
+    "it passes the client's bytes through; use proxy mode: http (the proxy then speaks TLS "
+    "upstream), or remove origin.tls"
+)
+
+
+def origin_tls_needs_http(lab: Mapping[str, Any]) -> bool:
+    """``lab.origin.tls`` behind the lab's own proxy in tcp mode (raw scenario data)."""
+    proxy, origin = lab.get("proxy") or {}, lab.get("origin") or {}
+    if not isinstance(proxy, Mapping) or not isinstance(origin, Mapping):
+        return False
+    own_tcp = proxy.get("mode") == "tcp" and proxy.get("kind") != "external"
+    return origin.get("tls") is True and own_tcp
 
 
 #: why user: http cannot go through a TLS proxy (the scenario model and chaos validate say it)
@@ -773,6 +804,8 @@ class Scenario(Strict):
                 "lab.proxy.mode is http but lab.origin.protocol is raw: use proxy mode tcp "
                 "for the raw protocol"
             )
+        if origin_tls_needs_http(self.lab.model_dump()):
+            raise ValueError(ORIGIN_TLS_NEEDS_HTTP)  # checks.plan_problems says it at its line
         if self.load.user == "http" and origin.protocol != "http":
             raise ValueError("load.user http needs lab.origin.protocol http")
         if self.lab.gateway.intercept and proxy.transparent:

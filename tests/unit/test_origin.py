@@ -587,3 +587,110 @@ def test_connection_refused_after_stop(origin: Callable[..., Origin]) -> None:
     with pytest.raises(OSError) as exc:
         connect(o.port, timeout=1.0)
     assert exc.value.errno == errno.ECONNREFUSED
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from chaos.lab import certs
+
+    return certs.make(tmp_path_factory.mktemp("tls"), HOST)
+
+
+def tls_origin(origin: Callable[..., Origin], files: Any, **config: Any) -> Origin:
+    return origin(tls_cert=str(files.cert), tls_key=str(files.key), **config)
+
+
+def tls_connect(port: int, files: Any) -> Any:
+    """A TLS client that trusts the test CA and tells a close_notify (recv: b"") from a bare
+    FIN (SSLEOFError)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(files.ca))
+    return context.wrap_socket(connect(port), server_hostname=HOST, suppress_ragged_eofs=False)
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"tls_cert": "/c.pem"}, "go together"),
+        ({"tls_key": "/k.pem", "tls_cert": ""}, "tls_cert"),
+        ({"tls_cert": "/c.pem", "tls_key": "/k.pem", "read_rate": 100}, "read_rate"),
+    ],
+)
+def test_tls_config_rejects(config: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(config)
+
+
+def test_tls_close_server_sends_close_notify_then_fin(
+    origin: Callable[..., Origin], tls_files: Any
+) -> None:
+    o = tls_origin(origin, tls_files, close="server", response_bytes=3000)
+    overflows = tw_overflows()
+    with tls_connect(o.port, tls_files) as c:
+        cport = c.getsockname()[1]
+        c.sendall(GET)
+        headers, body = read_http(c)
+        assert len(body) == 3000 and headers["connection"] == "close"
+        assert c.recv(1) == b""  # a close_notify: a bare FIN would raise SSLEOFError
+        assert c.version() in ("TLSv1.2", "TLSv1.3")
+    s = o.stats()
+    assert_time_wait(o.port, cport, overflows)  # the origin closed first, as without TLS
+    assert (s["accepted"], s["requests"], s["responses"], s["closed_by_server"]) == (1, 1, 1, 1)
+
+
+def test_tls_close_client_keeps_alive_until_the_clients_close_notify(
+    origin: Callable[..., Origin], tls_files: Any
+) -> None:
+    o = tls_origin(origin, tls_files, close="client", read_delay=0.2)
+    with tls_connect(o.port, tls_files) as c:
+        for _ in range(3):
+            c.sendall(GET)
+            assert read_http(c)[0]["connection"] == "keep-alive"
+        c.unwrap()  # our close_notify, then the origin's, before any FIN
+    s = o.stats()
+    assert (s["requests"], s["closed_by_client"], s["closed_by_server"]) == (3, 1, 0)
+
+
+def test_tls_linger_zero_resets_without_close_notify(
+    origin: Callable[..., Origin], tls_files: Any
+) -> None:
+    import ssl
+
+    o = tls_origin(origin, tls_files, close="server", linger_zero=True)
+    with tls_connect(o.port, tls_files) as c:
+        cport = c.getsockname()[1]
+        c.sendall(GET)
+        # no close_notify (that would read as b""): the RST, which OpenSSL may report as EOF
+        with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
+            while c.recv(65536):
+                pass
+    assert "TIME_WAIT" not in state_of(o.port, cport)
+    assert o.stats()["closed_by_server"] == 1
+
+
+def test_tls_connections_that_never_handshake(
+    origin: Callable[..., Origin], tls_files: Any
+) -> None:
+    """A port probe is a client's close; plain HTTP to a TLS port is an error; neither is a
+    request, and every accepted connection is counted once."""
+    o = tls_origin(origin, tls_files)
+    connect(o.port).close()
+    with connect(o.port) as c:
+        c.sendall(GET)
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):  # the unread request makes it an RST
+            while chunk := c.recv(65536):
+                reply += chunk
+        assert not reply.startswith(b"HTTP")  # at most OpenSSL's alert, never a response
+    with tls_connect(o.port, tls_files) as c:  # still serving
+        c.sendall(GET)
+        read_http(c)
+    s = o.stats()
+    assert (s["accepted"], s["requests"]) == (3, 1)
+    assert (s["closed_by_client"], s["errors"], s["closed_by_server"]) == (1, 1, 1)
+    assert sum(s[k] for k in COUNTERS if k.startswith("closed") or k in (
+        "resets", "timeouts", "errors")) == s["accepted"]

@@ -185,3 +185,40 @@ def test_external_proxy_resolves_pid_name_and_cgroup(tmp_path):
     assert point.tags["cgroup"] == own and point.fields["rss_bytes"] > 0
     with pytest.raises(LabError, match="holds no process"):
         lab.external_proxy(ProxySpec(**spec, process={"cgroup": "/chaos-no-such.slice"}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "upstream_tls"),
+    [
+        ("haproxy", ["server origin 198.18.3.2:8080 ssl verify required ca-file {ca}"]),
+        (
+            "nginx",
+            [
+                "proxy_pass https://origin;",
+                "proxy_ssl_trusted_certificate {ca};",
+                "proxy_ssl_verify on;",
+            ],
+        ),
+        ("caddy", ["tls_trusted_ca_certs {ca}"]),
+    ],
+)
+def test_generated_configs_speak_tls_to_a_tls_origin(tmp_path, kind, upstream_tls):
+    ca = tmp_path / "tls" / "ca.crt"  # the run's one CA, in the proxy's directory
+    tls_origin = Endpoints("198.18.2.2", 8080, "198.18.3.2", 8080, origin_tls=True)
+    text = proxy_for(ProxySpec(kind=kind), tls_origin, tmp_path).render()
+    plain = proxy_for(ProxySpec(kind=kind), ENDPOINTS, tmp_path).render()
+    for line in upstream_tls:
+        assert line.format(ca=ca) in text
+        assert line.format(ca=ca) not in plain
+    assert str(ca) not in plain
+
+
+def test_a_users_config_names_the_origins_ca(tmp_path):
+    text = "bind {{ listen }}\nserver o {{ origin }} ssl ca-file {{ origin_ca }}\n"
+    proxy = proxy_with(tmp_path, "haproxy", text)
+    assert f"ssl ca-file {tmp_path}/run/tls/ca.crt\n" in proxy.render()
+    assert proxy.needs_tls()  # the lab makes the CA the placeholder names
+    # {{ origin_ca }} alone does not leave the upstream address to the lab
+    alone = proxy_with(tmp_path, "haproxy", "bind {{ listen }}\nca-file {{ origin_ca }}\n")
+    with pytest.raises(LabError, match=r"no \{\{ origin \}\} placeholder"):
+        alone.check_user_config()

@@ -319,3 +319,27 @@ def test_tls_the_load_cannot_do_is_refused(text, line, message):
     assert message in problem.message
     if line is not None:
         assert problem.line == line
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (
+            "lab:\n  proxy: {mode: tcp}\n  origin:\n    protocol: raw\n    tls: true\n",
+            6,
+            "needs proxy mode http",
+        ),
+        ("lab:\n  origin: {tls: true, read_rate: 100}\n", 3, "plain TCP only"),
+    ],
+)
+def test_origin_tls_the_lab_cannot_do_is_refused(text, line, message):
+    with pytest.raises(ScenarioError) as caught:
+        loader.parse("name: x\n" + text, "x.yaml")
+    (problem,) = caught.value.problems
+    assert message in problem.message
+    assert problem.line == line
+
+
+def test_origin_tls_is_not_a_key_of_the_origins_own_config():
+    spec = loader.parse("name: x\nlab: {origin: {tls: true}}\n", "x.yaml").lab.origin
+    assert spec.tls and "tls" not in spec.server_config()  # the lab adds the files it made
