@@ -109,13 +109,15 @@ def capture(state: LabState, pcap: Path) -> Iterator[None]:
     port = int(state.proxy["port"])
     proc = netns.popen(
         state.namespaces["client"],
-        ["tcpdump", "-i", "any", "-nn", "-U", "-w", str(pcap), f"tcp port {port}"],
+        # on the client's one link: `-i any` was seen to miss a whole connection now and then
+        ["tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-w", str(pcap),
+         f"tcp port {port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         assert proc.stderr is not None
-        proc.stderr.readline()  # "listening on any ..."
+        proc.stderr.readline()  # "listening on eth0 ..."
         yield
         time.sleep(0.5)
     finally:
