@@ -37,27 +37,34 @@ def compose_config(*extra: str) -> dict:
     return yaml.safe_load(proc.stdout) if proc.stdout.strip() else {}
 
 
-def documented_fields() -> dict[str, set[str]]:
-    """measurement -> field names (or regexes for `<state>` templates), from docs/metrics.md:
-    the backticked names in the first column of every `| field |` table of a section (a
-    `##` or `###` heading names the measurements it is about in backticks)."""
-    fields: dict[str, set[str]] = {}
+def _documented_names(table: str, name: str) -> dict[str, set[str]]:
+    """measurement -> the backticked names (regex ``name``) in the first column of every
+    ``| table |`` table of docs/metrics.md, by section (a ``##`` or ``###`` heading names the
+    measurements it is about in backticks)."""
+    found: dict[str, set[str]] = {}
     measurements: list[str] = []
-    in_fields = False
+    in_table = False
     for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
         if line.startswith(("## ", "### ")):
             measurements = re.findall(r"`(\w+)`", line)
-            in_fields = False
-        elif line.startswith("| field |"):
-            in_fields = True
-        elif in_fields and line.startswith("|"):
-            first = line.split("|")[1]
-            for name in re.findall(r"`([\w<>]+)`", first):
+            in_table = False
+        elif line.startswith(f"| {table} |"):
+            in_table = True
+        elif in_table and line.startswith("|"):
+            for found_name in re.findall(f"`({name})`", line.split("|")[1]):
                 for m in measurements:
-                    fields.setdefault(m, set()).add(re.sub(r"<\w+>", r"\\w+", name))
+                    found.setdefault(m, set()).add(found_name)
         else:
-            in_fields = False
-    return fields
+            in_table = False
+    return found
+
+
+def documented_fields() -> dict[str, set[str]]:
+    """measurement -> field names, as regexes (a `<state>` template matches any word)."""
+    return {
+        m: {re.sub(r"<\w+>", r"\\w+", f) for f in names}
+        for m, names in _documented_names("field", r"[\w<>]+").items()
+    }
 
 
 def kernel_counters() -> set[str]:
@@ -116,22 +123,7 @@ def check_query(query: str, known: dict[str, set[str]], tags: dict[str, set[str]
 
 def documented_tags() -> dict[str, set[str]]:
     """measurement -> tag names, from the `| tag |` tables of docs/metrics.md."""
-    tags: dict[str, set[str]] = {}
-    measurements: list[str] = []
-    in_tags = False
-    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
-        if line.startswith(("## ", "### ")):
-            measurements = re.findall(r"`(\w+)`", line)
-            in_tags = False
-        elif line.startswith("| tag |"):
-            in_tags = True
-        elif in_tags and line.startswith("|"):
-            for name in re.findall(r"`(\w+)`", line.split("|")[1]):
-                for m in measurements:
-                    tags.setdefault(m, set()).add(name)
-        else:
-            in_tags = False
-    return tags
+    return _documented_names("tag", r"\w+")
 
 
 def known_fields() -> dict[str, set[str]]:

@@ -201,3 +201,25 @@ def send_bytes(namespace: str, address: str, port: int, total: int, timeout: flo
             sock.recv(1)  # wait for the peer's FIN: everything was delivered
 
     netns.run_in(namespace, send)
+
+
+@contextlib.contextmanager
+def tcpdump(namespace: str, pcap: Path, port: int) -> Iterator[None]:
+    """tcpdump on the namespace's one link (``eth0``: ``-i any`` was seen to miss a whole
+    connection now and then), TCP port ``port``, into ``pcap``; stopped half a second after
+    the block, once the last segments reached it."""
+    proc = netns.popen(
+        namespace,
+        ["tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-w", str(pcap),
+         f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        proc.stderr.readline()  # "listening on eth0 ...": capturing from here on
+        yield
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

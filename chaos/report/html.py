@@ -82,13 +82,25 @@ def _us(value: Any) -> str:
     return f"{value / 1000:.2f} ms" if value < 100_000 else f"{value / 1000:,.0f} ms"
 
 
+def _connections_detail(load: dict[str, Any]) -> str:
+    """Under the connections started: how they ended. Those still open when the load
+    stopped ended neither way, so the origin's count is the completed one, not this."""
+    rate = f"{_num(load.get('achieved_rate'))}/s achieved"
+    if load.get("completed") is None:
+        return rate
+    cut = load.get("connections", 0) - load["completed"] - load.get("failures", 0)
+    ended = f"{_num(load['completed'])} completed"
+    if cut > 0:
+        ended += f", {cut:,} cut at the stop"
+    return f"started; {ended} · {rate}"
+
+
 def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(title, value, detail) cards for the header; shared with the terminal summary."""
     load = summary["load"]
     cards = [
         ("duration", _num(summary["duration_s"], " s"), f"{len(summary['faults'])} fault(s)"),
-        ("connections", _num(load.get("connections")),
-         f"{_num(load.get('achieved_rate'))}/s achieved"),
+        ("connections", _num(load.get("connections")), _connections_detail(load)),
         ("failures", _num(load.get("failures")),
          ", ".join(f"{k} {v:,}" for k, v in list(load["failures_by_class"].items())[:3])
          or "none"),

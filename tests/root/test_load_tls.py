@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fault_lab import tcpdump
 from test_teardown_states import running_lab
 
 from chaos.kernel import netns
@@ -104,25 +105,9 @@ def flows(pcap: Path, proxy: str, port: int) -> list[Flow]:
     return [flow for flow in seen if flow.client_payloads]
 
 
-@contextlib.contextmanager
-def capture(state: LabState, pcap: Path) -> Iterator[None]:
-    port = int(state.proxy["port"])
-    proc = netns.popen(
-        state.namespaces["client"],
-        # on the client's one link: `-i any` was seen to miss a whole connection now and then
-        ["tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-w", str(pcap),
-         f"tcp port {port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        proc.stderr.readline()  # "listening on eth0 ..."
-        yield
-        time.sleep(0.5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def capture(state: LabState, pcap: Path) -> contextlib.AbstractContextManager[None]:
+    """The client's side of its connections to the proxy."""
+    return tcpdump(state.namespaces["client"], pcap, int(state.proxy["port"]))
 
 
 def tls_load(

@@ -11,14 +11,12 @@ import contextlib
 import json
 import subprocess
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fault_lab import tcpdump
 from test_lab import requests_from_client
 
-from chaos.kernel import netns
 from chaos.lab import certs, lab
 from chaos.lab.origin_log import read_access_log
 from chaos.lab.topology import LabState
@@ -68,25 +66,9 @@ def scenario_file(
     return path
 
 
-@contextlib.contextmanager
-def upstream_capture(state: LabState, pcap: Path) -> Iterator[None]:
-    """tcpdump in the origin's namespace, on the origin's port: the proxy-origin leg only
-    (on its one link: ``-i any`` was seen to miss a whole connection now and then)."""
-    port_filter = f"tcp port {state.origin['port']}"
-    proc = netns.popen(
-        state.namespaces["origin"],
-        ["tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-w", str(pcap), port_filter],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        proc.stderr.readline()  # "listening on any ..."
-        yield
-        time.sleep(0.5)  # the last segments reach the capture
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def upstream_capture(state: LabState, pcap: Path) -> contextlib.AbstractContextManager[None]:
+    """The proxy-origin leg only: in the origin's namespace, on the origin's port."""
+    return tcpdump(state.namespaces["origin"], pcap, int(state.origin["port"]))
 
 
 def packets(pcap: Path, bpf: str) -> int:
